@@ -1,0 +1,161 @@
+"""Lifecycle: start → ready → drain → exit.
+
+Where this sits: on top of everything. ``cli.py`` builds an ``App`` from a
+``Snapshot`` and awaits ``run()``. ``App`` binds the listeners (``net/``), starts
+the admin sites (``admin/``), flips to LIVE, and on SIGTERM/SIGINT or
+``POST /quitquitquit`` drains: stop accepting, let in-flight connections finish
+for up to ``drain.duration``, close what is left, return 0.
+
+States (Envoy's names): PRE_INITIALIZING → LIVE → DRAINING → (exit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+
+from . import __version__
+from .admin.server import Admin
+from .config.snapshot import Snapshot
+from .loop import loop_name
+from .net.addrs import Direction
+from .net.listener import Connections, Listener, explicit_spec, transparent_spec
+from .net.origdst import original_dst
+from .observe.metrics import Metrics
+
+log = logging.getLogger("meshproxy.app")
+
+FLUSH_INTERVAL = 5.0
+"""Seconds between moves of live byte counts into Prometheus counters (also done before every scrape)."""
+
+
+class App:
+    def __init__(self, snapshot: Snapshot, *, origdst=original_dst):
+        self.snapshot = snapshot
+        cfg = snapshot.config
+        self.metrics = Metrics(cfg.node)
+        self.connections = Connections(self.metrics)
+        self.admin = Admin(self)
+        self.state = "PRE_INITIALIZING"
+        self.ready = asyncio.Event()
+        """Set once listeners are bound and admin is up (tests await it)."""
+        self.started_at = time.time()
+        self._stop = asyncio.Event()
+        self._stop_reason = ""
+        self._draining = False
+        self.listeners: list[Listener] = []
+        own = {cfg.inbound.port, cfg.outbound.port}
+        if cfg.outbound.enabled:
+            self.listeners.append(Listener(transparent_spec(
+                "virtualOutbound", Direction.OUTBOUND, cfg.outbound.addresses, cfg.outbound.port, own, cfg),
+                self.connections, self.metrics, origdst))
+        if cfg.inbound.enabled:
+            self.listeners.append(Listener(transparent_spec(
+                "virtualInbound", Direction.INBOUND, cfg.inbound.addresses, cfg.inbound.port, own, cfg),
+                self.connections, self.metrics, origdst))
+        for lst in cfg.listeners:
+            self.listeners.append(Listener(explicit_spec(lst, cfg), self.connections, self.metrics, origdst))
+
+    # -- queries for admin ----------------------------------------------------
+    def listener_info(self) -> list[dict]:
+        return [{"name": lst.spec.name, "direction": lst.spec.plan.direction.value,
+                 "addresses": [str(a) for a in lst.bound]} for lst in self.listeners]
+
+    def server_info(self) -> dict:
+        return {"version": __version__, "state": self.state, "uptime_seconds": int(time.time() - self.started_at),
+                "loop": loop_name(), "config_version": self.snapshot.version,
+                "active_connections": len(self.connections.active)}
+
+    # -- lifecycle ------------------------------------------------------------
+    async def start(self) -> None:
+        """Bind everything; on failure close what was bound and raise ``OSError``."""
+        self.metrics.server_state.set(0)
+        try:
+            for lst in self.listeners:
+                await lst.start()
+            await self.admin.start()
+        except OSError:
+            await self._close_all()
+            raise
+        self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
+        self.state = "LIVE"
+        self.metrics.server_state.set(1)
+        self.ready.set()
+        log.info("meshproxy %s live on %s (loop: %s)", __version__,
+                 ", ".join(f"{i['name']}={'/'.join(i['addresses'])}" for i in self.listener_info()),
+                 loop_name())
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_INTERVAL)
+            self.connections.flush()
+
+    def request_shutdown(self, reason: str) -> None:
+        if not self._stop.is_set():
+            self._stop_reason = reason
+            self._stop.set()
+
+    def drain_listeners(self) -> None:
+        """Stop accepting and fail readiness; connections in flight go on."""
+        if not self._draining:
+            self._draining = True
+            self.state = "DRAINING"
+            self.metrics.server_state.set(2)
+            for lst in self.listeners:
+                lst.close()
+            log.info("listeners drained: no new connections accepted")
+
+    async def run(self) -> int:
+        """Start, serve until asked to stop, drain, return the exit code."""
+        loop = asyncio.get_running_loop()
+        await self.start()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, self.request_shutdown, signal.Signals(sig).name)
+            except (NotImplementedError, RuntimeError, ValueError):
+                pass  # not the main thread (tests): shutdown comes from request_shutdown
+        try:
+            await self.serve_until_stopped()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                try:
+                    loop.remove_signal_handler(sig)
+                except (NotImplementedError, RuntimeError, ValueError):
+                    pass
+        return 0
+
+    async def serve_until_stopped(self) -> None:
+        await self._stop.wait()
+        cfg = self.snapshot.config.drain
+        await self.drain(cfg.duration, cfg.exit_on_zero_active_connections)
+
+    async def drain(self, duration: float, exit_on_zero: bool) -> None:
+        """Stop accepting; keep in-flight connections for ``duration`` (Istio's
+        terminationDrainDuration), or only until none is left when ``exit_on_zero``
+        (Istio's EXIT_ON_ZERO_ACTIVE_CONNECTIONS); then close what is left."""
+        log.info("draining (%s): %d active connections, up to %.1fs",
+                 self._stop_reason or "requested", len(self.connections.active), duration)
+        self.drain_listeners()
+        if exit_on_zero:
+            try:
+                await asyncio.wait_for(self.connections.wait_idle(), duration)
+            except asyncio.TimeoutError:
+                pass
+        else:
+            await asyncio.sleep(duration)
+        if self.connections.active:
+            log.warning("drain period over: closing %d connections", len(self.connections.active))
+            self.connections.abort_all()
+            await asyncio.sleep(0)
+        await self._close_all()
+        log.info("meshproxy stopped")
+
+    async def _close_all(self) -> None:
+        flusher = getattr(self, "_flusher", None)
+        if flusher is not None:
+            flusher.cancel()
+        for lst in self.listeners:
+            lst.close()
+        await self.admin.stop()

@@ -1,0 +1,239 @@
+"""The configuration model: every setting, its type, its default and its meaning.
+
+Where this sits: ``config/load.py`` turns a YAML file into a ``Config`` from
+this module; ``config/snapshot.py`` wraps it in an immutable ``Snapshot`` that
+the rest of the proxy reads. Nothing here touches files or sockets.
+
+Every field has a default, so an empty file (or no file) is a working
+sidecar with Istio's conventions: outbound 15001, inbound 15006, admin
+127.0.0.1:15000, health 15021, Prometheus 15090, proxy uid/gid 1337.
+Models are frozen: a loaded config never changes, a reload builds a new one.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_duration(value: Any) -> float:
+    """``250ms``, ``5s``, ``2m``, ``1h`` or a number of seconds → seconds (float)."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 250ms, 5s, 2m or 1h")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ValueError("expected a duration >= 0")
+        return float(value)
+    if isinstance(value, str):
+        m = _DURATION.match(value)
+        if m:
+            return float(m.group(1)) * _UNITS[m.group(2)]
+    raise ValueError(f"expected a duration such as 250ms, 5s, 2m or 1h, got {value!r}")
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Port = Annotated[int, Field(ge=0, le=65535)]
+
+
+def _ip(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected an IP address string, got {value!r}")
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise ValueError(f"expected an IP address, got {value!r}") from None
+
+
+IPAddr = Annotated[str, BeforeValidator(_ip)]
+
+
+def parse_hostport(value: Any) -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port`` → (host, port)."""
+    if not isinstance(value, str):
+        raise ValueError(f"expected 'host:port', got {value!r}")
+    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)|([^:\[\]\s]+):(\d+)", value.strip())
+    if not m:
+        raise ValueError(f"expected 'host:port' or '[ipv6]:port', got {value!r}")
+    host = m.group(1) or m.group(3)
+    port = int(m.group(2) or m.group(4))
+    if not 1 <= port <= 65535:
+        raise ValueError(f"port must be 1..65535, got {port}")
+    return host, port
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+_POD_HASH = re.compile(r"^(.*?)(?:-[a-z0-9]{6,10})?-[a-z0-9]{5}$")
+
+
+def workload_from_pod(pod_name: str) -> str:
+    """``reviews-v1-5b7c8d9f4-abcde`` → ``reviews-v1`` (Deployment → ReplicaSet → Pod naming)."""
+    m = _POD_HASH.match(pod_name)
+    return m.group(1) if m and m.group(1) else pod_name
+
+
+class Node(_Model):
+    """Who this sidecar serves; feeds metric labels. Defaults come from the
+    Kubernetes downward-API environment variables."""
+
+    pod_name: str = Field(default_factory=lambda: os.environ.get("POD_NAME", ""))
+    pod_namespace: str = Field(default_factory=lambda: os.environ.get("POD_NAMESPACE", "") or "default")
+    service_account: str = Field(default_factory=lambda: os.environ.get("SERVICE_ACCOUNT", ""))
+    instance_ip: str = Field(default_factory=lambda: os.environ.get("INSTANCE_IP", ""))
+    workload_name: str = Field(default_factory=lambda: os.environ.get("WORKLOAD_NAME", ""))
+    """Defaults to the pod name with its ReplicaSet and pod hashes removed."""
+    cluster_id: str = Field(default_factory=lambda: os.environ.get("CLUSTER_ID", "") or "Kubernetes")
+    app: str = Field(default_factory=lambda: os.environ.get("APP_NAME", ""))
+    """The pod's ``app`` label (Istio's ``source_app``/``destination_app``)."""
+    version: str = Field(default_factory=lambda: os.environ.get("APP_VERSION", ""))
+    """The pod's ``version`` label."""
+
+    @property
+    def workload(self) -> str:
+        return self.workload_name or (workload_from_pod(self.pod_name) if self.pod_name else "unknown")
+
+
+class ProxyIdentity(_Model):
+    uid: int = Field(1337, ge=0)
+    """The uid whose traffic iptables never redirects (the proxy's own)."""
+    gid: int = Field(1337, ge=0)
+
+
+def _default_addresses() -> list[str]:
+    return ["0.0.0.0", "::"]
+
+
+class Inbound(_Model):
+    """Transparent inbound listener: the target of the PREROUTING redirect."""
+
+    enabled: bool = True
+    port: Port = 15006
+    addresses: list[IPAddr] = Field(default_factory=_default_addresses)
+    """Bind addresses; ``::`` is skipped silently where the host has no IPv6."""
+    app_host: IPAddr = "127.0.0.1"
+    """Where the app listens (IPv4 connections); the original port is kept."""
+    app_host_v6: IPAddr = "::1"
+    passthrough_source: IPAddr = "127.0.0.6"
+    """Source address of the leg to the app, so iptables never captures it again."""
+    passthrough_source_v6: IPAddr = "::6"
+
+
+class Outbound(_Model):
+    """Transparent outbound listener: the target of the OUTPUT redirect."""
+
+    enabled: bool = True
+    port: Port = 15001
+    addresses: list[IPAddr] = Field(default_factory=_default_addresses)
+
+
+class ExplicitListener(_Model):
+    """A local address:port bound to a fixed upstream: no iptables, no root."""
+
+    name: str = Field(min_length=1)
+    address: IPAddr = "127.0.0.1"
+    port: Port
+    upstream: str
+    """``host:port`` or ``[v6]:port`` of the upstream."""
+
+    @field_validator("upstream")
+    @classmethod
+    def _upstream(cls, v: str) -> str:
+        parse_hostport(v)
+        return v
+
+    @property
+    def upstream_addr(self) -> tuple[str, int]:
+        return parse_hostport(self.upstream)
+
+
+class Endpoint(_Model):
+    enabled: bool = True
+    address: IPAddr
+    port: Port
+
+
+class Admin(Endpoint):
+    """Envoy-style admin API. Localhost only unless configured otherwise."""
+
+    address: IPAddr = "127.0.0.1"
+    port: Port = 15000
+
+
+class Health(Endpoint):
+    """``GET /healthz/ready`` for kubelet probes."""
+
+    address: IPAddr = "0.0.0.0"
+    port: Port = 15021
+
+
+class Prometheus(Endpoint):
+    """``GET /stats/prometheus`` for scrapers."""
+
+    address: IPAddr = "0.0.0.0"
+    port: Port = 15090
+
+
+class Tcp(_Model):
+    connect_timeout: Duration = 10.0
+    """Upstream connect timeout (Istio's default 10 s); on expiry the downstream
+    is closed with response flag UF."""
+    idle_timeout: Duration = 3600.0
+    """Close a relayed connection after this long with no bytes either way (0 = never)."""
+    buffer_limit_bytes: int = Field(1024 * 1024, ge=1024)
+    """Per-connection write buffer high-water mark (Envoy's per_connection_buffer_limit_bytes):
+    past it, reading from the other side pauses until the buffer drains to a quarter."""
+
+
+class Drain(_Model):
+    duration: Duration = 5.0
+    """On SIGTERM: stop accepting, then wait this long (Istio's terminationDrainDuration)
+    while in-flight connections finish; close what is left and exit 0."""
+    exit_on_zero_active_connections: bool = False
+    """While draining, exit as soon as no connection is active instead of waiting the
+    whole duration (Istio's EXIT_ON_ZERO_ACTIVE_CONNECTIONS)."""
+
+
+class Log(_Model):
+    level: str = "info"
+
+    @field_validator("level")
+    @classmethod
+    def _level(cls, v: str) -> str:
+        v = v.lower()
+        if v not in {"debug", "info", "warning", "error", "critical"}:
+            raise ValueError("expected one of debug, info, warning, error, critical")
+        return v
+
+
+class Config(_Model):
+    """The whole configuration. See README "Configuration reference"."""
+
+    node: Node = Field(default_factory=Node)
+    proxy: ProxyIdentity = Field(default_factory=ProxyIdentity)
+    inbound: Inbound = Field(default_factory=Inbound)
+    outbound: Outbound = Field(default_factory=Outbound)
+    listeners: list[ExplicitListener] = Field(default_factory=list)
+    admin: Admin = Field(default_factory=Admin)
+    health: Health = Field(default_factory=Health)
+    prometheus: Prometheus = Field(default_factory=Prometheus)
+    tcp: Tcp = Field(default_factory=Tcp)
+    drain: Drain = Field(default_factory=Drain)
+    log: Log = Field(default_factory=Log)
+
+    @model_validator(mode="after")
+    def _unique(self) -> "Config":
+        seen: set[str] = set()
+        for i, lst in enumerate(self.listeners):
+            if lst.name in seen:
+                raise ValueError(f"listeners[{i}].name: duplicate listener name {lst.name!r}")
+            seen.add(lst.name)
+        return self
