@@ -50,10 +50,13 @@ def _message(err: dict[str, Any]) -> str:
     msg = err["msg"]
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
-    if kind.startswith(("int_", "float_", "bool_", "string_", "list_", "dict_", "model_")) or kind in {
-        "greater_than_equal", "less_than_equal", "too_short"
-    }:
-        msg = f"expected {msg[0].lower()}{msg[1:]}" if not msg.lower().startswith("expected") else msg
+    if msg.startswith("Input should be "):
+        msg = "expected " + msg[len("Input should be "):]
+    elif msg.startswith("List should have "):
+        msg = "expected a list with " + msg[len("List should have "):]
+    elif msg.startswith("String should have "):
+        msg = "expected a string with " + msg[len("String should have "):]
+    if msg.startswith("expected ") and ", got " not in msg:
         if got is not None and not isinstance(got, (dict, list)):
             msg += f", got {got!r}"
     return msg

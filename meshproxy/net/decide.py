@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import NO_ROUTE
 from .addrs import Direction, OrigDst, SockAddr, Upstream, is_loopback
 
 
@@ -36,8 +37,8 @@ class Refuse:
     """Close the connection without connecting anywhere."""
 
     reason: str
-    flag: str = "NR"
-    """Envoy response flag for metrics and logs (NR: no route)."""
+    flag: str = NO_ROUTE.flag
+    """Envoy response flag for metrics and logs."""
 
 
 @dataclass(frozen=True, slots=True)

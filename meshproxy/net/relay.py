@@ -27,6 +27,9 @@ import socket
 import struct
 from typing import Callable
 
+from ..errors import (DOWNSTREAM_CONNECTION_TERMINATION as _DC, IDLE_TIMEOUT as _SI,
+                      UPSTREAM_CONNECT_FAILURE as _UF, UPSTREAM_CONNECTION_TERMINATION as _UC)
+
 log = logging.getLogger("meshproxy.relay")
 
 _LINGER_RST = struct.pack("ii", 1, 0)
@@ -112,8 +115,7 @@ class Relay:
     Life: the downstream is accepted (paused) → ``on_start(relay, transport)``
     decides and calls ``connect()`` or ``refuse()`` → bytes flow → both sides end
     → ``on_close(relay)`` runs exactly once; ``flag`` is then the Envoy response
-    flag ("" for a clean close: UF connect failure, UC upstream reset, DC
-    downstream reset, IT idle timeout, NR refused)."""
+    flag ("" for a clean close; otherwise one of ``errors.py``)."""
 
     __slots__ = ("loop", "down", "up", "flag", "on_close", "on_start", "buffer_limit",
                  "connect_timeout", "idle_timeout", "ctx", "up_made", "lost",
@@ -183,7 +185,7 @@ class Relay:
                 self.loop.create_connection(lambda: self.up, host, port, local_addr=local),
                 self.connect_timeout)
         except (OSError, asyncio.TimeoutError) as e:
-            self.flag = "UF"
+            self.flag = _UF.flag
             log.debug("upstream %s:%s connect failed: %r", host, port, e)
             if not down.is_closing():
                 _reset(down)
@@ -215,7 +217,7 @@ class Relay:
             self._idle_strikes += 1
             if self._idle_strikes >= 2:
                 self._idle_handle = None
-                self.flag = self.flag or "IT"
+                self.flag = self.flag or _SI.flag
                 self.close()
                 return
         else:
@@ -240,7 +242,7 @@ class Relay:
     def _side_lost(self, side: _Side, exc: Exception | None) -> None:
         self.lost += 1
         if exc is not None and not self.flag:
-            self.flag = "DC" if side.is_down else "UC"
+            self.flag = _DC.flag if side.is_down else _UC.flag
         other = side.other
         if other is not None and not other.is_closing():
             if exc is not None:

@@ -123,9 +123,6 @@ class Metrics:
         self.active_connections = Gauge(
             "meshproxy_active_connections", "Connections currently relayed", ("direction",),
             registry=self.registry)
-        self.upstream_connect_failures = Counter(
-            "meshproxy_upstream_connect_failures", "Upstream connects that failed, by cause",
-            ("direction", "cause"), registry=self.registry)
         self.listener_refused = Counter(
             "meshproxy_listener_refused_connections", "Accepted connections refused without forwarding",
             ("direction", "reason"), registry=self.registry)

@@ -1,0 +1,35 @@
+"""Every way a connection or request can fail, in one table: who caused it, the
+status code a client is answered with (HTTP), Envoy's response flag and the
+metric label.
+
+Where this sits: beside the data flow. ``net/relay.py`` sets flags from here;
+the HTTP layer (a later capability) answers local replies from the same rows.
+Errors caused by a peer (remote) are logged at debug level and counted; errors
+that cannot happen unless meshproxy itself is wrong are logged at error level.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorKind:
+    flag: str
+    """Envoy's short response flag (``%RESPONSE_FLAGS%``), used as the ``response_flags`` label."""
+    status: int
+    """HTTP status of a local reply for this error (L4 connections only use the flag)."""
+    cause: str
+    """``upstream``, ``downstream`` or ``local``: who caused it."""
+    description: str
+
+
+UPSTREAM_CONNECT_FAILURE = ErrorKind("UF", 503, "upstream", "upstream connection failure (refused, unreachable or connect timeout)")
+UPSTREAM_CONNECTION_TERMINATION = ErrorKind("UC", 503, "upstream", "upstream connection reset or closed mid-exchange")
+DOWNSTREAM_CONNECTION_TERMINATION = ErrorKind("DC", 0, "downstream", "downstream connection reset")
+IDLE_TIMEOUT = ErrorKind("SI", 408, "local", "no bytes in either direction for the idle timeout")
+NO_ROUTE = ErrorKind("NR", 404, "local", "no route: refused (a redirect loop to the proxy itself, or not redirected)")
+
+ALL = (UPSTREAM_CONNECT_FAILURE, UPSTREAM_CONNECTION_TERMINATION, DOWNSTREAM_CONNECTION_TERMINATION,
+       IDLE_TIMEOUT, NO_ROUTE)
+BY_FLAG = {k.flag: k for k in ALL}
