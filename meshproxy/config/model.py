@@ -12,61 +12,13 @@ Models are frozen: a loaded config never changes, a reload builds a new one.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
-from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
-
-
-def parse_duration(value: Any) -> float:
-    """``250ms``, ``5s``, ``2m``, ``1h`` or a number of seconds → seconds (float)."""
-    if isinstance(value, bool):
-        raise ValueError("expected a duration such as 250ms, 5s, 2m or 1h")
-    if isinstance(value, (int, float)):
-        if value < 0:
-            raise ValueError("expected a duration >= 0")
-        return float(value)
-    if isinstance(value, str):
-        m = _DURATION.match(value)
-        if m:
-            return float(m.group(1)) * _UNITS[m.group(2)]
-    raise ValueError(f"expected a duration such as 250ms, 5s, 2m or 1h, got {value!r}")
-
-
-Duration = Annotated[float, BeforeValidator(parse_duration)]
-Port = Annotated[int, Field(ge=0, le=65535)]
-
-
-def _ip(value: Any) -> str:
-    if not isinstance(value, str):
-        raise ValueError(f"expected an IP address string, got {value!r}")
-    try:
-        return str(ipaddress.ip_address(value))
-    except ValueError:
-        raise ValueError(f"expected an IP address, got {value!r}") from None
-
-
-IPAddr = Annotated[str, BeforeValidator(_ip)]
-
-
-def parse_hostport(value: Any) -> tuple[str, int]:
-    """``host:port`` or ``[v6]:port`` → (host, port)."""
-    if not isinstance(value, str):
-        raise ValueError(f"expected 'host:port', got {value!r}")
-    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)|([^:\[\]\s]+):(\d+)", value.strip())
-    if not m:
-        raise ValueError(f"expected 'host:port' or '[ipv6]:port', got {value!r}")
-    host = m.group(1) or m.group(3)
-    port = int(m.group(2) or m.group(4))
-    if not 1 <= port <= 65535:
-        raise ValueError(f"port must be 1..65535, got {port}")
-    return host, port
-
+from .model_types import Duration, IPAddr, Port, parse_duration, parse_hostport  # noqa: F401 (re-exported)
+from .routing import AccessLog, Cluster, Detection, Http, PortDecl, Protocol, Route, Tracing
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -142,7 +94,9 @@ class ExplicitListener(_Model):
     address: IPAddr = "127.0.0.1"
     port: Port
     upstream: str
-    """``host:port`` or ``[v6]:port`` of the upstream."""
+    """``host:port`` or ``[v6]:port`` of the upstream (where unrouted traffic goes)."""
+    protocol: Protocol = "auto"
+    """``auto`` detects HTTP and routes it; ``tcp`` relays bytes; ``http`` skips detection."""
 
     @field_validator("upstream")
     @classmethod
@@ -228,12 +182,34 @@ class Config(_Model):
     tcp: Tcp = Field(default_factory=Tcp)
     drain: Drain = Field(default_factory=Drain)
     log: Log = Field(default_factory=Log)
+    http: Http = Field(default_factory=Http)
+    detection: Detection = Field(default_factory=Detection)
+    ports: list[PortDecl] = Field(default_factory=list)
+    """Declared port protocols (by original destination port); they skip detection."""
+    clusters: list[Cluster] = Field(default_factory=list)
+    routes: list[Route] = Field(default_factory=list)
+    """First match wins; unmatched HTTP goes to the original destination."""
+    access_log: AccessLog = Field(default_factory=AccessLog)
+    tracing: Tracing = Field(default_factory=Tracing)
 
     @model_validator(mode="after")
-    def _unique(self) -> "Config":
-        seen: set[str] = set()
-        for i, lst in enumerate(self.listeners):
-            if lst.name in seen:
-                raise ValueError(f"listeners[{i}].name: duplicate listener name {lst.name!r}")
-            seen.add(lst.name)
+    def _references(self) -> "Config":
+        for field, items in (("listeners", self.listeners), ("clusters", self.clusters), ("routes", self.routes)):
+            seen: set[str] = set()
+            for i, item in enumerate(items):
+                if item.name in seen:
+                    raise ValueError(f"{field}[{i}].name: duplicate name {item.name!r}")
+                seen.add(item.name)
+        clusters = {c.name for c in self.clusters}
+        for i, route in enumerate(self.routes):
+            if route.cluster is not None and route.cluster not in clusters:
+                raise ValueError(f"routes[{i}].cluster: no cluster named {route.cluster!r}")
+            for j, w in enumerate(route.weighted_clusters):
+                if w.cluster not in clusters:
+                    raise ValueError(f"routes[{i}].weighted_clusters[{j}].cluster: no cluster named {w.cluster!r}")
+        seen_ports: set[int] = set()
+        for i, decl in enumerate(self.ports):
+            if decl.port in seen_ports:
+                raise ValueError(f"ports[{i}].port: port {decl.port} declared twice")
+            seen_ports.add(decl.port)
         return self
