@@ -1,0 +1,238 @@
+"""Header translation at the HTTP/2 codec boundary, in one pass each way.
+
+Where this sits: private to ``codec/http2.py``. Inbound, h2 hands us the decoded
+header list (h2's own validation is off, see ``_h2_conn``); ``lift_request`` /
+``lift_response`` / ``check_trailers`` validate it against RFC 9113 section 8.2
+and 8.3 and lift pseudo-headers into the event's fields. Outbound,
+``request_block`` / ``response_block`` / ``trailer_block`` build the header list
+h2 encodes, stripping what HTTP/2 forbids. Together they make HTTP/2 <->
+HTTP/1.1 translation possible above the codec:
+
+- received heads never carry pseudo-headers, connection-specific headers or
+  ``host`` (it is folded into ``authority``); split ``cookie`` fields are joined
+  with ``"; "`` (RFC 9113 section 8.2.3);
+- sent heads never carry connection-specific headers, headers named by
+  ``Connection``, ``host`` (it becomes ``:authority``) or upper-case names.
+
+Inbound functions return a ``str`` reason instead of raising: a malformed message
+is a stream error, and raising costs more than returning on the hot path.
+"""
+
+from __future__ import annotations
+
+import re
+
+from hpack import NeverIndexedHeaderTuple
+
+from .events import Headers, RequestHead, ResponseHead
+
+CONNECTION_SPECIFIC = frozenset(
+    (b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade")
+)
+_SENSITIVE = frozenset((b"authorization", b"proxy-authorization"))
+# RFC 9110 token characters, lower-case only (RFC 9113 section 8.2.1).
+_BAD_NAME = re.compile(rb"[^!#$%&'*+\-.^_`|~0-9a-z]")
+# RFC 9113 section 8.2.1: no NUL/CR/LF, no leading or trailing SP/HTAB.
+_BAD_VALUE = re.compile(rb"[\x00\r\n]|\A[ \t]|[ \t]\Z")
+_REQUEST_PSEUDO = frozenset((b":method", b":scheme", b":authority", b":path"))
+_OVERHEAD = 32  # per-field overhead in SETTINGS_MAX_HEADER_LIST_SIZE (RFC 9113 6.5.2)
+
+
+def _regular(name: bytes, value: bytes) -> str | None:
+    """Reason a regular (non-pseudo) received field is malformed, else None."""
+    if not name or _BAD_NAME.search(name):
+        return "invalid header name"
+    if value and _BAD_VALUE.search(value):
+        return "invalid header value"
+    if name in CONNECTION_SPECIFIC:
+        return "connection-specific header field"
+    if name == b"te" and value.lower() != b"trailers":
+        return "te other than trailers"
+    return None
+
+
+def lift_request(stream_id: int, fields: list, end_stream: bool,
+                 max_size: int, max_count: int) -> RequestHead | str | int:
+    """Validate a received request header block and build its ``RequestHead``.
+
+    Returns the head, a ``str`` reason when the request is malformed (stream
+    error PROTOCOL_ERROR), or ``431`` when it exceeds the size/count limits.
+    """
+    if len(fields) > max_count:
+        return 431
+    method = scheme = path = authority = host = None
+    content_length: int | None = None
+    headers: Headers = []
+    cookies: list[bytes] | None = None
+    size = 0
+    regular = expect = False
+    for name, value in fields:
+        size += len(name) + len(value) + _OVERHEAD
+        if name[:1] == b":":
+            if regular:
+                return "pseudo-header after regular header"
+            if name == b":method" and method is None:
+                method = value
+            elif name == b":path" and path is None:
+                path = value
+            elif name == b":scheme" and scheme is None:
+                scheme = value
+            elif name == b":authority" and authority is None:
+                authority = value
+            else:
+                return "unknown, duplicate or response pseudo-header"
+            continue
+        regular = True
+        reason = _regular(name, value)
+        if reason is not None:
+            return reason
+        if name == b"cookie":
+            if cookies is None:
+                cookies = [value]
+            else:
+                cookies.append(value)
+            continue
+        if name == b"host":
+            if host is not None:
+                return "duplicate host"
+            host = value
+            continue
+        if name == b"content-length":
+            if not value.isdigit() or (content_length is not None and int(value) != content_length):
+                return "invalid content-length"
+            content_length = int(value)
+        elif name == b"expect":
+            expect = value.lower() == b"100-continue"
+        headers.append((name, value))
+    if size > max_size:
+        return 431
+    if method is None:
+        return "missing :method"
+    if host is not None:
+        if authority is None:
+            authority = host
+        elif authority != host:
+            return ":authority and host differ"
+    upgrade = None
+    if method == b"CONNECT":
+        if scheme is not None or path is not None or authority is None:
+            return "CONNECT needs :authority and no :scheme/:path"
+        path = authority
+        scheme = b"https"
+        upgrade = b"connect"
+    elif not scheme or not path:
+        return "missing :scheme or :path"
+    if cookies is not None:
+        headers.append((b"cookie", b"; ".join(cookies)))
+    return RequestHead(stream_id, method, path, authority, headers, "2", scheme,
+                       True, upgrade, expect, end_stream, content_length)
+
+
+def lift_response(stream_id: int, fields: list, end_stream: bool,
+                  max_size: int, max_count: int) -> ResponseHead | str:
+    """Validate a received response (or 1xx) header block into a ``ResponseHead``;
+    a ``str`` reason when malformed or over the limits."""
+    if len(fields) > max_count:
+        return "too many response headers"
+    status = None
+    content_length: int | None = None
+    headers: Headers = []
+    size = 0
+    regular = False
+    for name, value in fields:
+        size += len(name) + len(value) + _OVERHEAD
+        if name[:1] == b":":
+            if regular or name != b":status" or status is not None:
+                return "bad pseudo-header in response"
+            status = value
+            continue
+        regular = True
+        reason = _regular(name, value)
+        if reason is not None:
+            return reason
+        if name == b"content-length":
+            if not value.isdigit():
+                return "invalid content-length"
+            content_length = int(value)
+        headers.append((name, value))
+    if size > max_size:
+        return "response headers too large"
+    if status is None or len(status) != 3 or not status.isdigit() or status == b"101":
+        return "missing or invalid :status"
+    return ResponseHead(stream_id, int(status), headers, "2", b"", True, end_stream,
+                        content_length)
+
+
+def check_trailers(fields: list, max_size: int, max_count: int) -> Headers | str:
+    """Validate received trailers: regular fields only."""
+    if len(fields) > max_count:
+        return "too many trailers"
+    size = 0
+    for name, value in fields:
+        size += len(name) + len(value) + _OVERHEAD
+        if name[:1] == b":":
+            return "pseudo-header in trailers"
+        reason = _regular(name, value)
+        if reason is not None:
+            return reason
+    if size > max_size:
+        return "trailers too large"
+    return fields if type(fields) is list else list(fields)
+
+
+def _clean(headers: Headers, out: list, drop_host: bool) -> bytes | None:
+    """Append the sendable fields of ``headers`` to ``out``; return ``host``."""
+    host = None
+    nominated: set[bytes] | None = None
+    for name, value in headers:
+        if len(name) == 10 and name.lower() == b"connection":
+            nominated = (nominated or set()) | {t.strip().lower() for t in value.split(b",")}
+    for name, value in headers:
+        name = name.lower()
+        if name in CONNECTION_SPECIFIC or name[:1] == b":":
+            continue
+        if nominated is not None and name in nominated:
+            continue
+        if name == b"host":
+            host = value
+            if drop_host:
+                continue
+        if name == b"te":
+            if value.lower() != b"trailers":
+                continue
+        if name in _SENSITIVE:
+            out.append(NeverIndexedHeaderTuple(name, value))
+            continue
+        out.append((name, value))
+    return host
+
+
+def request_block(head: RequestHead) -> list:
+    """The header list to send for ``head`` (client role)."""
+    out: list = []
+    pseudo = [(b":method", head.method)]
+    host = _clean(head.headers, out, True)
+    authority = head.authority or host
+    if head.method == b"CONNECT":
+        pseudo.append((b":authority", authority or head.target))
+    else:
+        pseudo.append((b":scheme", head.scheme or b"http"))
+        if authority:
+            pseudo.append((b":authority", authority))
+        pseudo.append((b":path", head.target or b"/"))
+    pseudo.extend(out)
+    return pseudo
+
+
+def response_block(head: ResponseHead) -> list:
+    """The header list to send for ``head`` (server role)."""
+    out: list = [(b":status", b"%d" % head.status)]
+    _clean(head.headers, out, True)
+    return out
+
+
+def trailer_block(headers: Headers) -> list:
+    """The header list to send as trailers."""
+    out: list = []
+    _clean(headers, out, True)
+    return out
