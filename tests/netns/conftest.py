@@ -73,3 +73,34 @@ def make_netns():
             except (ProcessLookupError, ValueError):
                 pass
         subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+@pytest.hookimpl(tryfirst=True, hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Keep each phase's report on the item so finalisers know whether the test failed."""
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, f"rep_{rep.when}", rep)
+
+
+@pytest.fixture
+def node(make_netns, request):
+    """A "node" namespace with a bridge; ``node.add_pod("client")`` adds pod namespaces.
+
+    Teardown kills every process the harness started (by PID), prints their logs
+    when the test failed, then ``make_netns`` deletes the namespaces."""
+    from pods import TOOLS, Node
+
+    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
+    if missing:
+        why = f"the pod harness needs {', '.join(missing)} on PATH"
+        if os.environ.get("CI"):
+            pytest.fail(why)
+        pytest.skip(why)
+    n = Node(make_netns)
+    yield n
+    failed = any(getattr(getattr(request.node, f"rep_{when}", None), "failed", False)
+                 for when in ("setup", "call"))
+    if failed:
+        print(n.dump_logs())
+    n.close()
