@@ -19,6 +19,7 @@ import time
 from . import __version__
 from .admin.server import Admin
 from .config.snapshot import Snapshot
+from .http.context import HttpContext
 from .loop import loop_name
 from .net.addrs import Direction
 from .net.listener import Connections, Listener, explicit_spec, transparent_spec
@@ -46,17 +47,22 @@ class App:
         self._stop_reason = ""
         self._draining = False
         self.listeners: list[Listener] = []
+        self.origdst = origdst
+        self.http = None
+        """The ``HttpContext`` shared by all listeners; built in ``start()`` (needs the loop)."""
+
+    def _build_listeners(self) -> None:
+        cfg = self.snapshot.config
         own = {cfg.inbound.port, cfg.outbound.port}
+        specs = []
         if cfg.outbound.enabled:
-            self.listeners.append(Listener(transparent_spec(
-                "virtualOutbound", Direction.OUTBOUND, cfg.outbound.addresses, cfg.outbound.port, own, cfg),
-                self.connections, self.metrics, origdst))
+            specs.append(transparent_spec("virtualOutbound", Direction.OUTBOUND, cfg.outbound.addresses,
+                                          cfg.outbound.port, own, cfg))
         if cfg.inbound.enabled:
-            self.listeners.append(Listener(transparent_spec(
-                "virtualInbound", Direction.INBOUND, cfg.inbound.addresses, cfg.inbound.port, own, cfg),
-                self.connections, self.metrics, origdst))
-        for lst in cfg.listeners:
-            self.listeners.append(Listener(explicit_spec(lst, cfg), self.connections, self.metrics, origdst))
+            specs.append(transparent_spec("virtualInbound", Direction.INBOUND, cfg.inbound.addresses,
+                                          cfg.inbound.port, own, cfg))
+        specs.extend(explicit_spec(lst, cfg) for lst in cfg.listeners)
+        self.listeners = [Listener(spec, self.connections, self.metrics, self.origdst, self.http) for spec in specs]
 
     # -- queries for admin ----------------------------------------------------
     def listener_info(self) -> list[dict]:
@@ -66,12 +72,14 @@ class App:
     def server_info(self) -> dict:
         return {"version": __version__, "state": self.state, "uptime_seconds": int(time.time() - self.started_at),
                 "loop": loop_name(), "config_version": self.snapshot.version,
-                "active_connections": len(self.connections.active)}
+                "active_connections": self.active_connections()}
 
     # -- lifecycle ------------------------------------------------------------
     async def start(self) -> None:
         """Bind everything; on failure close what was bound and raise ``OSError``."""
         self.metrics.server_state.set(0)
+        self.http = HttpContext(self.snapshot.config, self.metrics)
+        self._build_listeners()
         try:
             for lst in self.listeners:
                 await lst.start()
@@ -105,6 +113,8 @@ class App:
             self.metrics.server_state.set(2)
             for lst in self.listeners:
                 lst.close()
+            if self.http is not None:
+                self.http.drain()
             log.info("listeners drained: no new connections accepted")
 
     async def run(self) -> int:
@@ -138,19 +148,25 @@ class App:
         log.info("draining (%s): %d active connections, up to %.1fs",
                  self._stop_reason or "requested", len(self.connections.active), duration)
         self.drain_listeners()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + duration
         if exit_on_zero:
-            try:
-                await asyncio.wait_for(self.connections.wait_idle(), duration)
-            except asyncio.TimeoutError:
-                pass
+            while self.active_connections() and loop.time() < deadline:
+                await asyncio.sleep(0.05)
         else:
             await asyncio.sleep(duration)
-        if self.connections.active:
-            log.warning("drain period over: closing %d connections", len(self.connections.active))
+        if self.active_connections():
+            log.warning("drain period over: closing %d connections", self.active_connections())
             self.connections.abort_all()
+            if self.http is not None:
+                self.http.close()
             await asyncio.sleep(0)
         await self._close_all()
         log.info("meshproxy stopped")
+
+    def active_connections(self) -> int:
+        """Relayed TCP connections plus downstream HTTP connections."""
+        return len(self.connections.active) + (len(self.http.connections) if self.http is not None else 0)
 
     async def _close_all(self) -> None:
         flusher = getattr(self, "_flusher", None)
@@ -158,4 +174,6 @@ class App:
             flusher.cancel()
         for lst in self.listeners:
             lst.close()
+        if self.http is not None:
+            self.http.close()
         await self.admin.stop()

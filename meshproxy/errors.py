@@ -29,7 +29,15 @@ UPSTREAM_CONNECTION_TERMINATION = ErrorKind("UC", 503, "upstream", "upstream con
 DOWNSTREAM_CONNECTION_TERMINATION = ErrorKind("DC", 0, "downstream", "downstream connection reset")
 IDLE_TIMEOUT = ErrorKind("SI", 408, "local", "no bytes in either direction for the idle timeout")
 NO_ROUTE = ErrorKind("NR", 404, "local", "no route: refused (a redirect loop to the proxy itself, or not redirected)")
+UPSTREAM_PROTOCOL_ERROR = ErrorKind("UPE", 502, "upstream", "upstream sent a malformed response")
+UPSTREAM_REQUEST_TIMEOUT = ErrorKind("UT", 504, "upstream", "no complete response within the route timeout")
+UPSTREAM_RESET = ErrorKind("UR", 503, "upstream", "upstream reset the stream before responding")
+DOWNSTREAM_PROTOCOL_ERROR = ErrorKind("DPE", 400, "downstream", "the client sent a malformed or over-limit request")
+REQUEST_HEADERS_TIMEOUT = ErrorKind("DT", 408, "downstream", "the client did not send a complete request head in time")
+NO_CLUSTER = ErrorKind("NC", 503, "local", "the route names a cluster with no endpoint")
+DRAINING = ErrorKind("DR", 503, "local", "the proxy is draining")
 
 ALL = (UPSTREAM_CONNECT_FAILURE, UPSTREAM_CONNECTION_TERMINATION, DOWNSTREAM_CONNECTION_TERMINATION,
-       IDLE_TIMEOUT, NO_ROUTE)
+       IDLE_TIMEOUT, NO_ROUTE, UPSTREAM_PROTOCOL_ERROR, UPSTREAM_REQUEST_TIMEOUT, UPSTREAM_RESET,
+       DOWNSTREAM_PROTOCOL_ERROR, REQUEST_HEADERS_TIMEOUT, NO_CLUSTER, DRAINING)
 BY_FLAG = {k.flag: k for k in ALL}

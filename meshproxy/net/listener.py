@@ -14,6 +14,8 @@ import logging
 from dataclasses import dataclass
 from typing import Callable
 
+from ..detect.peek import Peeker
+from ..detect.sniff import Kind, PortProtocol
 from ..observe.metrics import Metrics, tcp_labels
 from .addrs import Direction, OrigDst, Peer, SockAddr, Upstream
 from .decide import Forward, Plan, decide
@@ -49,13 +51,10 @@ class Connections:
     def __init__(self, metrics: Metrics):
         self.metrics = metrics
         self.active: set[Relay] = set()
-        self._idle = asyncio.Event()
-        self._idle.set()
         metrics.add_flusher(self.flush)
 
     def add(self, relay: Relay) -> None:
         self.active.add(relay)
-        self._idle.clear()
         ctx = relay.ctx
         self.metrics.active_connections.labels(ctx.direction.value).inc()
         self.metrics.tcp.connection_opened(ctx.labels)
@@ -66,8 +65,6 @@ class Connections:
         ctx = relay.ctx
         self.metrics.active_connections.labels(ctx.direction.value).dec()
         self.metrics.tcp.connection_closed(ctx.labels, relay.flag)
-        if not self.active:
-            self._idle.set()
 
     def _flush_one(self, relay: Relay) -> None:
         rx, tx = relay.received, relay.sent
@@ -78,9 +75,6 @@ class Connections:
     def flush(self) -> None:
         for relay in self.active:
             self._flush_one(relay)
-
-    async def wait_idle(self) -> None:
-        await self._idle.wait()
 
     def abort_all(self) -> None:
         for relay in list(self.active):
@@ -100,22 +94,49 @@ class ListenerSpec:
     idle_timeout: float
     optional_v6: bool = True
     """Skip ``::`` silently when the host has no IPv6."""
+    protocol: str = "auto"
+    """``auto`` (declared ports, server-first ports, else detection), ``tcp`` or ``http``."""
+    declared: tuple[tuple[int, PortProtocol], ...] = ()
+    """Declared port protocols, by destination port."""
+    server_first: frozenset[int] = frozenset()
+    detect_timeout: float = 5.0
+
+
+class _Accepted(asyncio.Protocol):
+    """The protocol a new connection starts with: it only hands the transport to its listener."""
+
+    __slots__ = ("listener", "family")
+
+    def __init__(self, listener: "Listener", family: int):
+        self.listener = listener
+        self.family = family
+
+    def connection_made(self, transport) -> None:
+        self.listener._accepted(transport, self.family)
 
 
 class Listener:
-    """Serves one ``ListenerSpec`` on one or more addresses."""
+    """Serves one ``ListenerSpec`` on one or more addresses.
+
+    For each connection: original destination → ``decide`` → by the port's
+    protocol, an L4 relay, the HTTP server, or a ``Peeker`` that detects which."""
 
     def __init__(self, spec: ListenerSpec, connections: Connections, metrics: Metrics,
-                 origdst: OrigDstLookup = original_dst):
+                 origdst: OrigDstLookup = original_dst, http=None):
         self.spec = spec
         self.connections = connections
         self.metrics = metrics
         self.origdst = origdst
+        self.http = http
+        """The ``http.context.HttpContext`` (None: every connection is relayed as TCP)."""
         self.servers: list[asyncio.AbstractServer] = []
         self.bound: list[SockAddr] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reporter = "destination" if spec.plan.direction is Direction.INBOUND else "source"
+        self._policy = "none" if self._reporter == "destination" else "unknown"
         self._refused = metrics.listener_refused
+        self._declared = dict(spec.declared)
+        self._detected = metrics.protocol_detection
 
     async def start(self) -> None:
         loop = self._loop = asyncio.get_running_loop()
@@ -130,7 +151,7 @@ class Listener:
                 raise OSError(e.errno, f"listener {spec.name}: cannot bind {host}:{spec.port}: {e.strerror}") from None
             family = sock.family
             self.bound.append(SockAddr.of(sock.getsockname()))
-            server = await loop.create_server(lambda f=family: self._new_relay(f), sock=sock)
+            server = await loop.create_server(lambda f=family: _Accepted(self, f), sock=sock)
             self.servers.append(server)
 
     def close(self) -> None:
@@ -138,14 +159,8 @@ class Listener:
         for server in self.servers:
             server.close()
 
-    def _new_relay(self, family: int) -> asyncio.Protocol:
-        spec = self.spec
-        relay = Relay(self._loop, on_start=lambda r, t: self._started(r, t, family),
-                      on_close=self.connections.remove, buffer_limit=spec.buffer_limit,
-                      connect_timeout=spec.connect_timeout, idle_timeout=spec.idle_timeout)
-        return relay.protocol
-
-    def _started(self, relay: Relay, transport: asyncio.Transport, family: int) -> None:
+    # -- per connection ---------------------------------------------------
+    def _accepted(self, transport: asyncio.Transport, family: int) -> None:
         spec = self.spec
         local = SockAddr.of(transport.get_extra_info("sockname"))
         peer = Peer.of(transport.get_extra_info("peername"))
@@ -153,19 +168,92 @@ class Listener:
         if spec.plan.direction is not Direction.EXPLICIT:
             orig = self.origdst(transport.get_extra_info("socket"), family)
         verdict = decide(spec.plan, local, orig)
-        upstream = verdict.upstream if isinstance(verdict, Forward) else None
-        service = str(orig) if orig is not None else (str(upstream) if upstream else "unknown")
-        policy = "none" if self._reporter == "destination" else "unknown"
-        ctx = ConnContext(spec.name, spec.plan.direction, peer, local, orig, upstream,
-                          tcp_labels(self.metrics.me, self._reporter, service, policy))
-        relay.ctx = ctx
-        self.connections.add(relay)
-        if isinstance(verdict, Forward):
-            relay.connect(verdict.upstream.host, verdict.upstream.port, verdict.source)
-        else:
+        if not isinstance(verdict, Forward):
+            ctx = ConnContext(spec.name, spec.plan.direction, peer, local, orig, None,
+                              tcp_labels(self.metrics.me, self._reporter, str(orig) if orig else "unknown",
+                                         self._policy))
             log.warning("listener %s: refused %s → %s: %s", spec.name, peer, orig, verdict.reason)
             self._refused.labels(spec.plan.direction.value, "loop").inc()
+            relay = self._relay(ctx)
+            relay.attach(transport)
             relay.refuse(verdict.flag)
+            return
+        ctx = ConnContext(spec.name, spec.plan.direction, peer, local, orig, verdict.upstream)
+        mode = self._mode(orig.port if orig is not None else verdict.upstream.port)
+        if mode == "tcp":
+            self._relay_to(ctx, verdict, transport, b"", False)
+        elif mode == "h2":
+            self._count("declared")
+            self._serve_http(ctx, verdict, transport, b"", False, True)
+        else:
+            transport.set_protocol(Peeker(
+                self._loop, transport, spec.detect_timeout,
+                lambda t, kind, peeked, eof: self._detected_as(ctx, verdict, t, kind, peeked, eof),
+                lambda: None, http_only=mode == "http"))
+
+    def _mode(self, port: int) -> str:
+        """``tcp``, ``h2`` (prior knowledge), ``http`` (declared: tell H1 from H2) or ``detect``."""
+        spec = self.spec
+        if self.http is None or spec.protocol == "tcp":
+            return "tcp"
+        if spec.protocol == "http":
+            return "http"
+        declared = self._declared.get(port)
+        if declared is not None:
+            if declared.is_h2:
+                return "h2"
+            if declared.is_http:
+                return "http"
+            self._count("declared")
+            return "tcp"
+        if port in spec.server_first:
+            self._count("server_first")
+            return "tcp"
+        return "detect"
+
+    def _detected_as(self, ctx, verdict, transport, kind, peeked: bytes, eof: bool) -> None:
+        if kind is Kind.H1 or kind is Kind.H2:
+            self._count("http2" if kind is Kind.H2 else "http1")
+            self._serve_http(ctx, verdict, transport, peeked, eof, kind is Kind.H2)
+            return
+        self._count(kind if isinstance(kind, str) else kind.value)
+        self._relay_to(ctx, verdict, transport, peeked, eof)
+
+    def _count(self, outcome: str) -> None:
+        self._detected.labels(self.spec.plan.direction.value, outcome).inc()
+
+    def _relay(self, ctx: ConnContext) -> Relay:
+        spec = self.spec
+        relay = Relay(self._loop, on_close=self.connections.remove, buffer_limit=spec.buffer_limit,
+                      connect_timeout=spec.connect_timeout, idle_timeout=spec.idle_timeout)
+        relay.ctx = ctx
+        self.connections.add(relay)
+        return relay
+
+    def _relay_to(self, ctx: ConnContext, verdict: Forward, transport, peeked: bytes, eof: bool) -> None:
+        service = str(ctx.orig) if ctx.orig is not None else str(verdict.upstream)
+        ctx.labels = tcp_labels(self.metrics.me, self._reporter, service, self._policy)
+        relay = self._relay(ctx)
+        relay.attach(transport, peeked, eof)
+        relay.connect(verdict.upstream.host, verdict.upstream.port, verdict.source)
+
+    def _serve_http(self, ctx, verdict, transport, peeked: bytes, eof: bool, h2: bool) -> None:
+        from ..http.server import HttpServerConnection
+
+        conn = HttpServerConnection(self.http, ctx, verdict, h2)
+        transport.set_protocol(conn)
+        conn.connection_made(transport)
+        if peeked:
+            conn.data_received(peeked)
+        if eof:
+            if not conn.eof_received():
+                transport.close()
+
+
+def _detection(cfg) -> dict:
+    declared = tuple((d.port, PortProtocol.parse(d.protocol)) for d in cfg.ports)
+    return {"declared": declared, "server_first": frozenset(cfg.detection.server_first_ports),
+            "detect_timeout": cfg.detection.timeout}
 
 
 def transparent_spec(name: str, direction: Direction, addresses, port: int, own_ports, cfg) -> ListenerSpec:
@@ -175,7 +263,7 @@ def transparent_spec(name: str, direction: Direction, addresses, port: int, own_
     plan = Plan(direction, frozenset(own_ports), local_hosts, None, ib.app_host, ib.app_host_v6,
                 ib.passthrough_source, ib.passthrough_source_v6)
     return ListenerSpec(name, plan, tuple(addresses), port, cfg.tcp.buffer_limit_bytes,
-                        cfg.tcp.connect_timeout, cfg.tcp.idle_timeout)
+                        cfg.tcp.connect_timeout, cfg.tcp.idle_timeout, **_detection(cfg))
 
 
 def explicit_spec(lst, cfg) -> ListenerSpec:
@@ -183,5 +271,6 @@ def explicit_spec(lst, cfg) -> ListenerSpec:
     host, port = lst.upstream_addr
     plan = Plan(Direction.EXPLICIT, fixed_upstream=Upstream(host, port))
     return ListenerSpec(lst.name, plan, (lst.address,), lst.port, cfg.tcp.buffer_limit_bytes,
-                        cfg.tcp.connect_timeout, cfg.tcp.idle_timeout, optional_v6=False)
+                        cfg.tcp.connect_timeout, cfg.tcp.idle_timeout, optional_v6=False,
+                        protocol=lst.protocol, **_detection(cfg))
 

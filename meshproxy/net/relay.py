@@ -100,7 +100,6 @@ class _Down(_Side):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self.transport = transport
         transport.pause_reading()  # until the upstream is connected
-        self.relay._downstream_made(transport)
 
 
 class _Up(_Side):
@@ -112,25 +111,22 @@ class _Up(_Side):
 class Relay:
     """A downstream connection, the upstream it is joined to, and their counters.
 
-    Life: the downstream is accepted (paused) → ``on_start(relay, transport)``
-    decides and calls ``connect()`` or ``refuse()`` → bytes flow → both sides end
-    → ``on_close(relay)`` runs exactly once; ``flag`` is then the Envoy response
-    flag ("" for a clean close; otherwise one of ``errors.py``)."""
+    Life: the listener ``attach``es the accepted transport (reading paused, with
+    any bytes already peeked) and calls ``connect()`` or ``refuse()`` → bytes flow
+    → both sides end → ``on_close(relay)`` runs exactly once; ``flag`` is then the
+    Envoy response flag ("" for a clean close; otherwise one of ``errors.py``)."""
 
-    __slots__ = ("loop", "down", "up", "flag", "on_close", "on_start", "buffer_limit",
+    __slots__ = ("loop", "down", "up", "flag", "on_close", "buffer_limit",
                  "connect_timeout", "idle_timeout", "ctx", "up_made", "lost",
                  "_idle_handle", "_idle_mark", "_idle_strikes", "_closed", "_connect_task",
                  "flushed_rx", "flushed_tx")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, *,
-                 on_start: Callable[["Relay", asyncio.Transport], None],
-                 on_close: Callable[["Relay"], None], buffer_limit: int, connect_timeout: float,
-                 idle_timeout: float):
+    def __init__(self, loop: asyncio.AbstractEventLoop, *, on_close: Callable[["Relay"], None],
+                 buffer_limit: int, connect_timeout: float, idle_timeout: float):
         self.loop = loop
         self.down = _Down(self, True)
         self.up = _Up(self, False)
         self.flag = ""
-        self.on_start = on_start
         self.on_close = on_close
         self.buffer_limit = buffer_limit
         self.connect_timeout = connect_timeout
@@ -159,13 +155,15 @@ class Relay:
         """Bytes read from the upstream and written to the downstream (the response direction)."""
         return self.up.nbytes
 
-    @property
-    def protocol(self) -> asyncio.Protocol:
-        """The protocol to hand the accepting server for the downstream socket."""
-        return self.down
-
-    def _downstream_made(self, transport: asyncio.Transport) -> None:
-        self.on_start(self, transport)
+    def attach(self, transport: asyncio.Transport, peeked: bytes = b"", eof: bool = False) -> None:
+        """Take over an accepted transport; ``peeked`` bytes were already read from it
+        (protocol detection) and go upstream first; ``eof``: the client already half-closed."""
+        transport.set_protocol(self.down)
+        self.down.connection_made(transport)
+        if peeked:
+            self.down.early = [peeked]
+            self.down.nbytes = len(peeked)
+        self.down.eof = eof
 
     def refuse(self, flag: str) -> None:
         """Close the downstream without connecting (loop, no route)."""
@@ -201,6 +199,8 @@ class Relay:
         if self.down.early:
             up.writelines(self.down.early)
             self.down.early = None
+        if self.down.eof and up.can_write_eof():
+            up.write_eof()
         high = self.buffer_limit
         down.set_write_buffer_limits(high, high // 4)
         up.set_write_buffer_limits(high, high // 4)

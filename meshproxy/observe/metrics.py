@@ -60,19 +60,25 @@ class Peerless:
                    node.version or UNKNOWN, node.cluster_id)
 
 
-def tcp_labels(me: Peerless, reporter: str, destination_service: str,
-               security_policy: str = UNKNOWN) -> tuple[str, ...]:
-    """The Istio label values for a TCP connection, in ``ISTIO_LABELS`` order.
+def istio_labels(me: Peerless, reporter: str, destination_service: str, protocol: str,
+                 security_policy: str = UNKNOWN, peer_principal: str = UNKNOWN) -> tuple[str, ...]:
+    """Istio's label values for one connection, in ``ISTIO_LABELS`` order.
 
     ``reporter`` is ``source`` (outbound: we are the client side) or
-    ``destination`` (inbound: we are the server side); the other side is
-    unknown until mTLS identities (a later capability) name it."""
+    ``destination`` (inbound: we are the server side); the other side stays
+    unknown until mTLS identities name it."""
     self_side = (me.workload, me.namespace, UNKNOWN, me.app, me.version, me.cluster)
-    other = (UNKNOWN, UNKNOWN, UNKNOWN, UNKNOWN, UNKNOWN, UNKNOWN)
+    other = (UNKNOWN, UNKNOWN, peer_principal, UNKNOWN, UNKNOWN, UNKNOWN)
     src, dst = (self_side, other) if reporter == "source" else (other, self_side)
     svc_name = destination_service.rsplit(":", 1)[0] if destination_service != UNKNOWN else UNKNOWN
-    return (reporter, *src, *dst[:5], destination_service, svc_name,
-            dst[1] if reporter == "destination" else UNKNOWN, dst[5], "tcp", security_policy)
+    svc_ns = me.namespace if reporter == "destination" else UNKNOWN
+    return (reporter, *src, *dst[:5], destination_service, svc_name, svc_ns, dst[5], protocol, security_policy)
+
+
+def tcp_labels(me: Peerless, reporter: str, destination_service: str,
+               security_policy: str = UNKNOWN) -> tuple[str, ...]:
+    """The labels of a relayed TCP connection."""
+    return istio_labels(me, reporter, destination_service, "tcp", security_policy)
 
 
 class TcpMetrics:
@@ -126,10 +132,18 @@ class Metrics:
         self.listener_refused = Counter(
             "meshproxy_listener_refused_connections", "Accepted connections refused without forwarding",
             ("direction", "reason"), registry=self.registry)
+        self.protocol_detection = Counter(
+            "meshproxy_protocol_detection", "Accepted connections by how their protocol was decided "
+            "(http1, http2, tls, opaque, timeout, declared, server_first)", ("direction", "outcome"),
+            registry=self.registry)
         self.server_state = Gauge(
             "meshproxy_server_state", "0 starting, 1 live, 2 draining", registry=self.registry)
         self.config_errors = Counter(
             "meshproxy_config_errors", "Config loads that failed validation", registry=self.registry)
+        from .requests import RequestMetrics
+
+        self.requests = RequestMetrics()
+        self.registry.register(self.requests)
         self._flushers: list = []
 
     def add_flusher(self, fn) -> None:

@@ -21,8 +21,8 @@ async def start_server(handler):
     return server, server.sockets[0].getsockname()[1]
 
 
-def explicit(upstream_port: int, **tcp) -> dict:
-    cfg = {"listeners": [{"name": "l4", "address": "127.0.0.1", "port": 0,
+def explicit(upstream_port: int, protocol: str = "tcp", **tcp) -> dict:
+    cfg = {"listeners": [{"name": "l4", "address": "127.0.0.1", "port": 0, "protocol": protocol,
                           "upstream": f"127.0.0.1:{upstream_port}"}]}
     if tcp:
         cfg["tcp"] = tcp
@@ -284,7 +284,7 @@ async def test_outbound_passthrough_to_original_destination(proxy, origdst):
 
     server, port = await start_server(upstream)
     origdst.default = OrigDst("127.0.0.1", port)
-    r = await proxy({"outbound": {"enabled": True}})
+    r = await proxy({"outbound": {"enabled": True}, "ports": [{"port": port, "protocol": "tcp"}]})
     reader, writer = await asyncio.open_connection("127.0.0.1", r.port("virtualOutbound"))
     assert await asyncio.wait_for(reader.read(), 5) == b"real destination"
     writer.close()
@@ -308,7 +308,7 @@ async def test_inbound_reaches_app_from_passthrough_source(proxy, origdst):
     server, port = await start_server(app)
     # The client meant 198.18.0.10:<port>; inbound forwards to 127.0.0.1:<same port>.
     origdst.default = OrigDst("198.18.0.10", port)
-    r = await proxy({"inbound": {"enabled": True}})
+    r = await proxy({"inbound": {"enabled": True}, "ports": [{"port": port, "protocol": "tcp"}]})
     reader, writer = await asyncio.open_connection("127.0.0.1", r.port("virtualInbound"))
     assert await asyncio.wait_for(reader.read(), 5) == b"hi"
     assert await seen == "127.0.0.6"
@@ -339,3 +339,62 @@ async def test_loop_is_refused_and_proxy_survives(proxy, origdst, case):
     assert metric_value(text, "istio_tcp_connections_opened_total") == 3
     assert metric_value(text, "istio_tcp_connections_closed_total", response_flags="NR") == 3
     assert metric_value(text, "meshproxy_listener_refused_connections_total") == 3
+
+
+@pytest.mark.parametrize("how", ["detect-timeout", "declared-tcp", "server-first-port"])
+async def test_server_first_protocol_through_auto_listener(proxy, how):
+    """A server-first protocol on a listener that detects: it works after the detection
+    timeout, at once on a port declared tcp, and at once on a well-known server-first port."""
+    async def upstream(reader, writer):
+        writer.write(b"220 banner\r\n")
+        await writer.drain()
+        assert await reader.readexactly(5) == b"QUIT\n"
+        writer.close()
+
+    server, port = await start_server(upstream)
+    cfg = explicit(port, protocol="auto")
+    cfg["detection"] = {"timeout": "0.4s"}
+    if how == "declared-tcp":
+        cfg["ports"] = [{"port": port, "protocol": "tcp-smtp"}]
+    elif how == "server-first-port":
+        cfg["detection"]["server_first_ports"] = [port]
+    r = await proxy(cfg)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    reader, writer = await asyncio.open_connection("127.0.0.1", r.port("l4"))
+    assert await asyncio.wait_for(reader.readline(), 5) == b"220 banner\r\n"
+    waited = loop.time() - t0
+    if how == "detect-timeout":
+        assert waited >= 0.35
+    else:
+        assert waited < 0.3
+    writer.write(b"QUIT\n")
+    await writer.drain()
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    writer.close()
+    server.close()
+    text = await metrics_text(r)
+    outcome = {"detect-timeout": "timeout", "declared-tcp": "declared", "server-first-port": "server_first"}[how]
+    assert metric_value(text, "meshproxy_protocol_detection_total", outcome=outcome) == 1
+
+
+async def test_opaque_bytes_through_auto_listener_are_replayed(proxy):
+    """Detection peeks at binary bytes, calls them opaque and replays every one."""
+    got = asyncio.get_running_loop().create_future()
+
+    async def upstream(reader, writer):
+        got.set_result(await reader.read())
+        writer.close()
+
+    server, port = await start_server(upstream)
+    r = await proxy(explicit(port, protocol="auto"))
+    reader, writer = await asyncio.open_connection("127.0.0.1", r.port("l4"))
+    payload = bytes(range(256)) * 64
+    writer.write(payload[:3])
+    await writer.drain()
+    await asyncio.sleep(0.05)
+    writer.write(payload[3:])
+    writer.write_eof()
+    assert await asyncio.wait_for(got, 5) == payload
+    writer.close()
+    server.close()

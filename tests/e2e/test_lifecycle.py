@@ -63,7 +63,7 @@ health: {{address: 127.0.0.1, port: {ports['health']}}}
 prometheus: {{address: 127.0.0.1, port: {ports['prom']}}}
 drain: {{duration: {drain}, exit_on_zero_active_connections: {str(exit_on_zero).lower()}}}
 listeners:
-  - {{name: web, port: {ports['web']}, upstream: "127.0.0.1:{upstream_port}"}}
+  - {{name: web, port: {ports['web']}, protocol: tcp, upstream: "127.0.0.1:{upstream_port}"}}
 """)
         return p, ports
 

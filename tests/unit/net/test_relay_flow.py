@@ -46,7 +46,7 @@ class FakeTransport:
 
 def joined():
     closed = []
-    relay = Relay(None, on_start=lambda r, t: None, on_close=closed.append, buffer_limit=1024,
+    relay = Relay(None, on_close=closed.append, buffer_limit=1024,
                   connect_timeout=1, idle_timeout=0)
     down, up = FakeTransport(), FakeTransport()
     relay.down.transport, relay.up.transport = down, up
@@ -81,7 +81,7 @@ def test_full_downstream_buffer_pauses_upstream_reading():
 
 
 def test_early_bytes_are_kept_until_the_other_side_exists():
-    relay = Relay(None, on_start=lambda r, t: None, on_close=lambda r: None, buffer_limit=1024,
+    relay = Relay(None, on_close=lambda r: None, buffer_limit=1024,
                   connect_timeout=1, idle_timeout=0)
     relay.down.data_received(b"early")
     assert relay.down.early == [b"early"] and relay.received == 5

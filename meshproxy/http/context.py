@@ -1,0 +1,76 @@
+"""Everything the HTTP path shares, built once per config snapshot.
+
+Where this sits: ``app.py`` builds one ``HttpContext`` from the snapshot and
+hands it to every listener; ``http/server.py`` connections and their exchanges
+read routes, clusters, the pool, the filter chain and the telemetry sinks from
+it. Nothing here is per connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from ..codec.http1 import Http1Limits
+from ..codec.http2 import Http2Limits
+from ..config.model import Config
+from ..net.flush import flusher_for
+from ..observe.metrics import Metrics
+from ..upstream.cluster import Cluster
+from ..upstream.pool import Pool
+from .chain import FilterChain, HeaderHygiene
+from .router import Router
+
+
+class HttpContext:
+    def __init__(self, cfg: Config, metrics: Metrics, loop: asyncio.AbstractEventLoop | None = None):
+        self.loop = loop or asyncio.get_running_loop()
+        self.flusher = flusher_for(self.loop)
+        self.http = cfg.http
+        self.me = metrics.me
+        self.requests = metrics.requests
+        self.connect_timeout = cfg.tcp.connect_timeout
+        self.router = Router(cfg.routes)
+        self.clusters = {c.name: Cluster.from_config(c, cfg.tcp.connect_timeout) for c in cfg.clusters}
+        self.h1_limits = Http1Limits(
+            max_header_bytes=cfg.http.max_request_headers_kb * 1024,
+            max_headers=cfg.http.max_headers,
+            max_request_line=cfg.http.max_uri_bytes,
+            reject_underscore_names=not cfg.http.allow_underscores_in_headers,
+        )
+        self.h2_limits = Http2Limits(max_concurrent_streams=cfg.http.max_concurrent_streams,
+                                     max_header_list_size=cfg.http.max_request_headers_kb * 1024,
+                                     max_headers_count=cfg.http.max_headers)
+        pool_cfg = cfg.clusters[0].pool if cfg.clusters else None
+        self.pool = Pool(self.loop, self.flusher, pool_cfg, on_connect=None)
+        self.chains = {d: FilterChain([HeaderHygiene(d)]) for d in ("inbound", "outbound", "explicit")}
+        """One filter chain per direction; later filters (authz, faults, Python filters) append here."""
+        self.tracer = None
+        if cfg.tracing.exporter != "none":
+            from ..observe.tracing import make_tracer
+
+            name = cfg.tracing.service_name or f"{metrics.me.workload}.{metrics.me.namespace}"
+            self.tracer = make_tracer(cfg.tracing, name)
+        self.access_log = None
+        if cfg.access_log.enabled:
+            from ..observe.access_log import make_access_log
+
+            self.access_log = make_access_log(cfg.access_log)
+        self.connections: set = set()
+        self.draining = False
+
+    def drain(self) -> None:
+        self.draining = True
+        for conn in list(self.connections):
+            conn.drain()
+
+    def close(self) -> None:
+        for conn in list(self.connections):
+            conn.close()
+        self.pool.close()
+        if self.access_log is not None:
+            self.access_log.close()
+        if self.tracer is not None:
+            self.tracer.shutdown()
+
+    def clusters_dump(self) -> list[dict]:
+        return [c.dump() for c in self.clusters.values()]

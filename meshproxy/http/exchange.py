@@ -1,0 +1,374 @@
+"""One request/response exchange: downstream stream ⇄ filters ⇄ router ⇄ upstream stream.
+
+Where this sits: ``http/server.py`` makes an ``Exchange`` per ``RequestHead``
+and feeds it the request's events; the exchange runs the filter chain, asks the
+pure router for a route, takes an upstream connection from the pool and then
+moves the request one way and the response the other. It is the upstream
+stream's handler (``on_response_*``, ``on_upstream_*``).
+
+Invariants:
+1. Nothing reaches the upstream before the filters said CONTINUE.
+2. Flow control end to end: request bytes are acknowledged to the downstream
+   (HTTP/2 window) only when the upstream took them, and the downstream's reading
+   pauses while the upstream is congested; the response direction mirrors this.
+3. A local reply is only sent before any response byte; after that an error
+   resets the stream (HTTP/1: closes the connection).
+4. ``_finish`` runs exactly once and records metrics, access log and span.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from ..codec.events import RequestHead, ResponseHead
+from ..errors import (DOWNSTREAM_CONNECTION_TERMINATION, UPSTREAM_CONNECT_FAILURE, UPSTREAM_REQUEST_TIMEOUT,
+                      UPSTREAM_RESET, ErrorKind)
+from ..upstream.pool import Key
+from . import headers as hdr
+from .chain import FilterContext, Verdict
+from .router import PASSTHROUGH
+
+log = logging.getLogger("meshproxy.http")
+
+BUFFER_LIMIT = 1024 * 1024
+"""Request bytes held while the upstream connection is being opened."""
+
+_CODES = {c: str(c) for c in range(100, 600)}
+
+
+class Exchange:
+    __slots__ = ("server", "sid", "head", "started", "wall", "up", "parts", "buffered", "unacked", "req_paused",
+                 "req_done", "resp_started", "resp_done", "finished", "status", "flag", "req_bytes", "resp_bytes",
+                 "route", "cluster", "endpoint", "upstream_host", "timer", "fctx", "grpc_status", "span",
+                 "tunnel", "service", "detail")
+
+    def __init__(self, server, head: RequestHead):
+        self.server = server
+        self.sid = head.stream_id
+        self.head = head
+        self.started = server.loop.time()
+        self.wall = 0.0
+        self.up = None
+        self.parts: list | None = None
+        """Request parts that arrived before the upstream stream existed."""
+        self.buffered = 0
+        self.unacked = 0
+        self.req_paused = False
+        self.req_done = False
+        self.resp_started = False
+        self.resp_done = False
+        self.finished = False
+        self.status = 0
+        self.flag = "-"
+        self.req_bytes = 0
+        self.resp_bytes = 0
+        self.route = None
+        self.cluster = None
+        self.endpoint = None
+        self.upstream_host = None
+        self.timer = None
+        self.fctx = None
+        self.grpc_status = "-"
+        self.span = None
+        self.tunnel = False
+        self.service = None
+        self.detail = ""
+
+    # === request side ===================================================
+    def start(self) -> None:
+        srv = self.server
+        ctx = srv.ctx
+        head = self.head
+        if ctx.access_log is not None:
+            self.wall = time.time()
+        fctx = self.fctx = FilterContext(srv.direction, srv.conn.peer, srv.scheme)
+        verdict = srv.chain.run_request(fctx, head)
+        if verdict is Verdict.RESPOND:
+            reply = fctx.local_reply
+            self.flag = reply.flag
+            self._local(reply.status, reply.message, reply.flag)
+            return
+        if ctx.tracer is not None:
+            from ..observe.propagation import extract, inject
+
+            self.span = ctx.tracer.start(srv.span_kind, head, srv.peer_ip, extract(head.headers), "")
+            head.headers = inject(head.headers, self.span.context())
+        if head.expect_continue:
+            srv.send_continue(self.sid)
+            hdr.remove_headers(head.headers, {b"expect"})
+        if head.target[:1] != b"/" and head.method != b"CONNECT" and head.target != b"*":
+            head.target = _path(head.target)  # absolute-form → origin-form for the upstream
+        route = self.route = ctx.router.route(head.method, head.authority, head.target, head.headers)
+        fctx.route = route.name
+        if route.cluster == PASSTHROUGH:
+            target = srv.target
+            host, port, source = target.upstream.host, target.upstream.port, target.source
+            self.service = srv.passthrough_service
+            proto = srv.protocol
+        else:
+            cluster = self.cluster = ctx.clusters[route.cluster]
+            ep = self.endpoint = cluster.pick()
+            ep.rq_total += 1
+            ep.rq_active += 1
+            host, port, source = ep.host, ep.port, None
+            self.service = cluster.name
+            proto = srv.protocol if cluster.protocol == "auto" else cluster.protocol
+        if head.upgrade is not None and proto == "http2":
+            proto = "http1"  # WebSocket/CONNECT over HTTP/1 upstream (extended CONNECT is not spoken)
+        self.upstream_host = f"{host}:{port}"
+        key = Key(host, port, proto)
+        conn = ctx.pool.get(key)
+        if conn is not None:
+            self._bind(conn)
+        else:
+            timeout = self.cluster.connect_timeout if self.cluster is not None else ctx.connect_timeout
+            ctx.pool.connect(key, timeout, self._connected, source)
+
+    def _connected(self, conn, err) -> None:
+        if self.finished:
+            if conn is not None and conn.protocol == "http1" and conn.available():
+                conn.pool.release(conn)
+            return
+        if err is not None:
+            if self.endpoint is not None:
+                self.endpoint.cx_connect_fail += 1
+            self.fail(UPSTREAM_CONNECT_FAILURE, str(err) or type(err).__name__)
+            return
+        if self.endpoint is not None:
+            self.endpoint.cx_total += 1
+        if conn.available():
+            self._bind(conn)
+        else:  # HTTP/2 connection already full: ask again
+            self.server.ctx.pool.connect(conn.key, self.server.ctx.connect_timeout, self._connected)
+
+    def _bind(self, conn) -> None:
+        up = self.up = conn.open_stream(self)
+        head = self.head
+        if conn.protocol == "http1":
+            hdr.to_http1_request(head)
+        else:
+            hdr.to_http2_request(head)
+        up.send_head(head)
+        parts = self.parts
+        if parts:
+            self.parts = None
+            for kind, value in parts:
+                if kind == 0:
+                    up.send_data(value)
+                elif kind == 1:
+                    up.send_trailers(value)
+                else:
+                    up.send_end()
+            self._request_flow()
+        elif self.req_done and not head.end_stream:
+            up.send_end()
+        if self.req_done:
+            self._arm_timer()
+
+    def on_request_data(self, data: bytes, flow: int) -> None:
+        self.req_bytes += len(data)
+        up = self.up
+        if up is None:
+            if self.finished:
+                self.server.consumed(self.sid, flow)
+                return
+            (self.parts if self.parts is not None else self._new_parts()).append((0, data))
+            self.unacked += flow
+            self.buffered += len(data)
+            if self.buffered > BUFFER_LIMIT and not self.req_paused:
+                self.req_paused = True
+                self.server.pause_request(self.sid)
+            return
+        up.send_data(data)
+        if up.congested:
+            self.unacked += flow
+            if not self.req_paused:
+                self.req_paused = True
+                self.server.pause_request(self.sid)
+        elif flow:
+            self.server.consumed(self.sid, flow)
+
+    def _new_parts(self) -> list:
+        self.parts = []
+        return self.parts
+
+    def on_request_trailers(self, headers) -> None:
+        if self.up is None:
+            if not self.finished:
+                (self.parts if self.parts is not None else self._new_parts()).append((1, headers))
+        else:
+            self.up.send_trailers(headers)
+
+    def on_request_end(self) -> None:
+        self.req_done = True
+        if self.finished:
+            return
+        if self.up is None:
+            if not self.head.end_stream:
+                (self.parts if self.parts is not None else self._new_parts()).append((2, None))
+        else:
+            self.up.send_end()
+            self._arm_timer()
+        if self.resp_done:
+            self._finish()
+
+    def _request_flow(self) -> None:
+        """After buffered parts went upstream: release the downstream if it can flow."""
+        if self.up is not None and not self.up.congested:
+            if self.req_paused:
+                self.req_paused = False
+                self.server.resume_request(self.sid)
+            if self.unacked:
+                n, self.unacked = self.unacked, 0
+                self.server.consumed(self.sid, n)
+
+    def on_upstream_writable(self) -> None:
+        self._request_flow()
+
+    def on_downstream_reset(self) -> None:
+        """The client reset the stream or went away."""
+        if self.finished:
+            return
+        if self.flag == "-":
+            self.flag = DOWNSTREAM_CONNECTION_TERMINATION.flag
+        if self.up is not None:
+            self.up.reset()
+        self._finish()
+
+    # === response side ==================================================
+    def on_response_head(self, head: ResponseHead) -> None:
+        if self.finished:
+            return
+        status = head.status
+        if status < 200 and status != 101:
+            return  # 100-continue was answered locally; other 1xx are dropped
+        self.resp_started = True
+        self.status = status
+        if self.timer is not None and (status == 101 or (self.head.method == b"CONNECT" and status < 300)):
+            self.timer.cancel()
+            self.timer = None
+            self.tunnel = True
+        head.stream_id = self.sid
+        head.keep_alive = True
+        self.server.chain.run_response(self.fctx, head)
+        if head.end_stream:
+            self.grpc_status = _grpc_status(head.headers, self.grpc_status)
+        self.server.send_head(head)
+
+    def on_response_data(self, data: bytes, flow: int) -> None:
+        if self.finished:
+            return
+        self.resp_bytes += len(data)
+        srv = self.server
+        srv.send_data(self.sid, data)
+        up = self.up
+        if srv.congested(self.sid):
+            up.pause()
+        up.consumed(flow)
+
+    def on_downstream_writable(self) -> None:
+        up = self.up
+        if up is not None and up.paused and not self.server.congested(self.sid):
+            up.resume()
+
+    def on_response_trailers(self, headers) -> None:
+        if self.finished:
+            return
+        self.grpc_status = _grpc_status(headers, self.grpc_status)
+        self.server.send_trailers(self.sid, headers)
+        self.resp_done = True
+        if self.req_done or self.tunnel:
+            self._finish()
+
+    def on_response_end(self) -> None:
+        if self.finished or self.resp_done:
+            return
+        self.resp_done = True
+        self.server.send_end(self.sid)
+        if self.req_done or self.tunnel:
+            self._finish()
+        elif self.up is not None and not self.tunnel:
+            # Early response (e.g. upstream 413): stop reading the rest of the request.
+            self.up.reset()
+            self.server.abandon_request(self.sid)
+            self._finish()
+
+    def on_upstream_error(self, kind: ErrorKind, message: str) -> None:
+        self.fail(kind, message)
+
+    def on_upstream_reset(self, error_code: int) -> None:
+        self.fail(UPSTREAM_RESET, f"upstream reset the stream (error code {error_code})")
+
+    # === errors, timeout, end ===========================================
+    def _arm_timer(self) -> None:
+        timeout = self.route.timeout if self.route is not None else 0
+        if timeout > 0 and self.timer is None and not self.resp_done and not self.tunnel:
+            self.timer = self.server.loop.call_later(timeout, self._timed_out)
+
+    def _timed_out(self) -> None:
+        self.timer = None
+        if not self.finished:
+            self.fail(UPSTREAM_REQUEST_TIMEOUT, f"no response within {self.route.timeout:g}s")
+
+    def fail(self, kind: ErrorKind, message: str) -> None:
+        if self.finished:
+            return
+        self.flag = kind.flag
+        self.detail = message
+        if self.up is not None:
+            self.up.reset()
+        if self.endpoint is not None:
+            self.endpoint.rq_error += 1
+        if not self.resp_started:
+            self._local(kind.status, message, kind.flag)
+        else:
+            self.server.reset_stream(self.sid)
+            self._finish()
+
+    def _local(self, status: int, message: str, flag: str) -> None:
+        srv = self.server
+        head, body = hdr.local_reply(self.sid, status, message, flag, http_version=srv.http_version,
+                                     request_id=self.fctx.request_id if self.fctx else None,
+                                     keep_alive=self.req_done or self.head.end_stream)
+        self.resp_started = True
+        self.status = status
+        srv.send_head(head)
+        srv.send_data(self.sid, body, True)
+        self.resp_bytes += len(body)
+        self.resp_done = True
+        if not self.req_done:
+            srv.abandon_request(self.sid)
+        self._finish()
+
+    def _finish(self) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        ep = self.endpoint
+        if ep is not None:
+            ep.rq_active -= 1
+            if self.flag == "-" and self.status < 500:
+                ep.rq_success += 1
+        self.server.exchange_done(self)
+
+
+def _path(target: bytes) -> bytes:
+    """Origin-form path of a request target (absolute-form URIs reduced to their path)."""
+    if target[:1] == b"/":
+        return target
+    i = target.find(b"://")
+    if i != -1:
+        j = target.find(b"/", i + 3)
+        return target[j:] if j != -1 else b"/"
+    return target
+
+
+def _grpc_status(headers, current: str) -> str:
+    for k, v in headers:
+        if k == b"grpc-status":
+            return v.decode("latin-1")
+    return current

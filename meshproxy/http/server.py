@@ -1,0 +1,361 @@
+"""The downstream HTTP connection: codec ⇄ exchanges, plus per-connection timeouts and drain.
+
+Where this sits: ``net/listener.py`` hands a connection here once detection
+(or a declared port) says HTTP/1 or HTTP/2 prior knowledge; the peeked bytes
+are fed first. Each ``RequestHead`` becomes an ``http/exchange.py`` ``Exchange``;
+this class is the exchanges' view of the downstream (``send_*``, flow control)
+and records each finished request's metrics, access-log line and span.
+
+Invariants:
+1. The codec decides the wire; this class never writes bytes of its own, and it
+   writes at most once per loop turn (``net/flush.py``).
+2. HTTP/1 protocol errors (400/413/414/431 ...) are answered with a local reply
+   and the connection is closed; not one byte of that request went upstream.
+3. Draining: HTTP/1 answers the request in flight with ``connection: close``;
+   HTTP/2 sends GOAWAY and lets open streams finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from ..codec.events import (ConnectionEnded, Data, EndStream, ProtocolError, RequestHead, Reset, ResponseHead,
+                            Trailers, WindowOpened)
+from ..codec.http1 import Http1Codec
+from ..codec.http2 import Http2Codec
+from ..errors import DOWNSTREAM_PROTOCOL_ERROR, REQUEST_HEADERS_TIMEOUT
+from ..observe.metrics import istio_labels
+from . import headers as hdr
+from .exchange import _CODES, Exchange
+
+log = logging.getLogger("meshproxy.http")
+
+HIGH_WATER = 1024 * 1024
+MAX_PIPELINED = 16
+"""HTTP/1 requests in flight on one connection before reading pauses."""
+
+
+class HttpServerConnection(asyncio.Protocol):
+    def __init__(self, ctx, conn, target, h2: bool):
+        """``ctx``: the listener's ``HttpContext``; ``conn``: the ``ConnContext``;
+        ``target``: the L4 decision (``Forward``) used for passthrough requests."""
+        self.ctx = ctx
+        self.loop = ctx.loop
+        self.flusher = ctx.flusher
+        self.conn = conn
+        self.target = target
+        self.h2 = h2
+        self.protocol = "http2" if h2 else "http1"
+        self.http_version = "2" if h2 else "1.1"
+        self.direction = conn.direction.value
+        self.reporter = "destination" if self.direction == "inbound" else "source"
+        self.span_kind = "server" if self.direction == "inbound" else "client"
+        self.peer_ip = conn.peer.host
+        self.scheme = "http"
+        self.chain = ctx.chains[self.direction]
+        self.passthrough_service = str(conn.orig) if conn.orig is not None else str(target.upstream)
+        self.codec = Http2Codec("server", ctx.h2_limits) if h2 else Http1Codec("server", ctx.h1_limits)
+        self.transport: asyncio.Transport | None = None
+        self.exchanges: dict[int, Exchange] = {}
+        self.dirty = False
+        self.write_paused = False
+        self.read_pausers = 0
+        self.closed = False
+        self.head_since: float | None = None
+        self.last_active = self.loop.time()
+        self._labels: dict[tuple[str, str], tuple[str, ...]] = {}
+        self._tick: asyncio.TimerHandle | None = None
+
+    # === transport callbacks =============================================
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        transport.set_write_buffer_limits(HIGH_WATER, HIGH_WATER // 4)
+        self.ctx.connections.add(self)
+        if self.h2:
+            self.codec.initiate()
+            self.mark()
+        if self.ctx.draining:
+            self.drain()
+        self._arm_tick()
+
+    def data_received(self, data: bytes) -> None:
+        if self.head_since is None and not self.exchanges:
+            self.head_since = self.loop.time()
+        with self.flusher:
+            self._handle(self.codec.receive_data(data))
+            if self.h2:
+                self.mark()
+
+    def eof_received(self):
+        with self.flusher:
+            self._handle(self.codec.receive_eof())
+        if not self.exchanges:
+            self.close()
+            return False
+        return True  # answer what is in flight, then close
+
+    def connection_lost(self, exc) -> None:
+        self.closed = True
+        self.ctx.connections.discard(self)
+        if self._tick is not None:
+            self._tick.cancel()
+        with self.flusher:
+            for ex in list(self.exchanges.values()):
+                ex.on_downstream_reset()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        with self.flusher:
+            for ex in list(self.exchanges.values()):
+                ex.on_downstream_writable()
+
+    # === codec events ====================================================
+    def _handle(self, events) -> None:
+        exchanges = self.exchanges
+        for ev in events:
+            t = type(ev)
+            if t is Data:
+                ex = exchanges.get(ev.stream_id)
+                if ex is not None:
+                    ex.on_request_data(ev.data, ev.flow_controlled_length)
+                elif ev.flow_controlled_length:
+                    self.codec.ack(ev.stream_id, ev.flow_controlled_length)
+            elif t is RequestHead:
+                self.head_since = None
+                ex = Exchange(self, ev)
+                exchanges[ev.stream_id] = ex
+                if not self.h2 and len(exchanges) > MAX_PIPELINED:
+                    self.pause_request(ev.stream_id)
+                ex.start()
+                if ev.end_stream and not ex.finished:
+                    pass  # EndStream follows as its own event
+            elif t is EndStream:
+                ex = exchanges.get(ev.stream_id)
+                if ex is not None:
+                    ex.on_request_end()
+            elif t is Trailers:
+                ex = exchanges.get(ev.stream_id)
+                if ex is not None:
+                    ex.on_request_trailers(ev.headers)
+            elif t is Reset:
+                ex = exchanges.get(ev.stream_id)
+                if ex is not None:
+                    ex.on_downstream_reset()
+            elif t is WindowOpened:
+                targets = exchanges.values() if ev.stream_id == 0 else (
+                    [exchanges[ev.stream_id]] if ev.stream_id in exchanges else [])
+                for ex in list(targets):
+                    ex.on_downstream_writable()
+            elif t is ProtocolError:
+                self._protocol_error(ev)
+            elif t is ConnectionEnded:
+                if not exchanges:
+                    self.close()
+
+    def _protocol_error(self, ev: ProtocolError) -> None:
+        if ev.stream_id is not None and (not self.h2 or not ev.connection_fatal):
+            head, body = hdr.local_reply(ev.stream_id, ev.status, ev.message, DOWNSTREAM_PROTOCOL_ERROR.flag,
+                                         http_version=self.http_version, keep_alive=not ev.connection_fatal)
+            self.codec.send_head(head)
+            self.codec.send_data(ev.stream_id, body, True)
+            self.ctx.requests.record(self._request_labels(self.passthrough_service, "http") +
+                                     (_CODES.get(ev.status, str(ev.status)), "-", DOWNSTREAM_PROTOCOL_ERROR.flag),
+                                     0.0, 0, len(body))
+            log.debug("%s: %d %s", self.conn.peer, ev.status, ev.message)
+        self.mark()
+        if ev.connection_fatal:
+            self.close()
+
+    # === what exchanges call ============================================
+    def mark(self) -> None:
+        self.flusher.mark(self)
+
+    def flush(self) -> None:
+        data = self.codec.data_to_send()
+        if data and not self.closed:
+            self.transport.write(data)
+        if not self.exchanges and not self.closed and self.codec.should_close:
+            self.close()
+
+    def send_continue(self, sid: int) -> None:
+        if self.h2:
+            self.codec.send_head(ResponseHead(sid, 100, []))
+        else:
+            self.codec.send_continue(sid)
+        self.mark()
+
+    def send_head(self, head: ResponseHead) -> None:
+        if self.ctx.draining and not self.h2:
+            head.keep_alive = False
+        self.codec.send_head(head)
+        self.mark()
+        if not self.h2:
+            ex = self.exchanges.get(head.stream_id)
+            if ex is not None and ex.head.upgrade is not None:
+                # The codec decided tunnel-or-not on this head: collect what it held back.
+                self._handle(self.codec.receive_data(b""))
+
+    def send_data(self, sid: int, data: bytes, end: bool = False) -> None:
+        self.codec.send_data(sid, data, end)
+        self.mark()
+
+    def send_trailers(self, sid: int, headers) -> None:
+        self.codec.send_trailers(sid, headers)
+        self.mark()
+
+    def send_end(self, sid: int) -> None:
+        self.codec.send_end(sid)
+        self.mark()
+
+    def reset_stream(self, sid: int) -> None:
+        """Abort a stream whose response already started (HTTP/1: the connection)."""
+        self.codec.send_reset(sid)
+        self.mark()
+        if not self.h2:
+            self.flush()
+            self.closed = True
+            if self.transport is not None:
+                self.transport.abort()
+
+    def abandon_request(self, sid: int) -> None:
+        """The response ended before the request did: HTTP/1 cannot resync, so close after it."""
+        if not self.h2:
+            self.codec.close_after_current()
+        else:
+            self.codec.send_reset(sid, 0)  # NO_ERROR: stop sending us the body
+        self.mark()
+
+    def consumed(self, sid: int, n: int) -> None:
+        if self.h2 and n:
+            self.codec.ack(sid, n)
+            self.mark()
+
+    def pause_request(self, sid: int) -> None:
+        if not self.h2:
+            self.read_pausers += 1
+            if self.read_pausers == 1 and self.transport is not None:
+                self.transport.pause_reading()
+
+    def resume_request(self, sid: int) -> None:
+        if not self.h2 and self.read_pausers:
+            self.read_pausers -= 1
+            if self.read_pausers == 0 and self.transport is not None and not self.closed:
+                self.transport.resume_reading()
+
+    def congested(self, sid: int) -> bool:
+        return self.write_paused or (self.h2 and self.codec.pending(sid) > HIGH_WATER)
+
+    def exchange_done(self, ex: Exchange) -> None:
+        if self.exchanges.pop(ex.sid, None) is None:
+            return
+        if ex.req_paused:
+            ex.req_paused = False
+            self.resume_request(ex.sid)
+        ctx = self.ctx
+        now = self.loop.time()
+        proto = "grpc" if ex.grpc_status != "-" or _is_grpc(ex.head) else "http"
+        labels = self._request_labels(ex.service, proto) + (_CODES.get(ex.status, str(ex.status)),
+                                                            ex.grpc_status, ex.flag)
+        duration = (now - ex.started) * 1000.0
+        ctx.requests.record(labels, duration, ex.req_bytes, ex.resp_bytes)
+        if ex.span is not None:
+            ex.span.end(ex.status, ex.flag, ex.upstream_host, ex.req_bytes, ex.resp_bytes,
+                        None if ex.grpc_status == "-" else ex.grpc_status)
+        if ctx.access_log is not None:
+            ctx.access_log.log(self._log_entry(ex, duration))
+        if not self.exchanges:
+            self.last_active = now
+            if self.h2 and self.ctx.draining:
+                self.mark()
+                self.close()
+
+    def _request_labels(self, service: str | None, proto: str) -> tuple[str, ...]:
+        key = (service or "unknown", proto)
+        labels = self._labels.get(key)
+        if labels is None:
+            policy = "none" if self.reporter == "destination" else "unknown"
+            labels = self._labels[key] = istio_labels(self.ctx.me, self.reporter, key[0], proto, policy)
+        return labels
+
+    def _log_entry(self, ex: Exchange, duration: float) -> dict:
+        h = ex.head
+        return {
+            "start_time": ex.wall, "method": h.method.decode("latin-1"),
+            "path": h.target.decode("latin-1"),
+            "protocol": "HTTP/2" if self.h2 else f"HTTP/{h.http_version}",
+            "response_code": ex.status, "response_flags": ex.flag,
+            "response_code_details": ex.detail or None,
+            "bytes_received": ex.req_bytes, "bytes_sent": ex.resp_bytes, "duration": int(duration),
+            "x_forwarded_for": _get(h.headers, b"x-forwarded-for"), "user_agent": _get(h.headers, b"user-agent"),
+            "request_id": ex.fctx.request_id.decode("latin-1") if ex.fctx and ex.fctx.request_id else None,
+            "authority": h.authority.decode("latin-1") if h.authority else None,
+            "upstream_host": ex.upstream_host,
+            "upstream_cluster": ex.cluster.name if ex.cluster is not None else (
+                "PassthroughCluster" if ex.route is not None else None),
+            "route_name": ex.route.name if ex.route is not None else None,
+            "downstream_remote_address": str(self.conn.peer), "downstream_local_address": str(self.conn.local),
+            "requested_server_name": None,
+        }
+
+    # === timeouts, drain, close ==========================================
+    def _arm_tick(self) -> None:
+        cfg = self.ctx.http
+        periods = [t for t in (cfg.headers_timeout, cfg.idle_timeout) if t > 0]
+        if periods and not self.closed:
+            self._tick = self.loop.call_later(max(min(periods) / 4, 0.05), self._check_timeouts)
+
+    def _check_timeouts(self) -> None:
+        self._tick = None
+        if self.closed:
+            return
+        cfg = self.ctx.http
+        now = self.loop.time()
+        if not self.exchanges:
+            if (not self.h2 and cfg.headers_timeout > 0 and self.head_since is not None
+                    and now - self.head_since >= cfg.headers_timeout):
+                with self.flusher:
+                    self._protocol_error(ProtocolError(self.codec.next_stream_id(), REQUEST_HEADERS_TIMEOUT.status,
+                                                       "request headers not received in time"))
+                    self.close()
+                return
+            if self.head_since is None and cfg.idle_timeout > 0 and now - self.last_active >= cfg.idle_timeout:
+                self.close()
+                return
+        self._arm_tick()
+
+    def drain(self) -> None:
+        if self.h2:
+            self.codec.start_drain()
+            self.mark()
+            if not self.exchanges:
+                self.close()
+        elif not self.exchanges:
+            self.close()
+        else:
+            self.codec.close_after_current()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        data = self.codec.data_to_send()
+        if data and self.transport is not None:
+            self.transport.write(data)
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+
+def _is_grpc(head: RequestHead) -> bool:
+    ct = _get(head.headers, b"content-type")
+    return ct is not None and ct.startswith("application/grpc")
+
+
+def _get(headers, name: bytes) -> str | None:
+    for k, v in headers:
+        if k == name:
+            return v.decode("latin-1")
+    return None

@@ -1,0 +1,75 @@
+"""Write coalescing: every codec-backed connection writes at most once per loop turn.
+
+Where this sits: ``http/server.py`` and ``upstream/client.py`` queue output in
+their codecs and ``mark()`` themselves here instead of writing after every
+``send_*``. Inside a ``data_received`` (``with flusher:``) the marked
+connections are written when the outermost callback returns, so a response head,
+its body and its end that arrive in one upstream read leave as ONE downstream
+write. Marks made outside such a callback (timers, connect futures) are written
+by one ``call_soon``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+
+class Flushable:
+    """What ``Flusher`` needs of a connection."""
+
+    dirty: bool
+
+    def flush(self) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class Flusher:
+    __slots__ = ("loop", "dirty", "depth", "scheduled")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.dirty: list[Flushable] = []
+        self.depth = 0
+        self.scheduled = False
+
+    def mark(self, conn: Flushable) -> None:
+        if conn.dirty:
+            return
+        conn.dirty = True
+        self.dirty.append(conn)
+        if self.depth == 0 and not self.scheduled:
+            self.scheduled = True
+            self.loop.call_soon(self.run)
+
+    def run(self) -> None:
+        self.scheduled = False
+        dirty = self.dirty
+        while dirty:
+            self.dirty = []
+            for conn in dirty:
+                conn.dirty = False
+                conn.flush()
+            dirty = self.dirty
+
+    def __enter__(self) -> "Flusher":
+        self.depth += 1
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.depth -= 1
+        if self.depth == 0 and self.dirty:
+            self.run()
+
+
+_flushers: dict[asyncio.AbstractEventLoop, Flusher] = {}
+
+
+def flusher_for(loop: asyncio.AbstractEventLoop) -> Flusher:
+    """The loop's flusher (one per loop, so tests may run several loops)."""
+    f = _flushers.get(loop)
+    if f is None:
+        if len(_flushers) > 16:  # drop flushers of closed loops
+            for old in [lp for lp in _flushers if lp.is_closed()]:
+                del _flushers[old]
+        f = _flushers[loop] = Flusher(loop)
+    return f

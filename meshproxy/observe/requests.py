@@ -1,0 +1,100 @@
+"""Istio's request metrics, recorded in plain Python and rendered on scrape.
+
+Where this sits: beside the HTTP path. ``http/server.py`` calls
+``RequestMetrics.record()`` once per finished request; ``Metrics.render()``
+collects. Recording is a tuple hash, a dict lookup, three ``bisect``s and a few
+integer additions — no locks and no Prometheus client objects per request —
+because this runs for every request on the byte path.
+
+Families (Istio names): ``istio_requests_total`` (counter),
+``istio_request_duration_milliseconds``, ``istio_request_bytes``,
+``istio_response_bytes`` (histograms), labelled with Istio's standard labels
+plus ``response_code``, ``grpc_response_status`` and ``response_flags``.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+
+from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily
+
+from .metrics import ISTIO_LABELS
+
+DURATION_BUCKETS_MS = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000,
+                       300000, 600000, 1800000, 3600000)
+"""Istio's default buckets for istio_request_duration_milliseconds."""
+SIZE_BUCKETS = (1, 10, 100, 1000, 10000, 100000, 1000000, 10000000, 100000000)
+"""Istio's default buckets for istio_request_bytes / istio_response_bytes."""
+
+REQUEST_LABELS = ISTIO_LABELS + ("response_code", "grpc_response_status", "response_flags")
+
+
+class _Series:
+    __slots__ = ("count", "dur", "dur_sum", "req", "req_sum", "resp", "resp_sum")
+
+    def __init__(self):
+        self.count = 0
+        self.dur = [0] * (len(DURATION_BUCKETS_MS) + 1)
+        self.dur_sum = 0.0
+        self.req = [0] * (len(SIZE_BUCKETS) + 1)
+        self.req_sum = 0
+        self.resp = [0] * (len(SIZE_BUCKETS) + 1)
+        self.resp_sum = 0
+
+
+class RequestMetrics:
+    """Accumulates request series; is itself a Prometheus collector. Labels are
+    ``observe.metrics.istio_labels(...)`` plus (code, grpc status, flags)."""
+
+    def __init__(self):
+        self.series: dict[tuple[str, ...], _Series] = {}
+
+    def record(self, labels: tuple[str, ...], duration_ms: float, request_bytes: int, response_bytes: int) -> None:
+        """``labels`` is the full ``REQUEST_LABELS`` tuple."""
+        s = self.series.get(labels)
+        if s is None:
+            s = self.series[labels] = _Series()
+        s.count += 1
+        s.dur[bisect_left(DURATION_BUCKETS_MS, duration_ms)] += 1
+        s.dur_sum += duration_ms
+        s.req[bisect_left(SIZE_BUCKETS, request_bytes)] += 1
+        s.req_sum += request_bytes
+        s.resp[bisect_left(SIZE_BUCKETS, response_bytes)] += 1
+        s.resp_sum += response_bytes
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        total = CounterMetricFamily("istio_requests", "Requests, by Istio's standard labels", labels=REQUEST_LABELS)
+        dur = HistogramMetricFamily("istio_request_duration_milliseconds", "Request duration in milliseconds",
+                                    labels=REQUEST_LABELS)
+        req = HistogramMetricFamily("istio_request_bytes", "Request sizes (headers and body) in bytes",
+                                    labels=REQUEST_LABELS)
+        resp = HistogramMetricFamily("istio_response_bytes", "Response sizes (headers and body) in bytes",
+                                     labels=REQUEST_LABELS)
+        for labels, s in list(self.series.items()):
+            values = list(labels)
+            total.add_metric(values, s.count)
+            dur.add_metric(values, _cumulative(DURATION_BUCKETS_MS, s.dur), s.dur_sum)
+            req.add_metric(values, _cumulative(SIZE_BUCKETS, s.req), s.req_sum)
+            resp.add_metric(values, _cumulative(SIZE_BUCKETS, s.resp), s.resp_sum)
+        yield total
+        yield dur
+        yield req
+        yield resp
+
+
+def _cumulative(bounds, counts) -> list[tuple[str, float]]:
+    out = []
+    running = 0
+    for bound, n in zip(bounds, counts):
+        running += n
+        out.append((_fmt(bound), running))
+    running += counts[-1]
+    out.append(("+Inf", running))
+    return out
+
+
+def _fmt(bound) -> str:
+    return str(float(bound))

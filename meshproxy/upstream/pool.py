@@ -1,0 +1,171 @@
+"""Upstream connection pools, keyed by (host, port, protocol).
+
+Where this sits: ``http/exchange.py`` asks ``Pool.get(key)`` for a ready
+connection (the fast, synchronous path: an idle HTTP/1.1 keep-alive connection,
+or an HTTP/2 connection with a free stream) and otherwise ``Pool.connect(key,
+...)`` with a callback. ``upstream/client.py`` connections report back with
+``release`` (HTTP/1 idle again), ``idle_h2`` and ``forget`` (closed or no longer
+usable).
+
+Invariants:
+1. A connection is in at most one list, and only while usable.
+2. HTTP/1: at most ``max_idle`` idle connections per key; idle ones are closed
+   after ``idle_timeout``; a connection that saw an error is never returned.
+3. HTTP/2: requests that arrive while a connection to the same key is being
+   opened wait for it instead of opening one each; a new connection is opened
+   when every existing one is at its peer's max concurrent streams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Callable
+
+from ..config.routing import Pool as PoolConfig
+from ..net.flush import Flusher
+from .client import Http1Connection, Http2Connection, UpstreamConnection
+
+log = logging.getLogger("meshproxy.pool")
+
+
+@dataclass(frozen=True, slots=True)
+class Key:
+    host: str
+    port: int
+    protocol: str
+    """``http1`` or ``http2``."""
+
+
+Callback = Callable[["UpstreamConnection | None", "BaseException | None"], None]
+
+
+class Pool:
+    def __init__(self, loop: asyncio.AbstractEventLoop, flusher: Flusher, cfg: PoolConfig | None = None,
+                 h1_limits=None, h2_limits=None, on_connect: Callable[[Key, bool], None] | None = None):
+        self.loop = loop
+        self.flusher = flusher
+        self.cfg = cfg or PoolConfig()
+        self.h1_limits = h1_limits
+        self.h2_limits = h2_limits
+        self.on_connect = on_connect
+        """Called with (key, ok) after each connect attempt (for cluster stats)."""
+        self.idle: dict[Key, list[Http1Connection]] = {}
+        self.h2: dict[Key, list[Http2Connection]] = {}
+        self.connecting: dict[Key, list[Callback]] = {}
+        """HTTP/2 keys with a connect in flight, and who waits for it."""
+        self.all: set[UpstreamConnection] = set()
+        self._sweeper: asyncio.TimerHandle | None = None
+        self.closed = False
+
+    # -- fast path ------------------------------------------------------------
+    def get(self, key: Key) -> UpstreamConnection | None:
+        if key.protocol == "http1":
+            conns = self.idle.get(key)
+            while conns:
+                conn = conns.pop()
+                if conn.available():
+                    return conn
+            return None
+        for conn in self.h2.get(key, ()):
+            if conn.available():
+                return conn
+        return None
+
+    # -- slow path ------------------------------------------------------------
+    def connect(self, key: Key, timeout: float, done: Callback, source: str | None = None) -> None:
+        """Open a connection; ``done(conn, None)`` or ``done(None, error)`` later."""
+        if key.protocol == "http2":
+            waiting = self.connecting.get(key)
+            if waiting is not None:
+                waiting.append(done)
+                return
+            self.connecting[key] = [done]
+        self.loop.create_task(self._connect(key, timeout, done, source))
+
+    async def _connect(self, key: Key, timeout: float, done: Callback, source: str | None) -> None:
+        if key.protocol == "http2":
+            conn: UpstreamConnection = Http2Connection(key, self, self.flusher, self.h2_limits)
+        else:
+            conn = Http1Connection(key, self, self.flusher, self.h1_limits)
+        try:
+            await asyncio.wait_for(self.loop.create_connection(
+                lambda: conn, key.host, key.port, local_addr=(source, 0) if source else None), timeout)
+        except (OSError, asyncio.TimeoutError) as e:
+            err: BaseException = e if isinstance(e, OSError) else TimeoutError(f"connect timeout after {timeout:g}s")
+            if self.on_connect:
+                self.on_connect(key, False)
+            self._finish(key, done, None, err)
+            return
+        if self.on_connect:
+            self.on_connect(key, True)
+        self.all.add(conn)
+        if key.protocol == "http2":
+            self.h2.setdefault(key, []).append(conn)
+        self._ensure_sweeper()
+        self._finish(key, done, conn, None)
+
+    def _finish(self, key: Key, done: Callback, conn, err) -> None:
+        with self.flusher:
+            if key.protocol == "http2":
+                for cb in self.connecting.pop(key, [done]):
+                    cb(conn, err)
+            else:
+                done(conn, err)
+
+    # -- reports from connections ---------------------------------------------
+    def release(self, conn: Http1Connection) -> None:
+        """An HTTP/1 connection finished an exchange cleanly and may be reused."""
+        max_req = self.cfg.max_requests_per_connection
+        if self.closed or (max_req and conn.requests >= max_req):
+            conn.close()
+            return
+        idle = self.idle.setdefault(conn.key, [])
+        if len(idle) >= self.cfg.max_idle:
+            conn.close()
+            return
+        conn.idle_since = self.loop.time()
+        idle.append(conn)
+
+    def idle_h2(self, conn: Http2Connection) -> None:
+        conn.idle_since = self.loop.time()
+
+    def forget(self, conn: UpstreamConnection) -> None:
+        self.all.discard(conn)
+        if conn.protocol == "http1":
+            idle = self.idle.get(conn.key)
+            if idle and conn in idle:
+                idle.remove(conn)
+        else:
+            conns = self.h2.get(conn.key)
+            if conns and conn in conns:
+                conns.remove(conn)
+
+    # -- housekeeping ---------------------------------------------------------
+    def _ensure_sweeper(self) -> None:
+        if self._sweeper is None and self.cfg.idle_timeout > 0 and not self.closed:
+            self._sweeper = self.loop.call_later(max(self.cfg.idle_timeout / 2, 0.05), self._sweep)
+
+    def _sweep(self) -> None:
+        self._sweeper = None
+        cutoff = self.loop.time() - self.cfg.idle_timeout
+        for conns in list(self.idle.values()):
+            for conn in [c for c in conns if c.idle_since <= cutoff]:
+                conn.close()
+        for conns in list(self.h2.values()):
+            for conn in [c for c in conns if not c.streams and c.idle_since and c.idle_since <= cutoff]:
+                conn.close()
+        if self.all:
+            self._ensure_sweeper()
+
+    def close(self) -> None:
+        """Close every connection (shutdown)."""
+        self.closed = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        for conn in list(self.all):
+            if conn.protocol == "http2":
+                conn.codec.close()
+            conn.close()
