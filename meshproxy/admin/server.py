@@ -11,6 +11,7 @@ Admin paths:
   GET  /stats/prometheus  Prometheus text
   GET  /config_dump       effective config as JSON (secrets redacted)
   GET  /listeners         one line per listener address (``?format=json`` for JSON)
+  GET  /clusters          per-endpoint counters, Envoy's text format (``?format=json`` for JSON)
   GET  /server_info       state, version, uptime, loop
   POST /quitquitquit      drain and exit 0, like SIGTERM
   POST /drain_listeners   stop accepting and fail readiness; in-flight work goes on
@@ -79,6 +80,14 @@ class Admin:
         lines = [f"{i['name']}::{a}" for i in info for a in i["addresses"]]
         return web.Response(text="\n".join(lines) + "\n")
 
+    async def clusters(self, request: web.Request) -> web.Response:
+        dump = self.app.http.clusters_dump() if self.app.http is not None else []
+        if request.query.get("format") == "json":
+            return web.json_response({"cluster_statuses": dump}, dumps=lambda o: json.dumps(o, indent=2))
+        lines = [f"{c['name']}::{e['address']}::{k}::{v}" for c in dump for e in c["endpoints"]
+                 for k, v in e.items() if k != "address"]
+        return web.Response(text="\n".join(lines) + "\n")
+
     async def server_info(self, request: web.Request) -> web.Response:
         return web.json_response(self.app.server_info(), dumps=lambda o: json.dumps(o, indent=2))
 
@@ -110,6 +119,7 @@ class Admin:
         r.add_get("/stats/prometheus", self.prometheus)
         r.add_get("/config_dump", self.config_dump)
         r.add_get("/listeners", self.listeners)
+        r.add_get("/clusters", self.clusters)
         r.add_get("/server_info", self.server_info)
         r.add_post("/quitquitquit", self.quit)
         r.add_post("/drain_listeners", self.drain_listeners)

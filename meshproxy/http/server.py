@@ -167,8 +167,8 @@ class HttpServerConnection(asyncio.Protocol):
                                      0.0, 0, len(body))
             log.debug("%s: %d %s", self.conn.peer, ev.status, ev.message)
         self.mark()
-        if ev.connection_fatal:
-            self.close()
+        if ev.connection_fatal and (self.h2 or not self.exchanges):
+            self.close()  # HTTP/1 with requests in flight: flush() closes once they are answered
 
     # === what exchanges call ============================================
     def mark(self) -> None:
@@ -178,7 +178,7 @@ class HttpServerConnection(asyncio.Protocol):
         data = self.codec.data_to_send()
         if data and not self.closed:
             self.transport.write(data)
-        if not self.exchanges and not self.closed and self.codec.should_close:
+        if not self.h2 and not self.exchanges and not self.closed and self.codec.should_close:
             self.close()
 
     def send_continue(self, sid: int) -> None:
