@@ -40,8 +40,11 @@ class HttpContext:
         self.h2_limits = Http2Limits(max_concurrent_streams=cfg.http.max_concurrent_streams,
                                      max_header_list_size=cfg.http.max_request_headers_kb * 1024,
                                      max_headers_count=cfg.http.max_headers)
-        pool_cfg = cfg.clusters[0].pool if cfg.clusters else None
-        self.pool = Pool(self.loop, self.flusher, pool_cfg, on_connect=None)
+        self.pool = Pool(self.loop, self.flusher)
+        """Connections for passthrough traffic (to original destinations)."""
+        self.pools = {c.name: Pool(self.loop, self.flusher, c.pool)
+                      for c in cfg.clusters}
+        """One pool per cluster, with that cluster's pool settings."""
         self.chains = {d: FilterChain([HeaderHygiene(d)]) for d in ("inbound", "outbound", "explicit")}
         """One filter chain per direction; later filters (authz, faults, Python filters) append here."""
         self.tracer = None
@@ -67,6 +70,8 @@ class HttpContext:
         for conn in list(self.connections):
             conn.close()
         self.pool.close()
+        for pool in self.pools.values():
+            pool.close()
         if self.access_log is not None:
             self.access_log.close()
         if self.tracer is not None:

@@ -118,12 +118,13 @@ class Exchange:
             proto = "http1"  # WebSocket/CONNECT over HTTP/1 upstream (extended CONNECT is not spoken)
         self.upstream_host = f"{host}:{port}"
         key = Key(host, port, proto)
-        conn = ctx.pool.get(key)
+        pool = ctx.pool if self.cluster is None else ctx.pools[self.cluster.name]
+        conn = pool.get(key)
         if conn is not None:
             self._bind(conn)
         else:
             timeout = self.cluster.connect_timeout if self.cluster is not None else ctx.connect_timeout
-            ctx.pool.connect(key, timeout, self._connected, source)
+            pool.connect(key, timeout, self._connected, source)
 
     def _connected(self, conn, err) -> None:
         if self.finished:
@@ -140,7 +141,7 @@ class Exchange:
         if conn.available():
             self._bind(conn)
         else:  # HTTP/2 connection already full: ask again
-            self.server.ctx.pool.connect(conn.key, self.server.ctx.connect_timeout, self._connected)
+            conn.pool.connect(conn.key, self.server.ctx.connect_timeout, self._connected)
 
     def _bind(self, conn) -> None:
         up = self.up = conn.open_stream(self)
