@@ -87,9 +87,9 @@ class RequestTracer:
 
     def start(self, kind: Literal["server", "client"], head: RequestHead, peer: str,
               parent: TraceContext | None, route: str, *, start_time_ns: int | None = None) -> RequestSpan:
-        """Start the span for one request. ``kind``: ``server`` for the request we
-        received (inbound, or the app's outbound request as seen by us), ``client``
-        for the request we send upstream. ``peer``: the remote address (``ip``,
+        """Start the span for one request. ``kind``: ``server`` on the inbound
+        side (a peer calling our app), ``client`` on the outbound side (our app
+        calling another service), as Istio's sidecars do. ``peer``: the remote address (``ip``,
         ``ip:port`` or ``[v6]:port``). ``parent``: ``propagation.extract(...)`` or
         None. ``route``: the route name ('' if none). ``start_time_ns``: epoch ns
         when the request began (default now)."""
