@@ -34,10 +34,9 @@ UPSTREAM_REQUEST_TIMEOUT = ErrorKind("UT", 504, "upstream", "no complete respons
 UPSTREAM_RESET = ErrorKind("UR", 503, "upstream", "upstream reset the stream before responding")
 DOWNSTREAM_PROTOCOL_ERROR = ErrorKind("DPE", 400, "downstream", "the client sent a malformed or over-limit request")
 REQUEST_HEADERS_TIMEOUT = ErrorKind("DT", 408, "downstream", "the client did not send a complete request head in time")
-NO_CLUSTER = ErrorKind("NC", 503, "local", "the route names a cluster with no endpoint")
-DRAINING = ErrorKind("DR", 503, "local", "the proxy is draining")
+INTERNAL_ERROR = ErrorKind("IE", 500, "local", "a bug in meshproxy (logged with a traceback)")
 
 ALL = (UPSTREAM_CONNECT_FAILURE, UPSTREAM_CONNECTION_TERMINATION, DOWNSTREAM_CONNECTION_TERMINATION,
        IDLE_TIMEOUT, NO_ROUTE, UPSTREAM_PROTOCOL_ERROR, UPSTREAM_REQUEST_TIMEOUT, UPSTREAM_RESET,
-       DOWNSTREAM_PROTOCOL_ERROR, REQUEST_HEADERS_TIMEOUT, NO_CLUSTER, DRAINING)
+       DOWNSTREAM_PROTOCOL_ERROR, REQUEST_HEADERS_TIMEOUT, INTERNAL_ERROR)
 BY_FLAG = {k.flag: k for k in ALL}

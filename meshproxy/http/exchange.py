@@ -22,8 +22,9 @@ import logging
 import time
 
 from ..codec.events import RequestHead, ResponseHead
-from ..errors import (DOWNSTREAM_CONNECTION_TERMINATION, UPSTREAM_CONNECT_FAILURE, UPSTREAM_REQUEST_TIMEOUT,
-                      UPSTREAM_RESET, ErrorKind)
+from ..observe.propagation import extract, inject
+from ..errors import (DOWNSTREAM_CONNECTION_TERMINATION, INTERNAL_ERROR, UPSTREAM_CONNECT_FAILURE,
+                      UPSTREAM_REQUEST_TIMEOUT, UPSTREAM_RESET, ErrorKind)
 from ..upstream.pool import Key
 from . import headers as hdr
 from .chain import FilterContext, Verdict
@@ -77,6 +78,15 @@ class Exchange:
 
     # === request side ===================================================
     def start(self) -> None:
+        """Filters, routing, upstream selection. A bug here answers 500, never kills the connection."""
+        try:
+            self._start()
+        except Exception:
+            log.exception("internal error while starting %s %r", self.head.method, self.head.target)
+            if not self.finished:
+                self.fail(INTERNAL_ERROR, "internal error")
+
+    def _start(self) -> None:
         srv = self.server
         ctx = srv.ctx
         head = self.head
@@ -89,18 +99,16 @@ class Exchange:
             self.flag = reply.flag
             self._local(reply.status, reply.message, reply.flag)
             return
-        if ctx.tracer is not None:
-            from ..observe.propagation import extract, inject
-
-            self.span = ctx.tracer.start(srv.span_kind, head, srv.peer_ip, extract(head.headers), "")
-            head.headers = inject(head.headers, self.span.context())
         if head.expect_continue:
             srv.send_continue(self.sid)
             hdr.remove_headers(head.headers, {b"expect"})
         if head.target[:1] != b"/" and head.method != b"CONNECT" and head.target != b"*":
             head.target = _path(head.target)  # absolute-form → origin-form for the upstream
         route = self.route = ctx.router.route(head.method, head.authority, head.target, head.headers)
-        fctx.route = route.name
+        fctx.route = route
+        if ctx.tracer is not None:
+            self.span = ctx.tracer.start(srv.span_kind, head, srv.peer_ip, extract(head.headers), route.name)
+            head.headers = inject(head.headers, self.span.context())
         if route.cluster == PASSTHROUGH:
             target = srv.target
             host, port, source = target.upstream.host, target.upstream.port, target.source

@@ -82,10 +82,15 @@ class HttpServerConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.head_since is None and not self.exchanges:
             self.head_since = self.loop.time()
-        with self.flusher:
-            self._handle(self.codec.receive_data(data))
-            if self.h2:
-                self.mark()
+        try:
+            with self.flusher:
+                self._handle(self.codec.receive_data(data))
+                if self.h2:
+                    self.mark()
+        except Exception:  # the per-connection boundary: a bug closes this connection only
+            log.exception("internal error on HTTP connection from %s; closing it", self.conn.peer)
+            self.closed = True
+            self.transport.abort()
 
     def eof_received(self):
         with self.flusher:

@@ -163,6 +163,24 @@ class UpstreamConnection(asyncio.Protocol):
                     s.closed = True
                     s.handler.on_upstream_error(UPSTREAM_CONNECTION_TERMINATION, "upstream connection closed")
 
+    def data_received(self, data: bytes) -> None:
+        try:
+            with self.flusher:
+                self._dispatch(self.codec.receive_data(data))
+                self._after_read()
+        except Exception:  # the per-connection boundary: a bug closes this connection only
+            log.exception("internal error on upstream connection %s:%s; closing it", self.key.host, self.key.port)
+            if self.transport is not None:
+                self.transport.abort()
+
+    def eof_received(self):
+        with self.flusher:
+            self._dispatch(self.codec.receive_eof())
+        return False
+
+    def _after_read(self) -> None:
+        pass
+
     def _dispatch(self, events) -> None:
         for ev in events:
             t = type(ev)
@@ -232,15 +250,6 @@ class Http1Connection(UpstreamConnection):
         head.stream_id = s.sid
         self.codec.send_head(head)
         self.mark()
-
-    def data_received(self, data: bytes) -> None:
-        with self.flusher:
-            self._dispatch(self.codec.receive_data(data))
-
-    def eof_received(self):
-        with self.flusher:
-            self._dispatch(self.codec.receive_eof())
-        return False
 
     def _maybe_release(self, s: UpStream) -> None:
         if not (s.req_ended and s.resp_ended) or self.stream is not s:
@@ -321,15 +330,8 @@ class Http2Connection(UpstreamConnection):
         self.streams[s.sid] = s
         self.mark()
 
-    def data_received(self, data: bytes) -> None:
-        with self.flusher:
-            self._dispatch(self.codec.receive_data(data))
-            self.mark()  # window updates, SETTINGS ACKs, PING replies
-
-    def eof_received(self):
-        with self.flusher:
-            self._dispatch(self.codec.receive_eof())
-        return False
+    def _after_read(self) -> None:
+        self.mark()  # window updates, SETTINGS ACKs, PING replies
 
     def _maybe_release(self, s: UpStream) -> None:
         if s.req_ended and s.resp_ended:
