@@ -1,0 +1,1069 @@
+#!/usr/bin/env python3
+"""meshproxy benchmark harness (stdlib only).
+
+    .venv/bin/python bench/run.py [--quick] [--rounds N] [--out bench/RESULTS.md]
+                                  [--suite l4] [--scenarios a,b] [--keep-tmp]
+
+Structure (see bench/README.md):
+
+* A *suite* is one section of RESULTS.md: a list of scenarios, a list of measurements, the scenario under test
+  (the subject), the reference scenarios ratios are taken against, and targets.
+* A *scenario* knows how to start its proxy processes (pinned to CPU 1), which ports a client hits
+  (``http`` for HTTP load, ``bulk`` for iperf3) and which PIDs' process trees count as "proxy CPU".
+* A *measurement* runs one client (pinned to CPU 0) against one scenario and returns metric values.
+* The runner starts the shared upstream (nginx + iperf3 server on CPU 0) once, starts every scenario once, then
+  runs rounds: for each measurement, each scenario in turn (A B C, A B C, ...), reading the proxy's CPU time,
+  /proc/stat steal, and the client's own rusage around every run. Medians and spreads over rounds are reported;
+  ratios are the median of per-round ratios (both sides measured minutes apart, under the same steal).
+
+Every process started is recorded and killed by PID in a ``finally`` block; the temp dir is removed.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import datetime as _dt
+import importlib.metadata
+import json
+import os
+import platform
+import pwd
+import random
+import re
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from typing import Callable, Iterable
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+CLIENT_CPU = "0"   # load generator + upstream
+PROXY_CPU = "1"    # proxy (or both proxies of a chain)
+
+BODY_SMALL = 1024
+BODY_LARGE = 1024 * 1024
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# /proc readers
+# ----------------------------------------------------------------------------------------------------------------
+
+def _children_map() -> dict[int, list[int]]:
+    kids: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat", "rb") as f:
+                raw = f.read().decode(errors="replace")
+        except OSError:
+            continue
+        rest = raw[raw.rfind(")") + 2:].split()
+        kids.setdefault(int(rest[1]), []).append(int(d))
+    return kids
+
+
+def process_tree(roots: Iterable[int]) -> list[int]:
+    """The roots and all their live descendants."""
+    kids = _children_map()
+    out: list[int] = []
+    stack = list(roots)
+    while stack:
+        p = stack.pop()
+        if p in out:
+            continue
+        out.append(p)
+        stack.extend(kids.get(p, []))
+    return out
+
+
+def proc_cpu_ticks(pid: int) -> int:
+    """utime+stime of every thread of one process, in clock ticks (0 if gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read().decode(errors="replace")
+    except OSError:
+        return 0
+    rest = raw[raw.rfind(")") + 2:].split()
+    # fields after "comm": state(3) ppid(4) ... utime(14) stime(15) -> indices 11, 12 in `rest`
+    return int(rest[11]) + int(rest[12])
+
+
+def tree_cpu_ms(roots: Iterable[int]) -> float:
+    return sum(proc_cpu_ticks(p) for p in process_tree(roots)) * 1000.0 / CLK_TCK
+
+
+def _status_kib(pid: int, field: str) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def tree_kib(roots: Iterable[int], field: str) -> int:
+    return sum(_status_kib(p, field) for p in process_tree(roots))
+
+
+@dataclasses.dataclass
+class CpuStat:
+    """Aggregate and per-CPU jiffies from /proc/stat."""
+    rows: dict[str, list[int]]
+
+    @classmethod
+    def read(cls) -> "CpuStat":
+        rows = {}
+        with open("/proc/stat") as f:
+            for line in f:
+                if line.startswith("cpu"):
+                    parts = line.split()
+                    rows[parts[0]] = [int(x) for x in parts[1:]]
+        return cls(rows)
+
+    def delta(self, later: "CpuStat", cpu: str = "cpu") -> dict[str, float]:
+        a, b = self.rows[cpu], later.rows[cpu]
+        d = [y - x for x, y in zip(a, b)]
+        # user nice system idle iowait irq softirq steal guest guest_nice (guest* already in user/nice)
+        total = sum(d[:8]) or 1
+        idle = d[3] + d[4]
+        return {"steal_pct": 100.0 * d[7] / total, "busy_pct": 100.0 * (total - idle - d[7]) / total,
+                "task_pct": 100.0 * (d[0] + d[1] + d[2]) / total, "irq_pct": 100.0 * (d[5] + d[6]) / total}
+
+
+_WAIT_BUDGET = [0.0]   # seconds left for wait_quiet over the whole run (set in main)
+
+
+def wait_quiet(limit_pct: float, max_wait: float) -> float:
+    """Between runs nothing of ours is busy: wait (bounded) until the machine's other load drops below limit_pct
+    of one CPU. Returns the seconds waited. The waits of a whole run share one budget."""
+    max_wait = min(max_wait, _WAIT_BUDGET[0])
+    t0 = time.monotonic()
+    while True:
+        a = CpuStat.read()
+        time.sleep(0.3)
+        b = CpuStat.read()
+        busy = sum(a.delta(b, c)["busy_pct"] for c in b.rows if c != "cpu")
+        waited = time.monotonic() - t0
+        if busy <= limit_pct or waited >= max_wait:
+            _WAIT_BUDGET[0] = max(0.0, _WAIT_BUDGET[0] - waited)
+            if waited > 1:
+                log(f"  waited {waited:.0f} s for other load to drop (now {busy:.0f} % of a CPU; "
+                    f"wait budget left {_WAIT_BUDGET[0]:.0f} s)")
+            return waited
+
+
+def children_cpu_ms() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (r.ru_utime + r.ru_stime) * 1000.0
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Processes and ports
+# ----------------------------------------------------------------------------------------------------------------
+
+class Env:
+    """Temp dir, port allocator and registry of every long-running process started (killed by PID at the end)."""
+
+    def __init__(self, keep_tmp: bool = False):
+        self.tmp = tempfile.mkdtemp(prefix="meshproxy-bench-")
+        self.keep_tmp = keep_tmp
+        self.procs: list[tuple[str, subprocess.Popen]] = []
+        self._next_port = random.randrange(20000, 29000)
+        self._used: set[int] = set()
+
+    def port(self) -> int:
+        for _ in range(2000):
+            p = self._next_port
+            self._next_port += 1
+            if self._next_port > 31999:
+                self._next_port = 20000
+            if p in self._used:
+                continue
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", p))
+                except OSError:
+                    continue
+            self._used.add(p)
+            return p
+        raise RuntimeError("no free port")
+
+    def path(self, *parts: str) -> str:
+        return os.path.join(self.tmp, *parts)
+
+    def spawn(self, name: str, argv: list[str], cpu: str | None, env: dict | None = None) -> subprocess.Popen:
+        if cpu is not None:
+            argv = ["taskset", "-c", cpu] + argv          # taskset execs: the PID is the program's own
+        argv = nice_prefix() + argv
+        logf = open(self.path(f"{name}.log"), "ab")
+        p = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                             env=env, start_new_session=True)
+        logf.close()
+        self.procs.append((name, p))
+        log(f"started {name} pid {p.pid}: {' '.join(argv)}")
+        return p
+
+    def logtail(self, name: str, n: int = 30) -> str:
+        try:
+            with open(self.path(f"{name}.log"), errors="replace") as f:
+                return "".join(f.readlines()[-n:])
+        except OSError:
+            return ""
+
+    def stop(self, p: subprocess.Popen, name: str = "?") -> None:
+        if p.poll() is not None:
+            return
+        tree = process_tree([p.pid])                       # remember descendants (workers) by PID
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p.pid, signal.SIGTERM)
+        try:
+            p.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p.pid, signal.SIGKILL)
+            p.wait(timeout=5)
+        for pid in tree[1:]:                               # anything the root left behind, by PID
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+
+    def cleanup(self) -> None:
+        for name, p in reversed(self.procs):
+            try:
+                self.stop(p, name)
+            except Exception as e:                          # keep going: every process must be stopped
+                log(f"stopping {name} pid {p.pid}: {e!r}")
+        self.procs.clear()
+        if self.keep_tmp:
+            log(f"kept temp dir {self.tmp}")
+        else:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+NICE = [0]
+
+
+def nice_prefix() -> list[str]:
+    return ["nice", "-n", str(NICE[0])] if NICE[0] else []
+
+
+def wait_port(port: int, proc: subprocess.Popen | None, timeout: float = 15.0, host: str = "127.0.0.1") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process {proc.pid} exited with {proc.returncode} before port {port} opened")
+        with socket.socket() as s:
+            s.settimeout(0.5)
+            if s.connect_ex((host, port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"port {port} not accepting after {timeout}s")
+
+
+def wait_http_ok(url: str, proc: subprocess.Popen | None, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process {proc.pid} exited with {proc.returncode} before {url} was ready")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200:
+                    return
+        except Exception as e:
+            last = e
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} not ready after {timeout}s ({last!r})")
+
+
+def http_get(port: int, path: str, timeout: float = 5.0) -> bytes:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as r:
+        return r.read()
+
+
+def run_client(argv: list[str], timeout: float) -> tuple[str, float]:
+    """Run a load client pinned to CPU 0; return (stdout+stderr, its CPU ms from rusage)."""
+    before = children_cpu_ms()
+    r = subprocess.run(nice_prefix() + ["taskset", "-c", CLIENT_CPU] + argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       stdin=subprocess.DEVNULL, timeout=timeout)
+    out = r.stdout.decode(errors="replace")
+    if r.returncode != 0:
+        raise RuntimeError(f"{argv[0]} exited {r.returncode}: {out[-2000:]}")
+    return out, children_cpu_ms() - before
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Upstream: nginx (1 worker, CPU 0) + iperf3 server (CPU 0)
+# ----------------------------------------------------------------------------------------------------------------
+
+NGINX_CONF = """\
+daemon off;
+master_process on;
+{user}worker_processes 1;
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    default_type application/octet-stream;
+    sendfile on;
+    tcp_nopush on;
+    tcp_nodelay on;
+    keepalive_timeout 300s;
+    keepalive_requests 10000000;
+    open_file_cache max=16 inactive=300s;
+    client_body_temp_path {tmp}/nginx-body;
+    proxy_temp_path {tmp}/nginx-proxy;
+    fastcgi_temp_path {tmp}/nginx-fastcgi;
+    uwsgi_temp_path {tmp}/nginx-uwsgi;
+    scgi_temp_path {tmp}/nginx-scgi;
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        root {tmp}/www;
+        location = /1k {{ return 200 "{small}"; }}
+        location = /1m {{ }}
+        location = / {{ return 200 "{small}"; }}
+    }}
+}}
+"""
+
+
+@dataclasses.dataclass
+class Upstream:
+    http_port: int
+    bulk_port: int
+    pids: list[int]
+
+
+def start_upstream(env: Env) -> Upstream:
+    os.makedirs(env.path("www"), exist_ok=True)
+    small = ("meshproxy-bench-" * 64)[:BODY_SMALL]
+    with open(env.path("www", "1m"), "wb") as f:
+        f.write(os.urandom(BODY_LARGE))
+    port, bulk = env.port(), env.port()
+    conf = env.path("nginx.conf")
+    with open(conf, "w") as f:
+        # the worker must read the 0700 temp dir: run it as our own user (root here)
+        user = f"user {pwd.getpwuid(os.getuid()).pw_name};\n" if os.getuid() == 0 else ""
+        f.write(NGINX_CONF.format(tmp=env.tmp, port=port, small=small, user=user))
+    ng = env.spawn("nginx", ["nginx", "-p", env.tmp, "-c", conf], cpu=CLIENT_CPU)
+    ip = env.spawn("iperf3-server", ["iperf3", "-s", "-B", "127.0.0.1", "-p", str(bulk)], cpu=CLIENT_CPU)
+    wait_port(port, ng)
+    wait_port(bulk, ip)
+    assert len(http_get(port, "/1k")) == BODY_SMALL
+    assert len(http_get(port, "/1m")) == BODY_LARGE
+    return Upstream(port, bulk, [ng.pid, ip.pid])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Scenarios
+# ----------------------------------------------------------------------------------------------------------------
+
+class Scenario:
+    """A way for the client to reach the upstream. Subclasses start their processes in `start`."""
+    name = "?"
+    description = "?"
+
+    def __init__(self) -> None:
+        self.ports: dict[str, int] = {}      # "http" -> port the HTTP client hits, "bulk" -> iperf3 port
+        self.cpu_roots: list[int] = []       # PIDs whose process trees count as proxy CPU / RSS
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self, env: Env, up: Upstream, args: argparse.Namespace) -> None:
+        raise NotImplementedError
+
+    def alive(self) -> None:
+        for p in self.procs:
+            if p.poll() is not None:
+                raise RuntimeError(f"{self.name}: pid {p.pid} exited with {p.returncode}")
+
+
+class Direct(Scenario):
+    name = "direct"
+    description = "client → nginx (no proxy)"
+
+    def start(self, env, up, args):
+        self.ports = {"http": up.http_port, "bulk": up.bulk_port}
+
+
+HAPROXY_TCP_CONF = """\
+global
+    nbthread 1
+    maxconn 4096
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 5m
+    timeout server 5m
+frontend bench
+    bind 127.0.0.1:{port}
+    default_backend nginx
+backend nginx
+    server nginx 127.0.0.1:{up_port}
+frontend bulk
+    bind 127.0.0.1:{bulk}
+    default_backend iperf
+backend iperf
+    server iperf 127.0.0.1:{up_bulk}
+"""
+
+
+class HaproxyTcp(Scenario):
+    name = "haproxy-tcp"
+    description = "client → HAProxy 2.6 (mode tcp, nbthread 1, CPU 1) → nginx"
+
+    def start(self, env, up, args):
+        port, bulk = env.port(), env.port()
+        cfg = env.path(f"{self.name}.cfg")
+        with open(cfg, "w") as f:
+            f.write(HAPROXY_TCP_CONF.format(port=port, bulk=bulk, up_port=up.http_port, up_bulk=up.bulk_port))
+        p = env.spawn(self.name, ["haproxy", "-db", "-f", cfg], cpu=PROXY_CPU)
+        self.procs, self.cpu_roots = [p], [p.pid]
+        wait_port(port, p)
+        wait_port(bulk, p)
+        self.ports = {"http": port, "bulk": bulk}
+
+
+MESHPROXY_L4_CONF = """\
+listeners:
+  - name: bench
+    address: 127.0.0.1
+    port: {port}
+    protocol: tcp
+    upstream: "127.0.0.1:{up_port}"
+  - name: bulk
+    address: 127.0.0.1
+    port: {bulk}
+    protocol: tcp
+    upstream: "127.0.0.1:{up_bulk}"
+inbound: {{enabled: false}}
+outbound: {{enabled: false}}
+admin: {{enabled: true, address: 127.0.0.1, port: {admin}}}
+health: {{enabled: true, address: 127.0.0.1, port: {health}}}
+prometheus: {{enabled: true, address: 127.0.0.1, port: {prom}}}
+log: {{level: warning}}
+"""
+
+
+class MeshproxyL4(Scenario):
+    name = "meshproxy-l4"
+    description = "client → meshproxy explicit listener, `protocol: tcp` (L4 relay, CPU 1) → nginx"
+
+    def start(self, env, up, args):
+        port, bulk, admin, health, prom = (env.port() for _ in range(5))
+        cfg = env.path(f"{self.name}.yaml")
+        with open(cfg, "w") as f:
+            f.write(MESHPROXY_L4_CONF.format(port=port, bulk=bulk, up_port=up.http_port, up_bulk=up.bulk_port,
+                                             admin=admin, health=health, prom=prom))
+        p = env.spawn(self.name, [args.meshproxy, "run", "--config", cfg], cpu=PROXY_CPU)
+        self.procs, self.cpu_roots = [p], [p.pid]
+        wait_http_ok(f"http://127.0.0.1:{health}/healthz/ready", p, timeout=30)
+        wait_port(port, p)
+        wait_port(bulk, p)
+        self.ports = {"http": port, "bulk": bulk}
+
+
+# Future scenarios (L7: meshproxy HTTP vs HAProxy mode http vs nginx proxy_pass; mesh: two sidecars with mTLS vs a
+# two-HAProxy mTLS chain) subclass Scenario the same way: a chain puts both PIDs in cpu_roots, both pinned to CPU 1.
+
+SCENARIOS: dict[str, type[Scenario]] = {c.name: c for c in (Direct, MeshproxyL4, HaproxyTcp)}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Metrics and measurements
+# ----------------------------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Metric:
+    key: str
+    label: str
+    unit: str
+    higher_is_better: bool
+    fmt: str = "{:.1f}"
+
+
+@dataclasses.dataclass
+class RunCtx:
+    env: Env
+    up: Upstream
+    args: argparse.Namespace
+    dur: float          # seconds per timed run
+
+
+class Measurement:
+    """One client run against one scenario. `run` returns {metric_key: value}; `info` holds extras (steal, ...)."""
+    name = "?"
+    metrics: list[Metric] = []
+    strict = False       # latency at low load: a few % of foreign load on CPU 1 already moves p99
+
+    def run(self, ctx: RunCtx, sc: Scenario) -> tuple[dict[str, float], dict[str, float]]:
+        raise NotImplementedError
+
+    # shared accounting around a client run ------------------------------------------------------------------
+    @staticmethod
+    def timed(sc: Scenario, fn: Callable[[], tuple[str, float]]) -> tuple[str, dict[str, float]]:
+        sc.alive()
+        cpu0 = tree_cpu_ms(sc.cpu_roots)
+        st0 = CpuStat.read()
+        t0 = time.monotonic()
+        out, client_ms = fn()
+        wall = time.monotonic() - t0
+        st1 = CpuStat.read()
+        cpu1 = tree_cpu_ms(sc.cpu_roots)
+        sc.alive()
+        info = {
+            "wall_s": wall,
+            "proxy_cpu_ms": cpu1 - cpu0,
+            "client_cpu_ms": client_ms,
+            "steal_pct": st0.delta(st1)["steal_pct"],
+            "cpu0_busy_pct": st0.delta(st1, "cpu0")["busy_pct"],
+            "cpu1_busy_pct": st0.delta(st1, "cpu1")["busy_pct"],
+        }
+        # CPU 1 should run nothing but the proxy: process time there beyond the proxy's own (other jobs on the
+        # machine) is noise. irq/softirq time is not charged to tasks; it is the proxy's packets, left out.
+        info["cpu1_other_pct"] = max(0.0, st0.delta(st1, "cpu1")["task_pct"] - info["proxy_cpu_ms"] / wall / 10.0)
+        return out, info
+
+
+WRK_LUA = """\
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    "BENCH requests=%d duration_us=%d bytes=%d err_connect=%d err_read=%d err_write=%d err_status=%d " ..
+    "err_timeout=%d p50_us=%.0f p90_us=%.0f p99_us=%.0f max_us=%.0f\\n",
+    summary.requests, summary.duration, summary.bytes, e.connect, e.read, e.write, e.status, e.timeout,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max))
+end
+"""
+
+
+def parse_kv(out: str, tag: str) -> dict[str, float]:
+    for line in out.splitlines():
+        if line.startswith(tag + " "):
+            return {k: float(v) for k, v in (kv.split("=", 1) for kv in line.split()[1:])}
+    raise RuntimeError(f"no '{tag}' line in output:\n{out[-2000:]}")
+
+
+class Wrk(Measurement):
+    """wrk, 1 thread, N keep-alive connections, fixed duration: requests/s, p50/p99, proxy CPU per 1000 req."""
+
+    def __init__(self, tag: str, path: str, conns: int, latency: bool = True):
+        self.tag, self.path, self.conns = tag, path, conns
+        self.name = f"wrk {path} c{conns}"
+        t = f"{path.strip('/')} c{conns}"
+        self.metrics = [Metric(f"rps_{tag}", f"requests/s, {t}", "req/s", True, "{:,.0f}")]
+        if latency:
+            self.metrics += [Metric(f"p50_{tag}", f"p50 latency, {t}", "ms", False, "{:.3f}"),
+                             Metric(f"p99_{tag}", f"p99 latency, {t}", "ms", False, "{:.3f}")]
+        self.metrics += [Metric(f"cpu_{tag}", f"proxy CPU per 1000 req, {t}", "ms", False, "{:.1f}")]
+
+    def run(self, ctx, sc):
+        lua = ctx.env.path("report.lua")
+        if not os.path.exists(lua):
+            with open(lua, "w") as f:
+                f.write(WRK_LUA)
+        url = f"http://127.0.0.1:{sc.ports['http']}{self.path}"
+        argv = ["wrk", "-t1", f"-c{self.conns}", f"-d{ctx.dur:g}s", "--timeout", "5s", "-s", lua, url]
+        out, info = self.timed(sc, lambda: run_client(argv, timeout=ctx.dur + 60))
+        r = parse_kv(out, "BENCH")
+        n = r["requests"]
+        errors = sum(v for k, v in r.items() if k.startswith("err_"))
+        info["errors"] = errors
+        if n <= 0:
+            raise RuntimeError(f"{sc.name}: wrk completed no requests:\n{out}")
+        vals = {f"rps_{self.tag}": n / (r["duration_us"] / 1e6),
+                f"p50_{self.tag}": r["p50_us"] / 1000.0,
+                f"p99_{self.tag}": r["p99_us"] / 1000.0}
+        if sc.cpu_roots:
+            vals[f"cpu_{self.tag}"] = info["proxy_cpu_ms"] / n * 1000.0
+        return {m.key: vals[m.key] for m in self.metrics if m.key in vals}, info
+
+
+class FixedRate(Measurement):
+    """h2load --h1 at a fixed total rate over N connections: latency p50/p99 from the per-request log."""
+    strict = True
+
+    def __init__(self, tag: str, path: str, rate: int, conns: int):
+        self.tag, self.path, self.rate, self.conns = tag, path, rate, conns
+        self.name = f"h2load {rate} req/s c{conns}"
+        t = f"{rate} req/s, c{conns}"
+        self.metrics = [Metric(f"p50_{tag}", f"p50 latency at {t}", "ms", False, "{:.3f}"),
+                        Metric(f"p99_{tag}", f"p99 latency at {t}", "ms", False, "{:.3f}"),
+                        Metric(f"cpu_{tag}", f"proxy CPU per 1000 req at {t}", "ms", False, "{:.1f}")]
+
+    def run(self, ctx, sc):
+        logf = ctx.env.path("h2load.tsv")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(logf)
+        url = f"http://127.0.0.1:{sc.ports['http']}{self.path}"
+        warm = 1.0
+        argv = ["h2load", "--h1", "-t1", f"-c{self.conns}", f"--rps={self.rate / self.conns:g}",
+                f"-D{ctx.dur:g}", f"--warm-up-time={warm:g}", f"--log-file={logf}", url]
+        out, info = self.timed(sc, lambda: run_client(argv, timeout=ctx.dur + warm + 60))
+        lat, starts, bad = [], [], 0
+        with open(logf) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) < 3:
+                    continue
+                if not parts[1].startswith("2"):
+                    bad += 1
+                starts.append(int(parts[0]))
+                lat.append(int(parts[2]) / 1000.0)
+        if len(lat) < self.rate * ctx.dur * 0.5:
+            raise RuntimeError(f"{sc.name}: h2load logged only {len(lat)} requests:\n{out[-2000:]}")
+        m = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed,"
+                      r" (\d+) errored", out)
+        info["errors"] = bad + (int(m.group(5)) + int(m.group(6)) if m else 0)
+        info["achieved_rps"] = len(lat) / ((max(starts) - min(starts)) / 1e6 or 1)
+        q = quantiles(lat)
+        vals = {f"p50_{self.tag}": q(50), f"p99_{self.tag}": q(99)}
+        info["logged"] = len(lat)
+        if sc.cpu_roots:
+            # the warm-up second is not logged but costs CPU too: normalise by the nominal rate over the wall time
+            vals[f"cpu_{self.tag}"] = info["proxy_cpu_ms"] / (info["wall_s"] * self.rate / 1000.0)
+        return vals, info
+
+
+def quantiles(xs: list[float]) -> Callable[[float], float]:
+    s = sorted(xs)
+
+    def q(p: float) -> float:
+        k = (len(s) - 1) * p / 100.0
+        lo = int(k)
+        hi = min(lo + 1, len(s) - 1)
+        return s[lo] + (s[hi] - s[lo]) * (k - lo)
+    return q
+
+
+class Iperf(Measurement):
+    """iperf3 bulk TCP, one stream, client → scenario's bulk port → iperf3 server: Gbit/s and proxy CPU per GiB."""
+    name = "iperf3 bulk"
+
+    def __init__(self, tag: str = "bulk"):
+        self.tag = tag
+        self.metrics = [Metric(f"gbps_{tag}", "bulk throughput (iperf3, 1 stream)", "Gbit/s", True, "{:.2f}"),
+                        Metric(f"cpu_{tag}", "proxy CPU per GiB, bulk", "ms", False, "{:.0f}")]
+
+    def run(self, ctx, sc):
+        argv = ["iperf3", "-c", "127.0.0.1", "-p", str(sc.ports["bulk"]), "-t", f"{max(1, round(ctx.dur))}",
+                "-O", "1", "-J"]
+        out, info = self.timed(sc, lambda: run_client(argv, timeout=ctx.dur + 60))
+        j = json.loads(out[out.index("{"):])
+        if "error" in j:
+            raise RuntimeError(f"{sc.name}: iperf3: {j['error']}")
+        rx = j["end"]["sum_received"]
+        vals = {f"gbps_{self.tag}": rx["bits_per_second"] / 1e9}
+        if sc.cpu_roots:
+            # bytes moved during the whole client run (omitted warm-up second included) ~ sent bytes; use the
+            # receiver's counted bytes scaled to the wall time of the run for CPU normalisation.
+            total_bytes = rx["bits_per_second"] / 8 * info["wall_s"]
+            vals[f"cpu_{self.tag}"] = info["proxy_cpu_ms"] / (total_bytes / 2**30)
+        return vals, info
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Targets and suites
+# ----------------------------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    key: str
+    kind: str            # "ratio_le" | "ratio_ge" (vs ref scenario) | "abs_le" | "abs_ge"
+    value: float
+    ref: str | None = None
+
+    def text(self) -> str:
+        return {"ratio_le": f"≤ {self.value:g}× {self.ref}", "ratio_ge": f"≥ {self.value:g}× {self.ref}",
+                "abs_le": f"≤ {self.value:g}", "abs_ge": f"≥ {self.value:g}"}[self.kind]
+
+
+@dataclasses.dataclass
+class Suite:
+    key: str                      # RESULTS.md section marker
+    title: str
+    scenarios: list[str]
+    subject: str                  # scenario under test
+    references: list[str]         # ratios subject/ref
+    baseline: str                 # added latency = scenario − baseline (same round)
+    measurements: Callable[[argparse.Namespace], list[Measurement]]
+    targets: list[Target]
+    added: list[tuple[str, str]]  # (derived key, from key): added latency vs baseline
+
+
+def l4_measurements(args) -> list[Measurement]:
+    return [Wrk("1k_c16", "/1k", 16), Wrk("1k_c64", "/1k", 64), Wrk("1m_c16", "/1m", 16, latency=False),
+            FixedRate("fixed", "/1k", 1000, 16), Iperf("bulk")]
+
+
+SUITES = {
+    "l4": Suite(
+        key="l4", title="L4 path (opaque TCP relay)",
+        scenarios=["direct", "meshproxy-l4", "haproxy-tcp"], subject="meshproxy-l4",
+        references=["direct", "haproxy-tcp"], baseline="direct",
+        measurements=l4_measurements,
+        targets=[Target("cpu_1k_c16", "ratio_le", 1.1, "haproxy-tcp"),
+                 Target("cpu_1k_c64", "ratio_le", 1.1, "haproxy-tcp"),
+                 Target("gbps_bulk", "ratio_ge", 1.0, "haproxy-tcp"),
+                 Target("added_p99_fixed", "abs_le", 1.0),
+                 Target("idle_rss", "abs_le", 40.0)],
+        added=[("added_p50_fixed", "p50_fixed"), ("added_p99_fixed", "p99_fixed")],
+    ),
+    # "l7": Suite(... scenarios=["direct", "meshproxy-http", "haproxy-http", "nginx-proxy"], h1 + h2c measurements)
+    # "mesh": Suite(... scenarios=["direct", "meshproxy-mesh", "haproxy-mtls-chain"], ...)
+}
+
+EXTRA_METRICS = {
+    "added_p50_fixed": Metric("added_p50_fixed", "added p50 vs direct at 1000 req/s", "ms", False, "{:.3f}"),
+    "added_p99_fixed": Metric("added_p99_fixed", "added p99 vs direct at 1000 req/s", "ms", False, "{:.3f}"),
+    "idle_rss": Metric("idle_rss", "idle RSS (VmRSS after start)", "MiB", False, "{:.1f}"),
+    "peak_rss": Metric("peak_rss", "peak RSS (VmHWM at end)", "MiB", False, "{:.1f}"),
+}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Runner
+# ----------------------------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Results:
+    # values[scenario][metric] -> list of per-round values (index = round)
+    values: dict[str, dict[str, list[float]]]
+    info: list[dict]              # one record per client run
+    single: dict[str, dict[str, float]]   # once-per-scenario values (RSS)
+
+
+def suite_measurements(suite: Suite, args) -> list[Measurement]:
+    ms = suite.measurements(args)
+    if args.measure:
+        ms = [m for m in ms if any(sel in m.name for sel in args.measure)]
+    return ms
+
+
+def run_suite(suite: Suite, args, env: Env, up: Upstream) -> Results:
+    names = [s for s in suite.scenarios if not args.scenarios or s in args.scenarios]
+    meas = suite_measurements(suite, args)
+    dur = args.duration
+    scs: dict[str, Scenario] = {}
+    single: dict[str, dict[str, float]] = {}
+    for n in names:
+        sc = SCENARIOS[n]()
+        try:
+            sc.start(env, up, args)
+        except Exception:
+            log(f"{n} failed to start; its log:\n{env.logtail(n)}")
+            raise
+        # sanity: the scenario really serves the bodies
+        assert len(http_get(sc.ports["http"], "/1k")) == BODY_SMALL, n
+        assert len(http_get(sc.ports["http"], "/1m")) == BODY_LARGE, n
+        time.sleep(0.5)
+        if sc.cpu_roots:
+            single[n] = {"idle_rss": tree_kib(sc.cpu_roots, "VmRSS") / 1024.0}
+        scs[n] = sc
+    values: dict[str, dict[str, list[float]]] = {n: {} for n in names}
+    infos: list[dict] = []
+    ctx = RunCtx(env, up, args, dur)
+    warm = RunCtx(env, up, args, max(1.0, dur / 10))
+    for n, sc in scs.items():                              # warm-up, not recorded
+        Wrk("warm", "/1k", 64, latency=False).run(warm, sc)
+    for rnd in range(args.rounds):
+        for m in meas:
+            for n, sc in scs.items():
+                limit = args.strict_noise_limit if m.strict else args.noise_limit
+                retries = args.retries + (1 if m.strict else 0)
+                for attempt in range(retries + 1):
+                    wait_quiet(limit, args.quiet_wait)
+                    log(f"round {rnd + 1}/{args.rounds} {m.name:<18} {n}" + (f" (retry {attempt})" if attempt else ""))
+                    vals, info = m.run(ctx, sc)
+                    info.update(round=rnd, scenario=n, measurement=m.name, attempt=attempt)
+                    infos.append(info)
+                    noisy = info["steal_pct"] > limit or info["cpu1_other_pct"] > limit
+                    if not noisy:
+                        break
+                    info["discarded"] = attempt < retries
+                    log(f"  noisy run: steal {info['steal_pct']:.1f} %, other load on CPU 1 "
+                        f"{info['cpu1_other_pct']:.0f} %" + (", retrying" if info["discarded"] else ", kept"))
+                for k, v in vals.items():
+                    values[n].setdefault(k, []).append(v)
+                if info.get("errors"):
+                    log(f"  !! {info['errors']:.0f} errors")
+                log("  " + "  ".join(f"{k}={v:.3f}" for k, v in vals.items())
+                    + f"  steal={info['steal_pct']:.1f}%")
+    for n, sc in scs.items():
+        if sc.cpu_roots:
+            single[n]["peak_rss"] = tree_kib(sc.cpu_roots, "VmHWM") / 1024.0
+    # derived: added latency vs baseline, per round
+    if suite.baseline in values:
+        base = values[suite.baseline]
+        for n in names:
+            if n == suite.baseline:
+                continue
+            for dk, fk in suite.added:
+                a, b = values[n].get(fk, []), base.get(fk, [])
+                values[n][dk] = [x - y for x, y in zip(a, b)]
+    return Results(values, infos, single)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Report
+# ----------------------------------------------------------------------------------------------------------------
+
+def _med(xs: list[float]) -> float | None:
+    return statistics.median(xs) if xs else None
+
+
+def _cell(m: Metric, xs: list[float]) -> str:
+    if not xs:
+        return "—"
+    med = m.fmt.format(statistics.median(xs))
+    if len(xs) == 1:
+        return med
+    return f"{med} <sub>{m.fmt.format(min(xs))}–{m.fmt.format(max(xs))}</sub>"
+
+
+def _ratio(a: list[float], b: list[float]) -> float | None:
+    rs = [x / y for x, y in zip(a, b) if y]
+    return statistics.median(rs) if rs else None
+
+
+def machine_facts(args) -> list[tuple[str, str]]:
+    def ver(argv: list[str], pat: str = r"(\d+\.\d+[\w.\-]*)") -> str:
+        try:
+            out = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=10).stdout.decode()
+            m = re.search(pat, out)
+            return m.group(1) if m else "?"
+        except Exception:
+            return "?"
+
+    def pkg(name: str) -> str:
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            return "not installed"
+    model = "?"
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    commit = ver(["git", "-C", REPO, "rev-parse", "--short", "HEAD"], r"(\w+)")
+    dirty = subprocess.run(["git", "-C", REPO, "status", "--porcelain", "--", "meshproxy"],
+                           stdout=subprocess.PIPE, timeout=10).stdout.strip()
+    return [
+        ("date", _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")),
+        ("meshproxy commit", commit + (" (+ uncommitted changes in meshproxy/)" if dirty else "")),
+        ("nproc", str(os.cpu_count())),
+        ("cpu", model),
+        ("kernel", platform.release()),
+        ("python", platform.python_version()),
+        ("uvloop", pkg("uvloop")),
+        ("haproxy / nginx / wrk / h2load / iperf3",
+         " / ".join([ver(["haproxy", "-v"]), ver(["nginx", "-v"]), ver(["wrk", "-v"]),
+                     ver(["h2load", "--version"]), ver(["iperf3", "--version"])])),
+        ("run", f"{args.rounds} rounds, {args.duration:g} s per timed run"
+                + (" (--quick)" if args.quick else "")),
+    ]
+
+
+def render(suite: Suite, res: Results, facts: list[tuple[str, str]], args) -> str:
+    names = [s for s in suite.scenarios if s in res.values]
+    subj = suite.subject if suite.subject in names else None
+    refs = [r for r in suite.references if r in names and r != subj]
+    metrics: list[Metric] = []
+    for m in suite_measurements(suite, args):
+        metrics += m.metrics
+    have = {k for n in names for k in res.values[n]}
+    for dk, _ in suite.added:
+        if dk in have:
+            metrics.append(EXTRA_METRICS[dk])
+    metrics += [EXTRA_METRICS["idle_rss"], EXTRA_METRICS["peak_rss"]]
+    targets = {t.key: t for t in suite.targets}
+
+    def series(n: str, k: str) -> list[float]:
+        if k in ("idle_rss", "peak_rss"):
+            v = res.single.get(n, {}).get(k)
+            return [] if v is None else [v]
+        return res.values[n].get(k, [])
+
+    lines = [f"## {suite.title}", ""]
+    steal = [i["steal_pct"] for i in res.info if not i.get("discarded")]
+    steal_txt = (f"median {statistics.median(steal):.1f} %, max {max(steal):.1f} %" if steal else "n/a")
+    lines += ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in facts] + [f"| steal during runs | {steal_txt} |",
+                                                                           ""]
+    lines += ["Scenarios: " + "; ".join(f"`{n}` = {SCENARIOS[n].description}" for n in names) + ".", ""]
+    lines += ["Cells: median over rounds, with min–max below. Ratios: median of per-round ratios. "
+              "Latencies in ms; CPU is the proxy process tree's utime+stime.", ""]
+    head = ["metric", "unit"] + [f"`{n}`" for n in names]
+    if subj:
+        head += [f"{subj} / {r}" for r in refs] + ["target", "result"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    verdicts: list[tuple[str, bool]] = []
+    for m in metrics:
+        row = [m.label, m.unit] + [_cell(m, series(n, m.key)) for n in names]
+        if subj:
+            for r in refs:
+                rt = None
+                if not m.key.startswith("added_"):      # a ratio of two differences means nothing
+                    rt = _ratio(series(subj, m.key), series(r, m.key))
+                row.append("—" if rt is None else f"{rt:.2f}×")
+            t = targets.get(m.key)
+            if t is None:
+                row += ["", ""]
+            else:
+                ok, shown = None, ""
+                if t.kind.startswith("ratio") and t.ref in names:
+                    rt = _ratio(series(subj, m.key), series(t.ref, m.key))
+                    if rt is not None:
+                        ok = rt <= t.value if t.kind == "ratio_le" else rt >= t.value
+                        shown = f" ({rt:.3f}×)"
+                elif t.kind.startswith("abs"):
+                    v = _med(series(subj, m.key))
+                    if v is not None:
+                        ok = v <= t.value if t.kind == "abs_le" else v >= t.value
+                unit = "" if t.kind.startswith("ratio") else f" {m.unit}"
+                row += [t.text() + unit, "n/a" if ok is None else ("**PASS**" if ok else "**FAIL**") + shown]
+                if ok is not None:
+                    verdicts.append((m.key, ok))
+        lines.append("| " + " | ".join(row) + " |")
+    st_cells = []
+    for n in names:
+        xs = [i["steal_pct"] for i in res.info if i["scenario"] == n and not i.get("discarded")]
+        st_cells.append(f"{statistics.median(xs):.1f} / {max(xs):.1f}" if xs else "—")
+    lines.append("| steal during runs (median / max) | % | " + " | ".join(st_cells)
+                 + (" |" * (len(refs) + 2) if subj else "") + " |")
+    lines.append("")
+    if verdicts:
+        fails = [k for k, ok in verdicts if not ok]
+        lines.append(f"Targets: {len(verdicts) - len(fails)}/{len(verdicts)} pass"
+                     + (f" (fail: {', '.join(fails)})." if fails else "."))
+        lines.append("")
+    errs = [i for i in res.info if i.get("errors")]
+    if errs:
+        lines.append("Client-reported errors: " + "; ".join(
+            f"{i['scenario']} {i['measurement']} round {i['round'] + 1}: {i['errors']:.0f}" for i in errs) + ".")
+        lines.append("")
+    # raw per-run record
+    disc = sum(1 for i in res.info if i.get("discarded"))
+    if disc:
+        lines += [f"{disc} run(s) were discarded and repeated because steal or other processes' load on CPU 1 "
+                  f"exceeded {args.noise_limit:g} % ({args.strict_noise_limit:g} % for fixed-rate latency runs; "
+                  f"marked *discarded* below).", ""]
+    lines += ["<details><summary>Per-run record (steal, CPU busy, proxy CPU)</summary>", "",
+              "| round | measurement | scenario | wall s | proxy CPU ms | client CPU ms | cpu0 busy % | cpu1 busy % "
+              "| other load on cpu1 % | steal % | errors |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for i in res.info:
+        lines.append(f"| {i['round'] + 1} | {i['measurement']} | {i['scenario']}"
+                     f"{' *discarded*' if i.get('discarded') else ''} | {i['wall_s']:.1f} | "
+                     f"{i['proxy_cpu_ms']:.0f} | {i['client_cpu_ms']:.0f} | {i['cpu0_busy_pct']:.0f} | "
+                     f"{i['cpu1_busy_pct']:.0f} | {i['cpu1_other_pct']:.0f} | {i['steal_pct']:.1f} | "
+                     f"{i.get('errors', 0):.0f} |")
+    lines += ["", "</details>", ""]
+    return "\n".join(lines)
+
+
+def write_section(path: str, key: str, body: str) -> None:
+    """Replace (or append) only this suite's section of RESULTS.md, between its markers."""
+    begin, end = f"<!-- bench:{key}:begin -->", f"<!-- bench:{key}:end -->"
+    block = f"{begin}\n{body.rstrip()}\n{end}\n"
+    text = ""
+    if os.path.exists(path):
+        with open(path) as f:
+            text = f.read()
+    if not text.strip():
+        text = ("# meshproxy benchmark results\n\nGenerated by `bench/run.py`; see `bench/README.md` for method. "
+                "Each section is rewritten only by its own suite.\n\n")
+    pat = re.compile(re.escape(begin) + r".*?" + re.escape(end) + r"\n?", re.S)
+    text = pat.sub(lambda _: block, text, count=1) if pat.search(text) else text.rstrip("\n") + "\n\n" + block
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="3 s timed runs instead of 8 s")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--duration", type=float, help="seconds per timed run (default 8, 3 with --quick)")
+    ap.add_argument("--out", default=os.path.join(HERE, "RESULTS.md"))
+    ap.add_argument("--no-write", action="store_true", help="print the section instead of writing --out")
+    ap.add_argument("--suite", default="l4", choices=sorted(SUITES), help="which section to run")
+    ap.add_argument("--scenarios", type=lambda s: [x for x in s.split(",") if x],
+                    help="subset of the suite's scenarios, comma-separated")
+    ap.add_argument("--measure", type=lambda s: [x for x in s.split(",") if x],
+                    help="only measurements whose name contains one of these, comma-separated (e.g. 'h2load,iperf3')")
+    ap.add_argument("--meshproxy", default=os.path.join(REPO, ".venv", "bin", "meshproxy"))
+    ap.add_argument("--noise-limit", type=float, default=20.0,
+                    help="repeat a run once when steal or non-proxy load on CPU 1 exceeds this many %% (default 20)")
+    ap.add_argument("--strict-noise-limit", type=float, default=5.0,
+                    help="the same for latency-at-fixed-rate runs, which get one more retry (default 5)")
+    ap.add_argument("--nice", type=int, default=-10,
+                    help="run the upstream, proxies and clients at this nice value (0: leave alone; default -10) "
+                         "so other jobs on the machine disturb them less")
+    ap.add_argument("--quiet-wait", type=float, default=20.0,
+                    help="before each run, wait up to this many s for other load to drop below --noise-limit")
+    ap.add_argument("--wait-budget", type=float, default=120.0,
+                    help="total seconds all those waits may take in one run (default 120)")
+    ap.add_argument("--retries", type=int, default=1, help="repeats allowed per noisy run (default 1)")
+    ap.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (configs, logs)")
+    args = ap.parse_args(argv)
+    if args.duration is None:
+        args.duration = 3.0 if args.quick else 8.0
+    if os.cpu_count() and os.cpu_count() < 2:
+        log("warning: fewer than 2 CPUs; pinning will overlap")
+    for tool in ("nginx", "haproxy", "wrk", "h2load", "iperf3", "taskset"):
+        if not shutil.which(tool):
+            log(f"missing tool: {tool}")
+            return 2
+    suite = SUITES[args.suite]
+    _WAIT_BUDGET[0] = args.wait_budget
+    NICE[0] = args.nice if os.geteuid() == 0 or args.nice > 0 else 0
+
+    def on_term(signum, frame):
+        raise SystemExit(128 + signum)
+    signal.signal(signal.SIGTERM, on_term)
+
+    n_sc = len([s for s in suite.scenarios if not args.scenarios or s in args.scenarios])
+    n_runs = args.rounds * n_sc * len(suite_measurements(suite, args))
+    log(f"suite {suite.key}: {n_runs} timed runs of ~{args.duration:g} s, "
+        f"expect ~{n_runs * (args.duration + 1.5) / 60:.0f} min plus retries/waits")
+    facts = machine_facts(args)          # before the run: the commit meshproxy is started from
+    env = Env(keep_tmp=args.keep_tmp)
+    t0 = time.monotonic()
+    try:
+        up = start_upstream(env)
+        res = run_suite(suite, args, env, up)
+    finally:
+        env.cleanup()
+    log(f"done in {time.monotonic() - t0:.0f} s")
+    body = render(suite, res, facts, args)
+    if args.no_write:
+        print(body)
+    else:
+        write_section(args.out, suite.key, body)
+        log(f"wrote section '{suite.key}' of {args.out}")
+        print(body)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
