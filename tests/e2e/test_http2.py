@@ -1,0 +1,320 @@
+"""HTTP/2 downstream end to end, with real peers (curl, h2load) and a raw frame
+client for what libraries will not do: h2c prior knowledge, H2 → HTTP/1.1
+translation, multiplexing, flow control with a reader that never acknowledges,
+REFUSED_STREAM beyond the stream limit, rapid-reset GOAWAY, GOAWAY on drain and
+connection-specific headers. Runs on asyncio and uvloop (conftest)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+
+import aiohttp
+import pytest
+from e2e_support import metric_value, metrics_text
+from h2_peers import CANCEL, ENHANCE_YOUR_CALM, PROTOCOL_ERROR, REFUSED_STREAM, H2Upstream, RawH2
+from l7_peers import EchoH1, RecorderH1, h1_cluster, listener, need_tool, run
+
+
+@pytest.fixture
+async def h2up():
+    ups: list[H2Upstream] = []
+
+    async def make(**kw) -> H2Upstream:
+        u = await H2Upstream(**kw).start()
+        ups.append(u)
+        return u
+
+    yield make
+    for u in ups:
+        await u.stop()
+
+
+@pytest.fixture
+async def h1up():
+    ups: list[EchoH1] = []
+
+    async def make() -> EchoH1:
+        u = await EchoH1().start()
+        ups.append(u)
+        return u
+
+    yield make
+    for u in ups:
+        await u.stop()
+
+
+@pytest.fixture
+async def client():
+    made: list[RawH2] = []
+
+    async def connect(port: int, **kw) -> RawH2:
+        c = await RawH2.connect(port, **kw)
+        made.append(c)
+        return c
+
+    yield connect
+    for c in made:
+        c.close()
+
+
+# === h2c prior knowledge ====================================================
+
+async def test_curl_h2c_prior_knowledge_to_h2_upstream(proxy, h2up):
+    curl = need_tool("curl")
+    up = await h2up()
+    r = await proxy(listener(up.port))
+    rc, out, err = await run([curl, "-sS", "--max-time", "10", "--http2-prior-knowledge",
+                              "-H", "x-test: one", "-w", "\n%{http_version} %{response_code}",
+                              f"http://127.0.0.1:{r.port('web')}/hello?q=1"])
+    assert rc == 0, err
+    body, _, tail = out.rpartition("\n")
+    assert tail == "2 200"
+    echo = json.loads(body)
+    assert echo["headers"][":path"] == "/hello?q=1" and echo["headers"]["x-test"] == "one"
+    assert echo["headers"][":method"] == "GET"
+    assert len(echo["headers"]["x-request-id"]) == 36
+    text = await metrics_text(r)
+    assert metric_value(text, "meshproxy_protocol_detection_total", outcome="http2") == 1
+    assert metric_value(text, "istio_requests_total", response_code="200", request_protocol="http") == 1
+
+
+async def test_raw_h2_client_to_h2_upstream(proxy, h2up, client):
+    up = await h2up()
+    r = await proxy(listener(up.port))
+    c = await client(r.port("web"))
+    await c.request(1, "/a", "POST", body=b"payload-1", extra=[("x-a", "1")])
+    await c.request(3, "/b", "GET")
+    await c.read_until(lambda: c.done(1) and c.done(3))
+    for sid, path in ((1, "/a"), (3, "/b")):
+        resp = c.responses[sid]
+        assert resp.status == 200 and resp.reset is None
+        echo = json.loads(resp.body)
+        assert echo["headers"][":path"] == path
+    assert json.loads(c.responses[1].body)["body"] == "payload-1"
+    assert up.connections == 1
+
+
+async def test_h2_downstream_to_http1_cluster_translates_request_and_response(proxy, client):
+    rec = await RecorderH1().start()
+    try:
+        r = await proxy(listener(rec.port, **h1_cluster(rec.port)))
+        c = await client(r.port("web"))
+        await c.request(1, "/upload?x=1", "PUT", body=b"wikipedia",
+                        extra=[("te", "trailers"), ("x-custom", "v1"), ("cookie", "a=1"), ("cookie", "b=2")],
+                        trailers=[("x-sum", "9")])
+        await c.read_until(lambda: c.done(1))
+        resp = c.responses[1]
+        assert resp.reset is None, f"stream reset {resp.reset}"
+        assert resp.status == 201 and resp.header("x-origin") == "recorder"
+        assert bytes(resp.body) == b"abcde"
+        assert ("x-t", "done") in resp.trailers, resp.trailers
+        assert resp.header("transfer-encoding") is None
+        head, body = rec.requests[0]
+        lines = head.decode().split("\r\n")
+        assert lines[0] == "PUT /upload?x=1 HTTP/1.1"
+        fields = [tuple(x.split(": ", 1)) for x in lines[1:] if x]
+        names = [k.lower() for k, _ in fields]
+        assert ("host", "test.local") in [(k.lower(), v) for k, v in fields]
+        assert names.count("host") == 1
+        assert ("x-custom", "v1") in [(k.lower(), v) for k, v in fields]
+        cookies = [v for k, v in fields if k.lower() == "cookie"]
+        assert cookies == ["a=1; b=2"] or sorted(cookies) == ["a=1", "b=2"]
+        assert not any(n.startswith(":") for n in names)
+        assert "transfer-encoding" in names
+        assert body.replace(b"\r\n", b"|").endswith(b"0|x-sum: 9||"), body
+        assert b"wikipedia" in body.replace(b"\r\n", b"")
+    finally:
+        rec.stop()
+
+
+async def test_curl_h2c_to_http1_cluster_post(proxy, h1up):
+    curl = need_tool("curl")
+    up = await h1up()
+    r = await proxy(listener(up.port, **h1_cluster(up.port)))
+    rc, out, err = await run([curl, "-sS", "--max-time", "10", "--http2-prior-knowledge", "-X", "POST",
+                              "--data-binary", "0123456789", "-w", "\n%{http_version}",
+                              f"http://127.0.0.1:{r.port('web')}/p"])
+    assert rc == 0, err
+    body, _, version = out.rpartition("\n")
+    assert version == "2"
+    echo = json.loads(body)
+    assert echo["method"] == "POST" and echo["len"] == 10 and echo["path"] == "/p"
+    assert up.requests[0]["body"] == b"0123456789"
+
+
+# === multiplexing ==========================================================
+
+async def test_h2load_many_streams_on_one_connection(proxy, h2up):
+    h2load = need_tool("h2load")
+    up = await h2up()
+    up.slow_delay = 0.05  # each answer waits, so the 50 streams really are open at once
+    r = await proxy(listener(up.port))
+    rc, out, err = await run([h2load, "-c1", "-m50", "-n500", "-t1", f"http://127.0.0.1:{r.port('web')}/slow"],
+                             timeout=60)
+    assert rc == 0, out + err
+    assert re.search(r"requests: 500 total, 500 started, 500 done, 500 succeeded, 0 failed, 0 errored", out), out
+    assert re.search(r"status codes: 500 2xx", out), out
+    text = await metrics_text(r)
+    assert metric_value(text, "meshproxy_protocol_detection_total", outcome="http2") == 1
+    assert metric_value(text, "istio_requests_total", response_code="200") == 500
+    assert up.connections == 1, "upstream h2 streams must share one pooled connection"
+    assert up.max_open >= 25, f"streams were not multiplexed upstream (at most {up.max_open} open at once)"
+
+
+# === flow control ==========================================================
+
+async def test_slow_h2_reader_keeps_proxy_buffers_bounded(proxy, h2up, client):
+    up = await h2up()
+    n = 8 << 20
+    r = await proxy(listener(up.port))
+    c = await client(r.port("web"), auto_window=False)
+    await c.request(1, f"/big?n={n}")
+    await c.read_until(lambda: 1 in c.responses and c.responses[1].headers)
+    await asyncio.sleep(0.8)  # let every buffer fill as far as it will
+    conns = list(r.app.http.connections)
+    assert len(conns) == 1
+    srv = conns[0]
+    held = srv.codec.pending(1) + srv.transport.get_write_buffer_size()
+    assert held <= 2.5 * (1 << 20), f"proxy holds {held} bytes for a reader that is not reading"
+    assert up.big_sent <= 3 * (1 << 20), f"upstream was let to send {up.big_sent} of {n} bytes"
+    assert len(c.responses[1].body) <= 65535
+    # Now read: open both windows wide and take the rest.
+    c.auto_window = True
+    await c.send(c.window_frame(0, (1 << 31) - 1 - 65535), c.window_frame(1, (1 << 31) - 1 - 65535))
+    await c.read_until(lambda: c.done(1), timeout=30)
+    resp = c.responses[1]
+    assert resp.reset is None and len(resp.body) == n and resp.body.count(b"z") == n
+
+
+async def test_slow_h2_reader_with_http1_upstream_bounded(proxy, h1up, client):
+    up = await h1up()
+    n = 8 << 20
+    r = await proxy(listener(up.port, **h1_cluster(up.port)))
+    c = await client(r.port("web"), auto_window=False)
+    await c.request(1, f"/big?n={n}")
+    await c.read_until(lambda: 1 in c.responses and c.responses[1].headers)
+    await asyncio.sleep(0.8)
+    srv = list(r.app.http.connections)[0]
+    held = srv.codec.pending(1) + srv.transport.get_write_buffer_size()
+    assert held <= 2.5 * (1 << 20), f"proxy holds {held} bytes for a reader that is not reading"
+    c.auto_window = True
+    await c.send(c.window_frame(0, (1 << 31) - 1 - 65535), c.window_frame(1, (1 << 31) - 1 - 65535))
+    await c.read_until(lambda: c.done(1), timeout=30)
+    assert len(c.responses[1].body) == n
+
+
+# === limits and abuse ======================================================
+
+async def test_streams_beyond_limit_are_refused_and_connection_survives(proxy, h2up, client):
+    up = await h2up()
+    r = await proxy(listener(up.port))
+    c = await client(r.port("web"))
+    hdrs = c.request_headers("/open", "POST")
+    open_ids = [2 * i + 1 for i in range(100)]
+    extra_ids = [2 * i + 1 for i in range(100, 105)]
+    await c.send(*(c.headers_frame(sid, hdrs, False) for sid in open_ids + extra_ids))
+    await c.read_until(lambda: all(c.done(s) for s in extra_ids))
+    for sid in extra_ids:
+        assert c.responses[sid].reset == REFUSED_STREAM, (sid, c.responses[sid].reset)
+    assert not any(c.responses.get(s) and c.responses[s].reset is not None for s in open_ids)
+    # Finish the first stream: it is answered, on the same connection.
+    await c.send(c.data_frame(1, b"done", True))
+    await c.read_until(lambda: c.done(1))
+    assert c.responses[1].status == 200 and json.loads(c.responses[1].body)["body"] == "done"
+    assert c.goaway is None and not c.closed
+    # Free the rest; a new stream then works.
+    await c.send(*(c.data_frame(s, b"", True) for s in open_ids[1:]))
+    await c.read_until(lambda: all(c.done(s) for s in open_ids))
+    nxt = extra_ids[-1] + 2
+    await c.request(nxt, "/after")
+    await c.read_until(lambda: c.done(nxt))
+    assert c.responses[nxt].status == 200
+    assert c.goaway is None
+
+
+async def test_rapid_reset_flood_gets_goaway_enhance_your_calm(proxy, h2up, client):
+    up = await h2up()
+    r = await proxy(listener(up.port))
+    c = await client(r.port("web"))
+    hdrs = c.request_headers("/reset-me")
+    flood = []
+    for i in range(400):
+        sid = 2 * i + 1
+        flood += [c.headers_frame(sid, hdrs, True), c.rst_frame(sid, CANCEL)]
+    for k in range(0, len(flood), 100):  # a few writes, like a real attacker's batches
+        try:
+            await c.send(*flood[k:k + 100])
+        except ConnectionError:
+            break
+    await c.read_until(lambda: c.goaway is not None, timeout=10)
+    assert c.goaway.error_code == ENHANCE_YOUR_CALM
+    await c.read_until_eof()
+    # The proxy itself is fine: a new connection is served.
+    c2 = await client(r.port("web"))
+    await c2.request(1, "/ok")
+    await c2.read_until(lambda: c2.done(1))
+    assert c2.responses[1].status == 200
+
+
+async def test_request_and_its_reset_in_one_read_do_not_break_the_connection(proxy, h2up, client):
+    up = await h2up()
+    r = await proxy(listener(up.port))
+    c = await client(r.port("web"))
+    hdrs = c.request_headers("/gone")
+    await c.send(c.headers_frame(1, hdrs, True), c.rst_frame(1, CANCEL),
+                 c.headers_frame(3, c.request_headers("/kept"), True))
+    await c.read_until(lambda: c.done(3))
+    assert c.responses[3].status == 200 and json.loads(c.responses[3].body)["headers"][":path"] == "/kept"
+    # and again, now that the first pair has been handled
+    await c.send(c.headers_frame(5, hdrs, False), c.data_frame(5, b"x"), c.rst_frame(5, CANCEL))
+    await c.request(7, "/kept2")
+    await c.read_until(lambda: c.done(7))
+    assert c.responses[7].status == 200
+    assert c.goaway is None and not c.closed
+    assert 1 not in c.responses or c.responses[1].reset is None or c.responses[1].reset in (CANCEL, 0)
+
+
+async def test_drain_sends_goaway_and_in_flight_stream_completes(proxy, h2up, client):
+    up = await h2up()
+    up.slow_delay = 1.0
+    r = await proxy(listener(up.port))
+    c = await client(r.port("web"))
+    await c.request(1, "/slow")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5
+    while not up.requests:
+        assert loop.time() < deadline, "request never reached the upstream"
+        await asyncio.sleep(0.02)
+    async with aiohttp.ClientSession() as s:
+        async with s.post(r.url("admin", "/drain_listeners")) as resp:
+            assert resp.status == 200
+    await c.read_until(lambda: c.goaway is not None, timeout=5)
+    assert c.goaway.error_code == 0 and c.goaway.last_stream_id >= 1
+    assert not c.done(1), "the in-flight stream should still be running when GOAWAY arrives"
+    await c.request(3, "/too-late")  # above last_stream_id: refused, never forwarded
+    await c.read_until(lambda: c.done(1) and c.done(3), timeout=5)
+    assert c.responses[1].status == 200 and c.responses[1].reset is None
+    assert c.responses[3].reset == REFUSED_STREAM
+    assert [q["headers"][":path"] for q in up.requests] == ["/slow"]
+    await c.read_until_eof(timeout=5)
+
+
+@pytest.mark.parametrize("name, value", [("connection", "keep-alive"), ("transfer-encoding", "chunked"),
+                                         ("upgrade", "websocket"), ("keep-alive", "timeout=5"),
+                                         ("te", "gzip")])
+async def test_connection_specific_header_resets_stream_and_nothing_goes_upstream(proxy, h2up, client,
+                                                                                  name, value):
+    up = await h2up()
+    r = await proxy(listener(up.port))
+    c = await client(r.port("web"))
+    await c.request(1, "/bad", extra=[(name, value)])
+    await c.read_until(lambda: c.done(1))
+    assert c.responses[1].reset == PROTOCOL_ERROR, c.responses[1].__dict__
+    assert up.requests == [] and up.connections == 0
+    # the connection survives: a clean request on it goes through
+    await c.request(3, "/good")
+    await c.read_until(lambda: c.done(3))
+    assert c.responses[3].status == 200
+    assert [q["headers"][":path"] for q in up.requests] == ["/good"]
