@@ -119,3 +119,43 @@ async def test_grpc_deadline_and_cancel_do_not_wedge_the_proxy(proxy, grpc_serve
 
     first, after = await asyncio.to_thread(cancel_then_call)
     assert first == b"m0" and after == b"echo:after"
+
+
+async def test_long_server_stream_through_passthrough_is_not_cut_at_15s(proxy):
+    """A server-streaming call that lasts longer than 15 s through a listener with
+    no route (passthrough, as all transparent sidecar traffic is by default) must
+    not be cut: Istio disables the route timeout unless one is configured."""
+    import time
+    from concurrent import futures
+
+    def slow(request, context):
+        for i in range(17):
+            yield b"tick%d" % i
+            time.sleep(1.0)
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        "test.Slow", {"Ticks": grpc.unary_stream_rpc_method_handler(slow)}),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        r = await proxy(listener(port, name="grpc", ports=[{"port": port, "protocol": "grpc"}]))
+
+        def call():
+            from grpc_echo import CHANNEL_OPTIONS
+            ch = grpc.insecure_channel(f"127.0.0.1:{r.port('grpc')}", options=CHANNEL_OPTIONS)
+            got = []
+            try:
+                for m in ch.unary_stream("/test.Slow/Ticks")(b"", timeout=30):
+                    got.append(m)
+                return got, None
+            except grpc.RpcError as e:
+                return got, f"{e.code()}: {e.details()}"
+            finally:
+                ch.close()
+
+        got, error = await asyncio.to_thread(call)
+        assert error is None, f"stream cut after {len(got)} messages: {error}"
+        assert got == [b"tick%d" % i for i in range(17)]
+    finally:
+        server.stop(0)

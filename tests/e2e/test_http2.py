@@ -318,3 +318,76 @@ async def test_connection_specific_header_resets_stream_and_nothing_goes_upstrea
     await c.read_until(lambda: c.done(3))
     assert c.responses[3].status == 200
     assert [q["headers"][":path"] for q in up.requests] == ["/good"]
+
+
+# === request direction: flow control and malformed bodies =====================
+
+@pytest.mark.parametrize("upstream_protocol", ["http2", "http1"])
+async def test_upload_to_stalled_upstream_is_bounded(proxy, client, upstream_protocol):
+    """The client sends as fast as the proxy's windows allow to an upstream that
+    never reads: the proxy must stop opening windows (bytes stay bounded)."""
+    from hyperframe.frame import SettingsFrame, WindowUpdateFrame
+
+    stalled = []
+
+    async def stuck(reader, writer):
+        await reader.read(200)
+        writer.transport.pause_reading()
+        stalled.append(writer)
+        await asyncio.sleep(30)
+
+    srv = await asyncio.start_server(stuck, "127.0.0.1", 0)
+    uport = srv.sockets[0].getsockname()[1]
+    try:
+        extra = h1_cluster(uport) if upstream_protocol == "http1" else {}
+        r = await proxy(listener(uport, **extra))
+        c = await client(r.port("web"))
+        await c.read_until(lambda: SettingsFrame.INITIAL_WINDOW_SIZE in c.server_settings)
+        conn_win, stream_win = 65535, c.server_settings[SettingsFrame.INITIAL_WINDOW_SIZE]
+        await c.send(c.headers_frame(1, c.request_headers("/upload", "POST"), False))
+        sent, chunk = 0, b"u" * 16384
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 1.5
+        while loop.time() < deadline:
+            n = min(conn_win, stream_win, len(chunk))
+            if n > 0:
+                await c.send(c.data_frame(1, chunk[:n]))
+                sent, conn_win, stream_win = sent + n, conn_win - n, stream_win - n
+                continue
+            try:
+                f = await c.read_frame(0.1)
+            except asyncio.TimeoutError:
+                continue
+            if isinstance(f, WindowUpdateFrame):
+                if f.stream_id == 0:
+                    conn_win += f.window_increment
+                elif f.stream_id == 1:
+                    stream_win += f.window_increment
+        # h2 upstream: proxy windows + its 1 MiB high-water mark; HTTP/1: plus the kernel's socket buffers.
+        bound = 3 << 20 if upstream_protocol == "http2" else 16 << 20
+        assert stalled, "the upstream was never reached"
+        assert sent <= bound, f"proxy accepted {sent} bytes for an upstream that reads nothing"
+        srv_conn = list(r.app.http.connections)[0]
+        ex = srv_conn.exchanges[1]
+        assert ex.up.conn.transport.get_write_buffer_size() + ex.up.conn.codec.pending(ex.up.sid) <= 2.5 * (1 << 20)
+    finally:
+        srv.close()
+
+
+async def test_content_length_mismatch_is_a_stream_error_not_a_connection_error(proxy, h2up, client):
+    """RFC 9113 8.1.1: a request whose DATA disagrees with its content-length is
+    malformed, a *stream* error: that stream is reset, the connection and the
+    other streams on it go on, and nothing of the bad request goes upstream."""
+    up = await h2up()
+    up.slow_delay = 0.5
+    r = await proxy(listener(up.port))
+    c = await client(r.port("web"))
+    await c.request(1, "/slow")
+    await asyncio.sleep(0.1)
+    bad = c.request_headers("/cl", "POST", extra=[("content-length", "6")])
+    await c.send(c.headers_frame(3, bad, False), c.data_frame(3, b"abcdef" + b"GET /smuggled HTTP/1.1\r\n\r\n", True))
+    await c.read_until(lambda: (c.done(1) and c.done(3)) or c.goaway is not None, timeout=5)
+    assert [q["headers"][":path"] for q in up.requests] == ["/slow"]
+    assert c.goaway is None, f"one malformed stream closed the whole connection: {c.goaway!r}"
+    assert c.responses[3].reset == PROTOCOL_ERROR, c.responses[3].__dict__
+    assert c.responses[1].reset is None and c.responses[1].status == 200

@@ -8,7 +8,9 @@ Topology (``pods.py``): client 198.18.0.11, server-a 198.18.0.12, server-b
   host owns. The OUTPUT nat rule redirects the connect to the client sidecar's
   outbound listener; nat OUTPUT runs after the routing decision, so the VIP
   needs a route, which the pod's default route via the node bridge provides
-  (the packet never leaves: it is redirected to 15001 locally). The sidecar
+  (the packet never leaves: it is redirected to 15001 locally). Checked: with
+  the default route deleted, ``curl http://198.19.0.10/`` fails at once
+  (ENETUNREACH, curl exit 7) and the sidecar never sees the connection. The sidecar
   routes authority ``198.19.0.10`` to the cluster ``reviews`` (both server
   pods, round robin), the server sidecars take it inbound and hand it to their
   app from 127.0.0.6.
