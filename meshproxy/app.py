@@ -12,6 +12,7 @@ States (Envoy's names): PRE_INITIALIZING → LIVE → DRAINING → (exit).
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import time
@@ -19,7 +20,6 @@ import time
 from . import __version__
 from .admin.server import Admin
 from .config.snapshot import Snapshot
-from .http.context import HttpContext
 from .loop import loop_name
 from .net.addrs import Direction
 from .net.listener import Connections, Listener, explicit_spec, transparent_spec
@@ -78,7 +78,11 @@ class App:
     async def start(self) -> None:
         """Bind everything; on failure close what was bound and raise ``OSError``."""
         self.metrics.server_state.set(0)
-        self.http = HttpContext(self.snapshot.config, self.metrics)
+        cfg = self.snapshot.config
+        if cfg.inbound.enabled or cfg.outbound.enabled or any(lst.protocol != "tcp" for lst in cfg.listeners):
+            from .http.context import HttpContext  # the HTTP stack is loaded only where HTTP can arrive
+
+            self.http = HttpContext(cfg, self.metrics)
         self._build_listeners()
         try:
             for lst in self.listeners:
@@ -90,6 +94,7 @@ class App:
         self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
         self.state = "LIVE"
         self.metrics.server_state.set(1)
+        gc.freeze()  # start-up objects never change: keep them out of every later collection
         self.ready.set()
         log.info("meshproxy %s live on %s (loop: %s)", __version__,
                  ", ".join(f"{i['name']}={'/'.join(i['addresses'])}" for i in self.listener_info()),

@@ -1,4 +1,4 @@
-"""Admin, health and Prometheus endpoints (aiohttp), Envoy-style paths.
+"""Admin, health and Prometheus endpoints, Envoy-style paths.
 
 Where this sits: beside the data flow. ``app.py`` starts up to three sites:
 admin (127.0.0.1:15000, every path below), health (``/healthz/ready`` on 15021)
@@ -24,10 +24,8 @@ import json
 import logging
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
-
-from .. import __version__
 from ..observe import log as logsetup
+from .httpd import Request, Response, Routes, Site
 
 if TYPE_CHECKING:
     from ..app import App
@@ -49,113 +47,100 @@ def redact(value: Any, field: str = "") -> Any:
     return value
 
 
+def _json(obj) -> Response:
+    return Response(200, json.dumps(obj, indent=2) + "\n", "application/json")
+
+
 class Admin:
     def __init__(self, app: "App"):
         self.app = app
-        self.runners: list[web.AppRunner] = []
+        self.sites: list[Site] = []
         self.bound: dict[str, tuple[str, int]] = {}
 
     # -- handlers -------------------------------------------------------------
-    async def index(self, request: web.Request) -> web.Response:
-        return web.Response(text=__doc__.split("Admin paths:\n", 1)[1])
+    def index(self, request: Request) -> Response:
+        return Response(200, __doc__.split("Admin paths:\n", 1)[1])
 
-    async def ready(self, request: web.Request) -> web.Response:
+    def ready(self, request: Request) -> Response:
         state = self.app.state
-        return web.Response(status=200 if state == "LIVE" else 503, text=state + "\n")
+        return Response(200 if state == "LIVE" else 503, state + "\n")
 
-    async def prometheus(self, request: web.Request) -> web.Response:
-        body = self.app.metrics.render()
-        return web.Response(body=body, headers={"Content-Type": PROM_CONTENT_TYPE})
+    def prometheus(self, request: Request) -> Response:
+        return Response(200, self.app.metrics.render(), PROM_CONTENT_TYPE)
 
-    async def config_dump(self, request: web.Request) -> web.Response:
-        dump = {"version": self.app.snapshot.version, "loaded_at": self.app.snapshot.loaded_at,
-                "source": self.app.snapshot.source,
-                "config": redact(self.app.snapshot.config.model_dump(mode="json"))}
-        return web.json_response(dump, dumps=lambda o: json.dumps(o, indent=2))
+    def config_dump(self, request: Request) -> Response:
+        snap = self.app.snapshot
+        return _json({"version": snap.version, "loaded_at": snap.loaded_at, "source": snap.source,
+                      "config": redact(snap.config.model_dump(mode="json"))})
 
-    async def listeners(self, request: web.Request) -> web.Response:
+    def listeners(self, request: Request) -> Response:
         info = self.app.listener_info()
         if request.query.get("format") == "json":
-            return web.json_response({"listener_statuses": info}, dumps=lambda o: json.dumps(o, indent=2))
-        lines = [f"{i['name']}::{a}" for i in info for a in i["addresses"]]
-        return web.Response(text="\n".join(lines) + "\n")
+            return _json({"listener_statuses": info})
+        return Response(200, "".join(f"{i['name']}::{a}\n" for i in info for a in i["addresses"]))
 
-    async def clusters(self, request: web.Request) -> web.Response:
+    def clusters(self, request: Request) -> Response:
         dump = self.app.http.clusters_dump() if self.app.http is not None else []
         if request.query.get("format") == "json":
-            return web.json_response({"cluster_statuses": dump}, dumps=lambda o: json.dumps(o, indent=2))
-        lines = [f"{c['name']}::{e['address']}::{k}::{v}" for c in dump for e in c["endpoints"]
-                 for k, v in e.items() if k != "address"]
-        return web.Response(text="\n".join(lines) + "\n")
+            return _json({"cluster_statuses": dump})
+        return Response(200, "".join(f"{c['name']}::{e['address']}::{k}::{v}\n" for c in dump
+                                     for e in c["endpoints"] for k, v in e.items() if k != "address"))
 
-    async def server_info(self, request: web.Request) -> web.Response:
-        return web.json_response(self.app.server_info(), dumps=lambda o: json.dumps(o, indent=2))
+    def server_info(self, request: Request) -> Response:
+        return _json(self.app.server_info())
 
-    async def quit(self, request: web.Request) -> web.Response:
+    def quit(self, request: Request) -> Response:
         self.app.request_shutdown("POST /quitquitquit")
-        return web.Response(text="OK\n")
+        return Response(200, "OK\n")
 
-    async def drain_listeners(self, request: web.Request) -> web.Response:
+    def drain_listeners(self, request: Request) -> Response:
         self.app.drain_listeners()
-        return web.Response(text="OK\n")
+        return Response(200, "OK\n")
 
-    async def logging(self, request: web.Request) -> web.Response:
+    def logging(self, request: Request) -> Response:
         level = request.query.get("level")
         if level is not None:
             try:
                 logsetup.set_level(level)
             except ValueError as e:
-                return web.Response(status=400, text=f"{e}\n")
+                return Response(400, f"{e}\n")
             log.warning("log level set to %s", level)
-        return web.Response(text=f"active loggers:\n  meshproxy: {logsetup.get_level()}\n")
+        return Response(200, f"active loggers:\n  meshproxy: {logsetup.get_level()}\n")
 
     # -- sites ----------------------------------------------------------------
-    def _admin_app(self) -> web.Application:
-        app = web.Application()
-        r = app.router
-        r.add_get("/", self.index)
-        r.add_get("/ready", self.ready)
-        r.add_get("/healthz/ready", self.ready)
-        r.add_get("/stats/prometheus", self.prometheus)
-        r.add_get("/config_dump", self.config_dump)
-        r.add_get("/listeners", self.listeners)
-        r.add_get("/clusters", self.clusters)
-        r.add_get("/server_info", self.server_info)
-        r.add_post("/quitquitquit", self.quit)
-        r.add_post("/drain_listeners", self.drain_listeners)
-        r.add_post("/logging", self.logging)
-        return app
-
-    def _health_app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_get("/healthz/ready", self.ready)
-        return app
-
-    def _prom_app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_get("/stats/prometheus", self.prometheus)
-        app.router.add_get("/metrics", self.prometheus)
-        return app
+    def routes(self, site: str) -> Routes:
+        if site == "health":
+            return {"/healthz/ready": {"GET": self.ready}}
+        if site == "prometheus":
+            return {"/stats/prometheus": {"GET": self.prometheus}, "/metrics": {"GET": self.prometheus}}
+        return {
+            "/": {"GET": self.index},
+            "/ready": {"GET": self.ready},
+            "/healthz/ready": {"GET": self.ready},
+            "/stats/prometheus": {"GET": self.prometheus},
+            "/config_dump": {"GET": self.config_dump},
+            "/listeners": {"GET": self.listeners},
+            "/clusters": {"GET": self.clusters},
+            "/server_info": {"GET": self.server_info},
+            "/quitquitquit": {"POST": self.quit},
+            "/drain_listeners": {"POST": self.drain_listeners},
+            "/logging": {"POST": self.logging},
+        }
 
     async def start(self) -> None:
         cfg = self.app.snapshot.config
-        for name, ep, make in (("admin", cfg.admin, self._admin_app), ("health", cfg.health, self._health_app),
-                               ("prometheus", cfg.prometheus, self._prom_app)):
+        for name, ep in (("admin", cfg.admin), ("health", cfg.health), ("prometheus", cfg.prometheus)):
             if not ep.enabled:
                 continue
-            runner = web.AppRunner(make(), access_log=None, handle_signals=False)
-            await runner.setup()
-            site = web.TCPSite(runner, ep.address, ep.port, reuse_address=True)
+            site = Site(self.routes(name))
             try:
-                await site.start()
+                await site.start(ep.address, ep.port)
             except OSError as e:
-                await runner.cleanup()
                 raise OSError(e.errno, f"{name}: cannot bind {ep.address}:{ep.port}: {e.strerror}") from None
-            self.runners.append(runner)
-            sock = site._server.sockets[0]  # type: ignore[union-attr]
-            self.bound[name] = sock.getsockname()[:2]
+            self.sites.append(site)
+            self.bound[name] = site.bound
 
     async def stop(self) -> None:
-        for runner in self.runners:
-            await runner.cleanup()
-        self.runners.clear()
+        for site in self.sites:
+            site.close()
+        self.sites.clear()

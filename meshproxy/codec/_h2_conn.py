@@ -1,9 +1,9 @@
-"""The h2 connection object ``codec/http2.py`` drives, with three patches.
+"""The h2 connection object ``codec/http2.py`` drives, with four patches.
 
 Where this sits: private to ``codec/http2.py``; nothing else imports it. It is
 sans-IO like h2 itself: no asyncio, no sockets.
 
-h2 (4.x) is a good frame engine, but three of its policies do not fit a proxy.
+h2 (4.x) is a good frame engine, but four of its policies do not fit a proxy.
 Each patch is small, overrides one documented-in-source hook, and is pinned by a
 hostile test in ``tests/unit/codec/test_http2.py`` so an h2 upgrade that moves
 the hook fails loudly instead of silently losing the protection:
@@ -22,6 +22,10 @@ the hook fails loudly instead of silently losing the protection:
 3. *Header block size.* h2 buffers up to 64 CONTINUATION frames of up to
    MAX_FRAME_SIZE each (about 1 MiB) before decoding. ``_BoundedFrameBuffer``
    caps the compressed block instead (CONTINUATION flood, CVE-2024-27316).
+4. *Content-length.* h2 raises a connection error when a body disagrees with
+   its content-length; ``LengthCheckedStream`` marks the stream instead and the
+   codec resets only that stream (RFC 9113 section 8.1.1). Pinned by
+   ``tests/e2e/test_h2_proxy.py::test_content_length_mismatch_is_a_stream_error_not_a_connection_error``.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from h2.connection import H2Connection
 from h2.exceptions import DenialOfServiceError
 from h2.frame_buffer import FrameBuffer
 from h2.settings import Settings, SettingCodes
+from h2.stream import H2Stream
 from hyperframe.frame import ContinuationFrame, GoAwayFrame, HeadersFrame
 
 UNBOUNDED_STREAMS = 2**31 - 1
@@ -67,8 +72,24 @@ class _BoundedFrameBuffer(FrameBuffer):
         return super()._update_header_buffer(f)
 
 
+class LengthCheckedStream(H2Stream):
+    """Patch 4: a body that disagrees with its content-length marks the stream
+    (``length_mismatch``) instead of raising, which h2 turns into a connection
+    error; RFC 9113 section 8.1.1 makes it a stream error, and the codec resets
+    just that stream."""
+
+    length_mismatch = False
+
+    def _track_content_length(self, length: int, end_stream: bool) -> None:
+        self._actual_content_length += length
+        expected = self._expected_content_length
+        if expected is not None and (expected < self._actual_content_length
+                                     or (end_stream and expected != self._actual_content_length)):
+            self.length_mismatch = True
+
+
 class PatchedH2Connection(H2Connection):
-    """``H2Connection`` with the three patches of this module applied."""
+    """``H2Connection`` with the patches of this module applied."""
 
     def __init__(
         self,
@@ -108,6 +129,11 @@ class PatchedH2Connection(H2Connection):
         self.incoming_buffer = _BoundedFrameBuffer(
             server=not client_side, max_block=max_header_block
         )
+
+    def _begin_new_stream(self, stream_id, allowed_ids):  # type: ignore[no-untyped-def]
+        stream = super()._begin_new_stream(stream_id, allowed_ids)
+        stream.__class__ = LengthCheckedStream  # patch 4
+        return stream
 
     def _receive_goaway_frame(self, frame):  # type: ignore[no-untyped-def]
         state = self.state_machine.state

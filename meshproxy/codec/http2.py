@@ -231,11 +231,26 @@ class Http2Codec:
         if st is None or st.rejected:
             self._conn.acknowledge_received_data(fcl, sid)  # the layer never sees it
             return
+        if self._length_mismatch(st, out):
+            self._conn.acknowledge_received_data(fcl, sid)
+            return
         out.append(Data(sid, data, fcl))
+
+    def _length_mismatch(self, st: Stream, out: list) -> bool:
+        """The body disagreed with its content-length (``_h2_conn`` patch 4): reset
+        this stream only (RFC 9113 section 8.1.1) and tell the layer above."""
+        h2s = self._conn.streams.get(st.id)
+        if h2s is None or not getattr(h2s, "length_mismatch", False):
+            return False
+        self._reset_stream(st, PROTOCOL_ERROR, out)
+        out.append(Reset(st.id, PROTOCOL_ERROR, False))
+        return True
 
     def _on_stream_end(self, ev: h2e.StreamEnded, out: list) -> None:
         st = self._streams.get(ev.stream_id)
         if st is None:
+            return
+        if not st.rejected and self._length_mismatch(st, out):
             return
         st.remote_ended = True
         if not st.rejected:

@@ -183,6 +183,9 @@ class Http(_Model):
     """Request header count limit → 431."""
     max_uri_bytes: int = Field(16384, ge=256)
     """Request line limit → 414."""
+    passthrough_timeout: Duration = 0.0
+    """Whole-request timeout for HTTP that no route claimed (0 = none, as Istio's passthrough:
+    long gRPC streams, SSE and downloads are not cut)."""
     headers_timeout: Duration = 10.0
     """Time to receive a complete request head on a connection before 408 (0 = none)."""
     idle_timeout: Duration = 3600.0

@@ -29,7 +29,7 @@ class HttpContext:
         self.me = metrics.me
         self.requests = metrics.requests
         self.connect_timeout = cfg.tcp.connect_timeout
-        self.router = Router(cfg.routes)
+        self.router = Router(cfg.routes, cfg.http.passthrough_timeout)
         self.clusters = {c.name: Cluster.from_config(c, cfg.tcp.connect_timeout) for c in cfg.clusters}
         self.h1_limits = Http1Limits(
             max_header_bytes=cfg.http.max_request_headers_kb * 1024,

@@ -127,7 +127,7 @@ def header_dict(headers: Sequence[tuple[bytes, bytes]]) -> dict[str, str]:
 class Router:
     """Routes compiled from one config snapshot."""
 
-    def __init__(self, routes: Sequence[Route], passthrough_timeout: float = 15.0,
+    def __init__(self, routes: Sequence[Route], passthrough_timeout: float = 0.0,
                  rand: Callable[[int], int] | None = None):
         self._routes = [_Compiled(r) for r in routes]
         self._needs_headers = any(c.headers for c in self._routes)

@@ -197,10 +197,12 @@ def extract(headers: Headers) -> TraceContext | None:
     if tp_count == 1:
         ctx = parse_traceparent(tp)
         if ctx is not None:
-            if ts:
-                state = parse_tracestate(ts)
-                if state is not None:
-                    ctx = TraceContext(ctx.trace_id, ctx.span_id, ctx.sampled, state, False)
+            state = parse_tracestate(ts) if ts else None
+            # B3 headers beside traceparent (a previous sidecar wrote both): keep writing
+            # B3 too, so B3-only apps further down still see the context.
+            with_b3 = b3 is not None or multi is not None
+            if state is not None or with_b3:
+                ctx = TraceContext(ctx.trace_id, ctx.span_id, ctx.sampled, state, with_b3)
             return ctx
     if b3 is not None:
         ctx = parse_b3_single(b3)
