@@ -82,7 +82,7 @@ class App:
         if cfg.inbound.enabled or cfg.outbound.enabled or any(lst.protocol != "tcp" for lst in cfg.listeners):
             from .http.context import HttpContext  # the HTTP stack is loaded only where HTTP can arrive
 
-            self.http = HttpContext(cfg, self.metrics)
+            self.http = HttpContext(cfg, self.metrics)  # may raise StartupError
         self._build_listeners()
         try:
             for lst in self.listeners:

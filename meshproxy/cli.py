@@ -38,6 +38,7 @@ def _config_path(args) -> str | None:
 def cmd_run(args) -> int:
     from . import loop
     from .app import App
+    from .errors import StartupError
     from .observe import log as logsetup
 
     snapshot = _load_snapshot(_config_path(args))
@@ -49,6 +50,9 @@ def cmd_run(args) -> int:
             return await app.run()
         except OSError as e:
             print(f"meshproxy: cannot start: {e.strerror or e}", file=sys.stderr)
+            return 1
+        except StartupError as e:
+            print(f"meshproxy: cannot start: {e}", file=sys.stderr)
             return 1
 
     return loop.run(main())

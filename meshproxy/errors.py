@@ -40,3 +40,8 @@ ALL = (UPSTREAM_CONNECT_FAILURE, UPSTREAM_CONNECTION_TERMINATION, DOWNSTREAM_CON
        IDLE_TIMEOUT, NO_ROUTE, UPSTREAM_PROTOCOL_ERROR, UPSTREAM_REQUEST_TIMEOUT, UPSTREAM_RESET,
        DOWNSTREAM_PROTOCOL_ERROR, REQUEST_HEADERS_TIMEOUT, INTERNAL_ERROR)
 BY_FLAG = {k.flag: k for k in ALL}
+
+
+class StartupError(Exception):
+    """Something the operator must fix before the proxy can start (the message says what);
+    ``cli.py`` prints it and exits 1 without a traceback."""

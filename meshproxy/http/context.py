@@ -13,6 +13,7 @@ import asyncio
 from ..codec.http1 import Http1Limits
 from ..codec.http2 import Http2Limits
 from ..config.model import Config
+from ..errors import StartupError
 from ..net.flush import flusher_for
 from ..observe.metrics import Metrics
 from ..upstream.cluster import Cluster
@@ -49,8 +50,12 @@ class HttpContext:
         """One filter chain per direction; later filters (authz, faults, Python filters) append here."""
         self.tracer = None
         if cfg.tracing.exporter != "none":
-            from ..observe.tracing import make_tracer
-
+            try:
+                from ..observe.tracing import make_tracer
+                import opentelemetry.sdk.trace  # noqa: F401
+            except ImportError as e:
+                raise StartupError(f"tracing.exporter is {cfg.tracing.exporter!r} but OpenTelemetry is not "
+                                   f"installed ({e}); install it with: pip install 'meshproxy[otel]'") from None
             name = cfg.tracing.service_name or f"{metrics.me.workload}.{metrics.me.namespace}"
             self.tracer = make_tracer(cfg.tracing, name)
         self.access_log = None
