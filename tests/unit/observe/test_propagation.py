@@ -164,8 +164,8 @@ B3_MULTI = [(b"x-b3-traceid", b"33333333333333333333333333333333"), (b"x-b3-span
      TraceContext(TID, SID, True, b"a=1,b=2")),
     ([(b"traceparent", TP), (b"tracestate", b"A=1")], TraceContext(TID, SID, True)),  # bad tracestate dropped
     ([(b"tracestate", b"a=1")], None),  # tracestate alone means nothing
-    # W3C over B3 single over B3 multi
-    ([B3_SINGLE, (b"traceparent", TP), *B3_MULTI], TraceContext(TID, SID, True)),
+    # W3C over B3 single over B3 multi; B3 beside W3C is remembered (b3=True) so it is written on
+    ([B3_SINGLE, (b"traceparent", TP), *B3_MULTI], TraceContext(TID, SID, True, None, True)),
     ([*B3_MULTI, B3_SINGLE], TraceContext(0x11111111111111111111111111111111, 0x2222222222222222, False, None, True)),
     ([*B3_MULTI], TraceContext(0x33333333333333333333333333333333, 0x4444444444444444, True, None, True)),
     # invalid W3C falls back to B3
@@ -202,7 +202,7 @@ def test_inject_writes_b3_multi_when_the_context_came_from_b3():
     assert out == [(b"traceparent", b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"),
                    (b"x-b3-traceid", b"4bf92f3577b34da6a3ce929d0e0e4736"), (b"x-b3-spanid", b"00f067aa0ba902b7"),
                    (b"x-b3-sampled", b"0")]
-    assert extract(out) == TraceContext(TID, SID, False)  # W3C wins and agrees
+    assert extract(out) == TraceContext(TID, SID, False, None, True)  # W3C wins, agrees, B3 remembered
 
 
 def test_inject_sampling_only_context():
@@ -216,7 +216,7 @@ def test_exactly_one_context_upstream():
     out = inject([B3_SINGLE, *B3_MULTI, (b"traceparent", TP)], ctx)
     names = [n for n, _ in out if n in TRACE_HEADERS]
     assert sorted(names) == sorted({*names})  # no header twice
-    assert extract(out) == TraceContext(TID, SID, True)
+    assert extract(out) == TraceContext(TID, SID, True, None, True)
     assert extract([h for h in out if h[0] != b"traceparent"]) == ctx
 
 
