@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from .model_types import Duration, IPAddr, Port, parse_duration, parse_hostport  # noqa: F401 (re-exported)
 from .routing import AccessLog, Cluster, Detection, Http, PortDecl, Protocol, Route, Tracing
+from .security import Security
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -191,6 +192,8 @@ class Config(_Model):
     """First match wins; unmatched HTTP goes to the original destination."""
     access_log: AccessLog = Field(default_factory=AccessLog)
     tracing: Tracing = Field(default_factory=Tracing)
+    security: Security = Field(default_factory=Security)
+    """Workload certificate, mTLS to peers, inbound modes, authorization policies."""
 
     @model_validator(mode="after")
     def _references(self) -> "Config":
@@ -207,6 +210,10 @@ class Config(_Model):
             for j, w in enumerate(route.weighted_clusters):
                 if w.cluster not in clusters:
                     raise ValueError(f"routes[{i}].weighted_clusters[{j}].cluster: no cluster named {w.cluster!r}")
+        needs_cert = any(c.mtls.enabled for c in self.clusters) or self.security.mesh_destinations
+        if needs_cert and not self.security.tls.enabled:
+            raise ValueError("security.tls: mTLS to peers is configured, so expected cert_file, key_file "
+                             "and bundle_file")
         seen_ports: set[int] = set()
         for i, decl in enumerate(self.ports):
             if decl.port in seen_ports:

@@ -137,6 +137,15 @@ class Pool(_Model):
     """0 = unlimited."""
 
 
+class ClusterMtls(_Model):
+    """The cluster's endpoints are mesh peers: connect over mTLS with the workload
+    certificate and require a server SPIFFE ID in ``identities``."""
+
+    enabled: bool = False
+    identities: list[str] = Field(default_factory=lambda: ["*"])
+    """Accepted server SPIFFE IDs, ``*`` prefix/suffix wildcards."""
+
+
 class Cluster(_Model):
     """A named set of static endpoints, balanced round robin."""
 
@@ -148,6 +157,7 @@ class Cluster(_Model):
     connect_timeout: Duration | None = None
     """Defaults to ``tcp.connect_timeout``."""
     pool: Pool = Field(default_factory=Pool)
+    mtls: ClusterMtls = Field(default_factory=ClusterMtls)
 
     @field_validator("endpoints")
     @classmethod
