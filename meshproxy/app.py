@@ -50,6 +50,10 @@ class App:
         self.origdst = origdst
         self.http = None
         """The ``HttpContext`` shared by all listeners; built in ``start()`` (needs the loop)."""
+        self.mesh = None
+        """``net.mesh.Mesh`` when ``security.tls`` names a workload certificate."""
+        self.authorizer = None
+        """``authz.engine.Authorizer`` when authorization policies are configured."""
 
     def _build_listeners(self) -> None:
         cfg = self.snapshot.config
@@ -62,7 +66,8 @@ class App:
             specs.append(transparent_spec("virtualInbound", Direction.INBOUND, cfg.inbound.addresses,
                                           cfg.inbound.port, own, cfg))
         specs.extend(explicit_spec(lst, cfg) for lst in cfg.listeners)
-        self.listeners = [Listener(spec, self.connections, self.metrics, self.origdst, self.http) for spec in specs]
+        self.listeners = [Listener(spec, self.connections, self.metrics, self.origdst, self.http, self.mesh,
+                                   self.authorizer) for spec in specs]
 
     # -- queries for admin ----------------------------------------------------
     def listener_info(self) -> list[dict]:
@@ -79,10 +84,19 @@ class App:
         """Bind everything; on failure close what was bound and raise ``OSError``."""
         self.metrics.server_state.set(0)
         cfg = self.snapshot.config
+        sec = cfg.security
+        if sec.tls.enabled:
+            from .net.mesh import Mesh
+
+            self.mesh = Mesh(sec, self.metrics)  # may raise StartupError
+        if sec.authorization_policies:
+            from .authz.engine import Authorizer
+
+            self.authorizer = Authorizer(sec.authorization_policies)
         if cfg.inbound.enabled or cfg.outbound.enabled or any(lst.protocol != "tcp" for lst in cfg.listeners):
             from .http.context import HttpContext  # the HTTP stack is loaded only where HTTP can arrive
 
-            self.http = HttpContext(cfg, self.metrics)  # may raise StartupError
+            self.http = HttpContext(cfg, self.metrics, mesh=self.mesh, authorizer=self.authorizer)
         self._build_listeners()
         try:
             for lst in self.listeners:
@@ -92,6 +106,8 @@ class App:
             await self._close_all()
             raise
         self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
+        if self.mesh is not None:
+            self.mesh.start()
         self.state = "LIVE"
         self.metrics.server_state.set(1)
         gc.freeze()  # start-up objects never change: keep them out of every later collection
@@ -181,4 +197,6 @@ class App:
             lst.close()
         if self.http is not None:
             self.http.close()
+        if self.mesh is not None:
+            self.mesh.stop()
         await self.admin.stop()

@@ -34,11 +34,12 @@ UPSTREAM_REQUEST_TIMEOUT = ErrorKind("UT", 504, "upstream", "no complete respons
 UPSTREAM_RESET = ErrorKind("UR", 503, "upstream", "upstream reset the stream before responding")
 DOWNSTREAM_PROTOCOL_ERROR = ErrorKind("DPE", 400, "downstream", "the client sent a malformed or over-limit request")
 REQUEST_HEADERS_TIMEOUT = ErrorKind("DT", 408, "downstream", "the client did not send a complete request head in time")
+RBAC_DENIED = ErrorKind("RBAC", 403, "local", "denied by an authorization policy")
 INTERNAL_ERROR = ErrorKind("IE", 500, "local", "a bug in meshproxy (logged with a traceback)")
 
 ALL = (UPSTREAM_CONNECT_FAILURE, UPSTREAM_CONNECTION_TERMINATION, DOWNSTREAM_CONNECTION_TERMINATION,
        IDLE_TIMEOUT, NO_ROUTE, UPSTREAM_PROTOCOL_ERROR, UPSTREAM_REQUEST_TIMEOUT, UPSTREAM_RESET,
-       DOWNSTREAM_PROTOCOL_ERROR, REQUEST_HEADERS_TIMEOUT, INTERNAL_ERROR)
+       DOWNSTREAM_PROTOCOL_ERROR, REQUEST_HEADERS_TIMEOUT, INTERNAL_ERROR, RBAC_DENIED)
 BY_FLAG = {k.flag: k for k in ALL}
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from typing import Callable
 
-from .sniff import Kind, sniff
+from .sniff import H1, OPAQUE, Kind, Sniffed, sniff
 
 TIMEOUT = "timeout"
 """``on_done`` outcome when the timeout fired first (the connection is opaque)."""
@@ -23,7 +23,7 @@ class Peeker(asyncio.Protocol):
     __slots__ = ("loop", "on_done", "on_lost", "buf", "timer", "done", "transport", "http_only")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, transport: asyncio.Transport, timeout: float,
-                 on_done: Callable[[asyncio.Transport, "Kind | str", bytes, bool], None],
+                 on_done: Callable[[asyncio.Transport, "Sniffed | str", bytes, bool], None],
                  on_lost: Callable[[], None], http_only: bool = False):
         self.loop = loop
         self.on_done = on_done
@@ -40,34 +40,34 @@ class Peeker(asyncio.Protocol):
         if self.done:
             return
         self.buf += data
-        kind = sniff(self.buf).kind
-        if kind is Kind.NEED_MORE:
+        result = sniff(self.buf)
+        if result.kind is Kind.NEED_MORE:
             return
-        if self.http_only and kind is not Kind.H2:
-            kind = Kind.H1
-        self._finish(kind, False)
+        if self.http_only and result.kind is not Kind.H2 and result.kind is not Kind.TLS:
+            result = H1
+        self._finish(result, False)
 
     def eof_received(self) -> bool:
         if not self.done:
-            kind = sniff(self.buf).kind if self.buf else Kind.OPAQUE
-            if kind is Kind.NEED_MORE:
-                kind = Kind.OPAQUE
-            if self.http_only and kind is not Kind.H2:
-                kind = Kind.H1
-            self._finish(kind, True)
+            result = sniff(self.buf) if self.buf else OPAQUE
+            if result.kind is Kind.NEED_MORE:
+                result = OPAQUE
+            if self.http_only and result.kind is not Kind.H2 and result.kind is not Kind.TLS:
+                result = H1
+            self._finish(result, True)
         return True
 
     def _timeout(self) -> None:
         self.timer = None
         if not self.done:
-            self._finish(Kind.H1 if self.http_only and self.buf else TIMEOUT, False)
+            self._finish(H1 if self.http_only and self.buf else TIMEOUT, False)
 
-    def _finish(self, kind, eof: bool) -> None:
+    def _finish(self, result, eof: bool) -> None:
         self.done = True
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        self.on_done(self.transport, kind, self.buf, eof)
+        self.on_done(self.transport, result, self.buf, eof)
 
     def connection_lost(self, exc) -> None:
         if self.timer is not None:

@@ -108,6 +108,10 @@ class FilterContext:
     route: Any = None
     """The router's answer (``http/router.RouteResult``); None while request filters
     run (routing comes after them), set before response filters run."""
+    principal: str | None = None
+    """The verified SPIFFE ID of an mTLS peer sidecar (inbound), else None."""
+    destination_port: int = 0
+    """The port the client connected to (the original destination's)."""
     local_reply: LocalReply | None = None
     """Set by a filter that returns RESPOND (or STOP, then resumes with a reply), and
     by the server before it sends a local reply of its own (e.g. upstream connect

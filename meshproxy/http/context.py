@@ -23,8 +23,11 @@ from .router import Router
 
 
 class HttpContext:
-    def __init__(self, cfg: Config, metrics: Metrics, loop: asyncio.AbstractEventLoop | None = None):
+    def __init__(self, cfg: Config, metrics: Metrics, loop: asyncio.AbstractEventLoop | None = None,
+                 mesh=None, authorizer=None):
         self.loop = loop or asyncio.get_running_loop()
+        self.mesh = mesh
+        """``net.mesh.Mesh`` or None: mTLS to mesh peers and x-forwarded-client-cert."""
         self.flusher = flusher_for(self.loop)
         self.http = cfg.http
         self.me = metrics.me
@@ -41,12 +44,18 @@ class HttpContext:
         self.h2_limits = Http2Limits(max_concurrent_streams=cfg.http.max_concurrent_streams,
                                      max_header_list_size=cfg.http.max_request_headers_kb * 1024,
                                      max_headers_count=cfg.http.max_headers)
-        self.pool = Pool(self.loop, self.flusher)
+        self.pool = Pool(self.loop, self.flusher, mesh=mesh)
         """Connections for passthrough traffic (to original destinations)."""
-        self.pools = {c.name: Pool(self.loop, self.flusher, c.pool)
+        self.pools = {c.name: Pool(self.loop, self.flusher, c.pool, mesh=mesh)
                       for c in cfg.clusters}
         """One pool per cluster, with that cluster's pool settings."""
-        self.chains = {d: FilterChain([HeaderHygiene(d)]) for d in ("inbound", "outbound", "explicit")}
+        self.chains = {d: FilterChain([HeaderHygiene(d)]) for d in ("outbound", "explicit")}
+        inbound = [HeaderHygiene("inbound")]
+        if authorizer is not None:
+            from ..authz.filter import AuthzFilter
+
+            inbound.append(AuthzFilter(authorizer, lambda decision: metrics.count_authz(decision, "http")))
+        self.chains["inbound"] = FilterChain(inbound)
         """One filter chain per direction; later filters (authz, faults, Python filters) append here."""
         self.tracer = None
         if cfg.tracing.exporter != "none":

@@ -93,12 +93,16 @@ class Exchange:
         if ctx.access_log is not None:
             self.wall = time.time()
         fctx = self.fctx = FilterContext(srv.direction, srv.conn.peer, srv.scheme)
+        fctx.principal = srv.principal
+        fctx.destination_port = srv.destination_port
         verdict = srv.chain.run_request(fctx, head)
         if verdict is Verdict.RESPOND:
             reply = fctx.local_reply
             self.flag = reply.flag
             self._local(reply.status, reply.message, reply.flag)
             return
+        if srv.peer_info is not None:
+            head.headers.append((b"x-forwarded-client-cert", ctx.mesh.xfcc(srv.peer_info)))
         if head.expect_continue:
             srv.send_continue(self.sid)
             hdr.remove_headers(head.headers, {b"expect"})
@@ -109,11 +113,14 @@ class Exchange:
         if ctx.tracer is not None:
             self.span = ctx.tracer.start(srv.span_kind, head, srv.peer_ip, extract(head.headers), route.name)
             head.headers = inject(head.headers, self.span.context())
+        ids = None
         if route.cluster == PASSTHROUGH:
             target = srv.target
             host, port, source = target.upstream.host, target.upstream.port, target.source
             self.service = srv.passthrough_service
             proto = srv.protocol
+            if ctx.mesh is not None and srv.direction != "inbound":
+                ids = ctx.mesh.destination_identities(host, port)
         else:
             cluster = self.cluster = ctx.clusters[route.cluster]
             ep = self.endpoint = cluster.pick()
@@ -122,10 +129,13 @@ class Exchange:
             host, port, source = ep.host, ep.port, None
             self.service = cluster.name
             proto = srv.protocol if cluster.protocol == "auto" else cluster.protocol
+            ids = cluster.mtls_identities
+        if ids is not None:
+            proto = "http2"  # between sidecars: HTTP/2 streams over one mTLS connection
         if head.upgrade is not None and proto == "http2":
-            proto = "http1"  # WebSocket/CONNECT over HTTP/1 upstream (extended CONNECT is not spoken)
+            proto = "http1"  # WebSocket/CONNECT: an HTTP/1.1 tunnel (extended CONNECT is not spoken)
         self.upstream_host = f"{host}:{port}"
-        key = Key(host, port, proto)
+        key = Key(host, port, proto, ids)
         pool = ctx.pool if self.cluster is None else ctx.pools[self.cluster.name]
         conn = pool.get(key)
         if conn is not None:

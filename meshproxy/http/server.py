@@ -52,7 +52,11 @@ class HttpServerConnection(asyncio.Protocol):
         self.reporter = "destination" if self.direction == "inbound" else "source"
         self.span_kind = "server" if self.direction == "inbound" else "client"
         self.peer_ip = conn.peer.host
-        self.scheme = "http"
+        self.peer_info = conn.peer_info
+        """``net.mesh.PeerInfo`` of an mTLS peer sidecar, else None."""
+        self.principal = conn.peer_info.principal if conn.peer_info is not None else None
+        self.destination_port = conn.orig.port if conn.orig is not None else target.upstream.port
+        self.scheme = "https" if conn.peer_info is not None else "http"
         self.chain = ctx.chains[self.direction]
         self.passthrough_service = str(conn.orig) if conn.orig is not None else str(target.upstream)
         self.codec = Http2Codec("server", ctx.h2_limits) if h2 else Http1Codec("server", ctx.h1_limits)
@@ -282,8 +286,14 @@ class HttpServerConnection(asyncio.Protocol):
         key = (service or "unknown", proto)
         labels = self._labels.get(key)
         if labels is None:
-            policy = "none" if self.reporter == "destination" else "unknown"
-            labels = self._labels[key] = istio_labels(self.ctx.me, self.reporter, key[0], proto, policy)
+            peer = self.peer_info
+            if peer is not None:
+                labels = istio_labels(self.ctx.me, self.reporter, key[0], proto, "mutual_tls", peer.principal,
+                                      peer.namespace)
+            else:
+                policy = "none" if self.reporter == "destination" else "unknown"
+                labels = istio_labels(self.ctx.me, self.reporter, key[0], proto, policy)
+            self._labels[key] = labels
         return labels
 
     def _log_entry(self, ex: Exchange, duration: float) -> dict:

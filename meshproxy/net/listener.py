@@ -16,7 +16,10 @@ from typing import Callable
 
 from ..detect.peek import Peeker
 from ..detect.sniff import Kind, PortProtocol
-from ..observe.metrics import Metrics, tcp_labels
+from ..errors import RBAC_DENIED
+from ..observe.metrics import UNKNOWN, Metrics, istio_labels, tcp_labels
+from .inbound_mtls import terminate_mtls
+from .mesh_alpn import ALPN_TCP, MESH_ALPNS
 from .addrs import Direction, OrigDst, Peer, SockAddr, Upstream
 from .decide import Forward, Plan, decide
 from .origdst import original_dst
@@ -43,6 +46,10 @@ class ConnContext:
     upstream: Upstream | None = None
     labels: tuple[str, ...] = ()
     """Istio metric label values, computed once per connection."""
+    mesh_mode: str | None = None
+    """Inbound with mesh TLS: ``STRICT`` or ``PERMISSIVE`` for this port (None: no mTLS here)."""
+    peer_info: object = None
+    """``net.mesh.PeerInfo`` once an inbound mTLS peer is verified."""
 
 
 class Connections:
@@ -122,13 +129,17 @@ class Listener:
     protocol, an L4 relay, the HTTP server, or a ``Peeker`` that detects which."""
 
     def __init__(self, spec: ListenerSpec, connections: Connections, metrics: Metrics,
-                 origdst: OrigDstLookup = original_dst, http=None):
+                 origdst: OrigDstLookup = original_dst, http=None, mesh=None, authorizer=None):
         self.spec = spec
         self.connections = connections
         self.metrics = metrics
         self.origdst = origdst
         self.http = http
         """The ``http.context.HttpContext`` (None: every connection is relayed as TCP)."""
+        self.mesh = mesh
+        """``net.mesh.Mesh`` when the workload has a certificate (None: no mTLS)."""
+        self.authorizer = authorizer if spec.plan.direction is Direction.INBOUND else None
+        """``authz.engine.Authorizer`` for inbound TCP connections (HTTP is checked per request)."""
         self.servers: list[asyncio.AbstractServer] = []
         self.bound: list[SockAddr] = []
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -179,7 +190,11 @@ class Listener:
             relay.refuse(verdict.flag)
             return
         ctx = ConnContext(spec.name, spec.plan.direction, peer, local, orig, verdict.upstream)
-        mode = self._mode(orig.port if orig is not None else verdict.upstream.port)
+        port = orig.port if orig is not None else verdict.upstream.port
+        if self.mesh is not None and spec.plan.direction is Direction.INBOUND:
+            mesh_mode = self.mesh.inbound_mode(port)
+            ctx.mesh_mode = mesh_mode if mesh_mode != "DISABLE" else None
+        mode = "detect" if ctx.mesh_mode is not None else self._mode(port)
         if mode == "tcp":
             self._relay_to(ctx, verdict, transport, b"", False)
         elif mode == "h2":
@@ -211,7 +226,18 @@ class Listener:
             return "tcp"
         return "detect"
 
-    def _detected_as(self, ctx, verdict, transport, kind, peeked: bytes, eof: bool) -> None:
+    def _detected_as(self, ctx, verdict, transport, result, peeked: bytes, eof: bool) -> None:
+        kind = result if isinstance(result, str) else result.kind
+        if ctx.mesh_mode is not None:
+            if kind is Kind.TLS and any(a in MESH_ALPNS for a in result.alpn):
+                self._count("mtls")
+                terminate_mtls(self, ctx, verdict, transport, peeked)
+                return
+            if ctx.mesh_mode == "STRICT":
+                self._count("refused_plaintext")
+                self.metrics.mtls_failures.labels("inbound", "not_mtls_in_strict").inc()
+                self._refuse(ctx, transport, "not mTLS on a STRICT port", "NR")
+                return
         if kind is Kind.H1 or kind is Kind.H2:
             self._count("http2" if kind is Kind.H2 else "http1")
             self._serve_http(ctx, verdict, transport, peeked, eof, kind is Kind.H2)
@@ -230,12 +256,42 @@ class Listener:
         self.connections.add(relay)
         return relay
 
+    def _refuse(self, ctx: ConnContext, transport, reason: str, flag: str) -> None:
+        service = str(ctx.orig) if ctx.orig is not None else "unknown"
+        ctx.labels = ctx.labels or tcp_labels(self.metrics.me, self._reporter, service, self._policy)
+        log.info("listener %s: refused %s: %s", self.spec.name, ctx.peer, reason)
+        relay = self._relay(ctx)
+        relay.attach(transport)
+        relay.refuse(flag)
+
     def _relay_to(self, ctx: ConnContext, verdict: Forward, transport, peeked: bytes, eof: bool) -> None:
         service = str(ctx.orig) if ctx.orig is not None else str(verdict.upstream)
-        ctx.labels = tcp_labels(self.metrics.me, self._reporter, service, self._policy)
+        peer = ctx.peer_info
+        ctx.labels = istio_labels(self.metrics.me, self._reporter, service, "tcp",
+                                  "mutual_tls" if peer is not None else self._policy,
+                                  peer.principal if peer is not None else UNKNOWN,
+                                  peer.namespace if peer is not None else None)
+        if self.authorizer is not None:
+            from ..authz.filter import check_tcp
+
+            decision = check_tcp(self.authorizer, peer.principal if peer is not None else None,
+                                 ctx.peer.host, ctx.orig.port if ctx.orig is not None else verdict.upstream.port)
+            self.metrics.count_authz(decision, "tcp")
+            if not decision.allowed:
+                self._refuse(ctx, transport, f"denied by authorization policy {decision.policy}", RBAC_DENIED.flag)
+                return
         relay = self._relay(ctx)
         relay.attach(transport, peeked, eof)
-        relay.connect(verdict.upstream.host, verdict.upstream.port, verdict.source)
+        up = verdict.upstream
+        ids = None
+        if self.mesh is not None and self.spec.plan.direction is not Direction.INBOUND:
+            ids = self.mesh.destination_identities(up.host, up.port)
+        if ids is None:
+            relay.connect(up.host, up.port, verdict.source)
+        else:
+            mesh = self.mesh
+            relay.connect(up.host, up.port, verdict.source, ssl=mesh.client_ctx[ALPN_TCP],
+                          verify=lambda sslobj: mesh.verify(sslobj, ids))
 
     def _serve_http(self, ctx, verdict, transport, peeked: bytes, eof: bool, h2: bool) -> None:
         from ..http.server import HttpServerConnection

@@ -170,19 +170,26 @@ class Relay:
         self.flag = flag
         _reset(self.down.transport)
 
-    def connect(self, host: str, port: int, source: str | None) -> None:
-        """Open the upstream and start relaying when it is up."""
-        self._connect_task = self.loop.create_task(self._connect(host, port, source))
+    def connect(self, host: str, port: int, source: str | None, ssl=None, verify=None) -> None:
+        """Open the upstream and start relaying when it is up. With ``ssl`` (a client
+        context) the upstream is a mesh peer: after the handshake ``verify(ssl_object)``
+        must accept its identity (it raises otherwise), or nothing is relayed."""
+        self._connect_task = self.loop.create_task(self._connect(host, port, source, ssl, verify))
 
-    async def _connect(self, host: str, port: int, source: str | None) -> None:
+    async def _connect(self, host: str, port: int, source: str | None, ssl_ctx, verify) -> None:
         down = self.down.transport
         self.up.other = down  # a server-first upstream may send before we resume
         try:
             local = (source, 0) if source else None
             await asyncio.wait_for(
-                self.loop.create_connection(lambda: self.up, host, port, local_addr=local),
+                self.loop.create_connection(lambda: self.up, host, port, local_addr=local, ssl=ssl_ctx,
+                                            server_hostname="" if ssl_ctx is not None else None),
                 self.connect_timeout)
-        except (OSError, asyncio.TimeoutError) as e:
+            if verify is not None:
+                verify(self.up.transport.get_extra_info("ssl_object"))
+        except Exception as e:  # refused, unreachable, timeout, TLS or peer identity failure: all UF
+            if self.up.transport is not None:
+                self.up.transport.abort()
             self.flag = _UF.flag
             log.debug("upstream %s:%s connect failed: %r", host, port, e)
             if not down.is_closing():

@@ -61,14 +61,15 @@ class Peerless:
 
 
 def istio_labels(me: Peerless, reporter: str, destination_service: str, protocol: str,
-                 security_policy: str = UNKNOWN, peer_principal: str = UNKNOWN) -> tuple[str, ...]:
+                 security_policy: str = UNKNOWN, peer_principal: str = UNKNOWN,
+                 peer_namespace: str | None = None) -> tuple[str, ...]:
     """Istio's label values for one connection, in ``ISTIO_LABELS`` order.
 
     ``reporter`` is ``source`` (outbound: we are the client side) or
     ``destination`` (inbound: we are the server side); the other side stays
     unknown until mTLS identities name it."""
     self_side = (me.workload, me.namespace, UNKNOWN, me.app, me.version, me.cluster)
-    other = (UNKNOWN, UNKNOWN, peer_principal, UNKNOWN, UNKNOWN, UNKNOWN)
+    other = (UNKNOWN, peer_namespace or UNKNOWN, peer_principal, UNKNOWN, UNKNOWN, UNKNOWN)
     src, dst = (self_side, other) if reporter == "source" else (other, self_side)
     svc_name = destination_service.rsplit(":", 1)[0] if destination_service != UNKNOWN else UNKNOWN
     svc_ns = me.namespace if reporter == "destination" else UNKNOWN
@@ -136,6 +137,20 @@ class Metrics:
             "meshproxy_protocol_detection", "Accepted connections by how their protocol was decided "
             "(http1, http2, tls, opaque, timeout, declared, server_first)", ("direction", "outcome"),
             registry=self.registry)
+        self.cert_expiry = Gauge(
+            "meshproxy_certificate_expiry_timestamp_seconds", "When the workload certificate expires (Unix time)",
+            registry=self.registry)
+        self.cert_rotations = Counter(
+            "meshproxy_certificate_rotations", "Workload certificate updates taken", registry=self.registry)
+        self.cert_rotation_errors = Counter(
+            "meshproxy_certificate_rotation_errors", "Certificate updates refused (the old one was kept)",
+            registry=self.registry)
+        self.mtls_failures = Counter(
+            "meshproxy_mtls_failures", "mTLS handshakes or peer identity checks that failed",
+            ("direction", "reason"), registry=self.registry)
+        self.authz = Counter(
+            "meshproxy_authz_decisions", "Authorization decisions that denied, would have denied (dry run) "
+            "or were audited", ("policy", "action", "enforced", "protocol"), registry=self.registry)
         self.server_state = Gauge(
             "meshproxy_server_state", "0 starting, 1 live, 2 draining", registry=self.registry)
         self.config_errors = Counter(
@@ -145,6 +160,16 @@ class Metrics:
         self.requests = RequestMetrics()
         self.registry.register(self.requests)
         self._flushers: list = []
+
+    def count_authz(self, decision, protocol: str) -> None:
+        """Count an authorization decision that denied, would have denied, or was audited."""
+        if not decision.allowed:
+            self.authz.labels(decision.policy or "default", decision.action, "true", protocol).inc()
+        if getattr(decision, "dry_run_denied", False):
+            self.authz.labels(getattr(decision, "dry_run_policy", None) or decision.policy or "default",
+                              "DENY", "false", protocol).inc()
+        for name in getattr(decision, "audited", ()) or ():
+            self.authz.labels(name, "AUDIT", "false", protocol).inc()
 
     def add_flusher(self, fn) -> None:
         """Register a callable run before every scrape (moves byte counts into counters)."""

@@ -36,12 +36,15 @@ class Cluster:
     connect_timeout: float
     endpoints: list[EndpointStats] = field(default_factory=list)
     lb: RoundRobin | None = None
+    mtls_identities: tuple[str, ...] | None = None
+    """Mesh peers: mTLS, and the server SPIFFE IDs accepted (None: plaintext)."""
 
     @classmethod
     def from_config(cls, cfg: ClusterConfig, default_connect_timeout: float) -> "Cluster":
         eps = [EndpointStats(*parse_hostport(e)) for e in cfg.endpoints]
         timeout = cfg.connect_timeout if cfg.connect_timeout is not None else default_connect_timeout
-        return cls(cfg.name, cfg.protocol, timeout, eps, RoundRobin(eps))
+        ids = tuple(cfg.mtls.identities) if cfg.mtls.enabled else None
+        return cls(cfg.name, cfg.protocol, timeout, eps, RoundRobin(eps), ids)
 
     def pick(self) -> EndpointStats:
         return self.lb.pick()

@@ -36,6 +36,8 @@ class Key:
     port: int
     protocol: str
     """``http1`` or ``http2``."""
+    identities: tuple[str, ...] | None = None
+    """Mesh peer: connect over mTLS and require one of these server SPIFFE IDs (None: plaintext)."""
 
 
 Callback = Callable[["UpstreamConnection | None", "BaseException | None"], None]
@@ -43,8 +45,11 @@ Callback = Callable[["UpstreamConnection | None", "BaseException | None"], None]
 
 class Pool:
     def __init__(self, loop: asyncio.AbstractEventLoop, flusher: Flusher, cfg: PoolConfig | None = None,
-                 h1_limits=None, h2_limits=None, on_connect: Callable[[Key, bool], None] | None = None):
+                 h1_limits=None, h2_limits=None, on_connect: Callable[[Key, bool], None] | None = None,
+                 mesh=None):
         self.loop = loop
+        self.mesh = mesh
+        """``net.mesh.Mesh``: client TLS contexts and peer verification for mesh keys."""
         self.flusher = flusher
         self.cfg = cfg or PoolConfig()
         self.h1_limits = h1_limits
@@ -89,11 +94,22 @@ class Pool:
             conn: UpstreamConnection = Http2Connection(key, self, self.flusher, self.h2_limits)
         else:
             conn = Http1Connection(key, self, self.flusher, self.h1_limits)
+        ssl_ctx = None
+        if key.identities is not None:
+            from ..net.mesh_alpn import ALPN_H2, ALPN_HTTP1
+
+            ssl_ctx = self.mesh.client_ctx[ALPN_H2 if key.protocol == "http2" else ALPN_HTTP1]
         try:
             await asyncio.wait_for(self.loop.create_connection(
-                lambda: conn, key.host, key.port, local_addr=(source, 0) if source else None), timeout)
-        except (OSError, asyncio.TimeoutError) as e:
-            err: BaseException = e if isinstance(e, OSError) else TimeoutError(f"connect timeout after {timeout:g}s")
+                lambda: conn, key.host, key.port, local_addr=(source, 0) if source else None,
+                ssl=ssl_ctx, server_hostname="" if ssl_ctx is not None else None), timeout)
+            if key.identities is not None:
+                self.mesh.verify(conn.transport.get_extra_info("ssl_object"), key.identities)
+        except Exception as e:  # refused, unreachable, timeout, TLS or peer identity failure
+            if conn.transport is not None:
+                conn.transport.abort()
+            err: BaseException = TimeoutError(f"connect timeout after {timeout:g}s") if isinstance(
+                e, asyncio.TimeoutError) else e
             if self.on_connect:
                 self.on_connect(key, False)
             self._finish(key, done, None, err)

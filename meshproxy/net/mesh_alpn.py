@@ -1,0 +1,11 @@
+"""ALPN values sidecars speak to each other over mTLS (no TLS imports: the L4 path loads this).
+
+``meshproxy-h2``: HTTP carried as HTTP/2 streams (HTTP/1.1 from the app included);
+``meshproxy-http1``: HTTP/1.1 for upgrades (WebSocket, CONNECT) that become tunnels;
+``meshproxy-tcp``: opaque TCP bytes.
+"""
+
+ALPN_H2 = "meshproxy-h2"
+ALPN_HTTP1 = "meshproxy-http1"
+ALPN_TCP = "meshproxy-tcp"
+MESH_ALPNS = (ALPN_H2, ALPN_HTTP1, ALPN_TCP)
