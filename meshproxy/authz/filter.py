@@ -1,0 +1,92 @@
+"""Authorization at the edges of the inbound path: the HTTP request filter and the
+L4 connection check, both thin adapters over ``authz/engine.py``.
+
+Where this sits: ``http/context.py`` appends one shared ``AuthzFilter`` to the
+inbound chain (after ``HeaderHygiene``) when policies are configured;
+``net/listener.py`` calls ``check_tcp`` once per inbound opaque TCP connection,
+after the mTLS handshake, before relaying a byte. Pure and synchronous like the
+engine: a denial is a local reply (HTTP) or a refused connection (TCP), never an
+exception.
+
+A denied request is answered like Envoy's RBAC filter: 403 with the message
+``RBAC: access denied``. Envoy's RBAC filter sets no response flag (its built-in
+flags have none for RBAC; ``UAEX`` is ext_authz's) and records the cause in
+``%RESPONSE_CODE_DETAILS%`` (``rbac_access_denied_matched_policy[NAME]``); our local
+replies always carry a flag, so we use ``RBAC`` (``errors.RBAC_DENIED``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
+from ..errors import RBAC_DENIED
+from ..http.chain import LocalReply, Verdict
+from .engine import Attributes, Authorizer, Decision
+
+if TYPE_CHECKING:
+    from ..codec.events import RequestHead
+    from ..http.chain import FilterContext
+
+DENIED_REPLY = LocalReply(403, "RBAC: access denied", RBAC_DENIED.flag)
+"""The local reply for a denied request (shared: ``LocalReply`` is frozen)."""
+
+_CONTINUE = Verdict.CONTINUE
+_RESPOND = Verdict.RESPOND
+
+
+def request_path(target: bytes) -> bytes | None:
+    """The path of a request target, without query or fragment: origin-form ``/a?b`` → ``/a``,
+    absolute-form ``http://h/a?b`` → ``/a`` (``/`` when empty), ``*`` → ``*``;
+    authority-form (CONNECT) has none → None."""
+    if target[:1] != b"/":
+        scheme = target.find(b"://")
+        if scheme < 0:
+            return b"*" if target == b"*" else None
+        start = target.find(b"/", scheme + 3)
+        if start < 0:
+            return b"/"
+        target = target[start:]
+    end = len(target)
+    for sep in (b"?", b"#"):
+        i = target.find(sep, 0, end)
+        if i >= 0:
+            end = i
+    return target[:end] if end != len(target) else target
+
+
+class AuthzFilter:
+    """Inbound request filter: RESPOND 403 when the authorizer denies, else CONTINUE.
+    Stateless: share one instance per chain (per snapshot)."""
+
+    __slots__ = ("authorizer", "counter")
+
+    def __init__(self, authorizer: Authorizer, counter: Callable[[Decision], None] | None = None) -> None:
+        self.authorizer = authorizer
+        self.counter = counter
+        """Called with every decision that denied, would have denied (dry run) or was audited;
+        not for plain allows (the hot path)."""
+
+    def on_request_head(self, ctx: "FilterContext", head: "RequestHead") -> Verdict:
+        d = self.authorizer.check(Attributes(
+            ctx.principal,
+            ctx.peer.host,
+            ctx.destination_port,
+            head.method,
+            request_path(head.target),
+            head.headers,
+        ))
+        if self.counter is not None and (not d.allowed or d.dry_run_denied or d.audited):
+            self.counter(d)
+        if d.allowed:
+            return _CONTINUE
+        ctx.local_reply = DENIED_REPLY
+        return _RESPOND
+
+    def __repr__(self) -> str:
+        return f"AuthzFilter({self.authorizer!r})"
+
+
+def check_tcp(authorizer: Authorizer, principal: str | None, source_ip: str, port: int) -> Decision:
+    """The decision for an inbound L4 connection (HTTP-only fields per Istio's TCP rules,
+    see ``engine.py``). ``principal`` is the verified peer SPIFFE ID, None for plaintext."""
+    return authorizer.check(Attributes(principal, source_ip, port))
