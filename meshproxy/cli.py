@@ -1,4 +1,4 @@
-"""Command line: ``meshproxy run | validate | wait-ready | iptables``.
+"""Command line: ``meshproxy run | validate | wait-ready | iptables | ca``.
 
 Where this sits: the entry point. It parses arguments, loads the config (exiting
 2 with a clear message on a bad file, never a traceback), sets up logging and
@@ -120,6 +120,13 @@ def build_parser() -> argparse.ArgumentParser:
         intercept_cli = None
     if intercept_cli is not None and hasattr(intercept_cli, "add_parser"):
         intercept_cli.add_parser(sub)
+
+    try:
+        from .tls import cli as tls_cli
+    except ImportError:  # pragma: no cover - the module ships with the package
+        tls_cli = None
+    if tls_cli is not None and hasattr(tls_cli, "add_parser"):
+        tls_cli.add_parser(sub)
     return p
 
 
