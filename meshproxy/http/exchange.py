@@ -37,12 +37,16 @@ BUFFER_LIMIT = 1024 * 1024
 
 _CODES = {c: str(c) for c in range(100, 600)}
 
+ORIG_PROTO = b"x-meshproxy-orig-proto"
+"""Set by a client sidecar when it carries an HTTP/1.x request over HTTP/2 to a peer sidecar
+(linkerd's l5d-orig-proto idea); the peer's inbound side speaks HTTP/1.1 to its app."""
+
 
 class Exchange:
     __slots__ = ("server", "sid", "head", "started", "wall", "up", "parts", "buffered", "unacked", "req_paused",
                  "req_done", "resp_started", "resp_done", "finished", "status", "flag", "req_bytes", "resp_bytes",
                  "route", "cluster", "endpoint", "upstream_host", "timer", "fctx", "grpc_status", "span",
-                 "tunnel", "service", "detail")
+                 "tunnel", "service", "detail", "orig_proto")
 
     def __init__(self, server, head: RequestHead):
         self.server = server
@@ -75,6 +79,8 @@ class Exchange:
         self.tunnel = False
         self.service = None
         self.detail = ""
+        self.orig_proto: bytes | None = None
+        """The app-side protocol a peer sidecar carried over HTTP/2 (``ORIG_PROTO`` header)."""
 
     # === request side ===================================================
     def start(self) -> None:
@@ -90,6 +96,8 @@ class Exchange:
         srv = self.server
         ctx = srv.ctx
         head = self.head
+        if srv.peer_info is not None:  # only a verified peer sidecar may tell us (hygiene strips it after)
+            self.orig_proto = hdr.get_header(head.headers, ORIG_PROTO)
         if ctx.access_log is not None:
             self.wall = time.time()
         fctx = self.fctx = FilterContext(srv.direction, srv.conn.peer, srv.scheme)
@@ -119,6 +127,8 @@ class Exchange:
             host, port, source = target.upstream.host, target.upstream.port, target.source
             self.service = srv.passthrough_service
             proto = srv.protocol
+            if self.orig_proto == b"HTTP/1.1":
+                proto = "http1"  # the app spoke HTTP/1.1 before the sidecars carried it over HTTP/2
             if ctx.mesh is not None and srv.direction != "inbound":
                 ids = ctx.mesh.destination_identities(host, port)
         else:
@@ -168,6 +178,8 @@ class Exchange:
             hdr.to_http1_request(head)
         else:
             hdr.to_http2_request(head)
+            if conn.key.identities is not None and head.http_version != "2":
+                head.headers.append((ORIG_PROTO, b"HTTP/1.1"))  # the peer sidecar speaks HTTP/1.1 to its app
         up.send_head(head)
         parts = self.parts
         if parts:

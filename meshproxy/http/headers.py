@@ -334,7 +334,8 @@ def local_reply(stream_id: int, status: int, message: str, flag: str, *, http_ve
                 request_id: bytes | None = None, keep_alive: bool = True) -> tuple[ResponseHead, bytes]:
     """A response meshproxy sends by itself, and its body.
 
-    The body is one line: ``meshproxy: <phrase>: <message> (<flag>)``. The flag
+    The body is one line: ``meshproxy: <phrase>: <message> (<flag>)``, except for
+    authorization denials, whose body is exactly Envoy's ``RBAC: access denied``. The flag
     (Envoy-style, e.g. ``UF``, see ``errors.py``) also travels in
     ``x-meshproxy-response-flags`` so clients and tests need not parse the body.
     ``x-request-id`` is echoed when known; ``connection: close`` is added for
@@ -342,7 +343,12 @@ def local_reply(stream_id: int, status: int, message: str, flag: str, *, http_ve
     ``content_length``; the caller sends the body (none for a HEAD request).
     """
     phrase = status_phrase(status)
-    text = f"meshproxy: {phrase}: {message} ({flag})\n" if flag else f"meshproxy: {phrase}: {message}\n"
+    if flag == "RBAC":
+        text = message  # what Envoy's RBAC filter answers, byte for byte
+    elif flag:
+        text = f"meshproxy: {phrase}: {message} ({flag})\n"
+    else:
+        text = f"meshproxy: {phrase}: {message}\n"
     body = text.encode("utf-8", "replace")
     headers: Headers = [
         (b"content-type", b"text/plain; charset=utf-8"),

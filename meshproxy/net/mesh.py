@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from ..config.security import Security
 from ..errors import StartupError
 from ..tls import certs, context, identity, rotation
+from .mesh_alpn import ALPN_H2, ALPN_HTTP1, ALPN_TCP, MESH_ALPNS  # noqa: F401 (re-exported)
 
 log = logging.getLogger("meshproxy.mesh")
 
-from .mesh_alpn import ALPN_H2, ALPN_HTTP1, ALPN_TCP, MESH_ALPNS  # noqa: E402,F401
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +59,7 @@ class Mesh:
         self._build(self.material)
         self._dests = [(tuple(ipaddress.ip_network(c, strict=False) for c in d.cidrs), frozenset(d.ports),
                         tuple(d.identities)) for d in cfg.mesh_destinations]
-        self.watcher = rotation.CertWatcher(cfg.tls, self._rotated, self._rotation_failed)
+        self.watcher = rotation.CertWatcher(cfg.tls, self._rotated, self._rotation_failed, current=self.material)
 
     @property
     def spiffe_id(self) -> str:

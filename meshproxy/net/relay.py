@@ -17,6 +17,22 @@ Invariants:
    other; the pair closes when both directions have ended.
 4. The byte path does no allocation beyond the bytes objects the loop hands us,
    no logging, no Prometheus calls: counters are plain ints flushed elsewhere.
+5. Byte counts are exact: bytes *read* from each side (peeked bytes included),
+   whichever path moved them (see below), and they never go down.
+
+Two paths. The slow path is the ``_Side`` protocols: one Python call per read,
+counting as it goes. Once the pair is joined, a side whose transport is plain
+TCP (not TLS, not our ``TlsLayer``) is *spliced*: it gets a ``_Splice``
+protocol whose ``data_received`` is the other transport's bound ``write``, so a
+read runs no Python frame of ours (uvloop caches the bound method at
+``set_protocol``; asyncio looks it up per read and finds the instance
+attribute). Its other callbacks are the side's own, so flow control, half-close,
+reset mirroring and the idle timeout are the same code on both paths. A spliced
+side's count comes from the kernel (``TCP_INFO``), read when someone asks (the
+metrics flush, the idle check) and in ``connection_lost``, while the fd is still
+open. The kernel counts every byte ever received on the socket, so bytes read
+before the splice (peeked by detection, ``early``) are in it already and are
+not added again.
 """
 
 from __future__ import annotations
@@ -25,6 +41,7 @@ import asyncio
 import logging
 import socket
 import struct
+import sys
 from typing import Callable
 
 from ..errors import (DOWNSTREAM_CONNECTION_TERMINATION as _DC, IDLE_TIMEOUT as _SI,
@@ -33,6 +50,93 @@ from ..errors import (DOWNSTREAM_CONNECTION_TERMINATION as _DC, IDLE_TIMEOUT as 
 log = logging.getLogger("meshproxy.relay")
 
 _LINGER_RST = struct.pack("ii", 1, 0)
+
+# -- kernel byte counts (Linux TCP_INFO) --------------------------------------------
+_TCP_INFO = getattr(socket, "TCP_INFO", None)
+_TCP_INFO_LEN = 232
+"""Bytes asked for: ``struct tcp_info`` up to ``tcpi_snd_wnd`` (Linux 5.x); an older
+kernel returns less, a newer one more fields we do not ask for."""
+_BYTES_RECEIVED = 128
+"""Offset of ``u64 tcpi_bytes_received`` (Linux ≥ 4.1; bytes, plus 1 for a FIN)."""
+_MIN_INFO_LEN = _BYTES_RECEIVED + 8
+_U64 = struct.Struct("=Q")
+_I32 = struct.Struct("=i")
+_CLOSE = 7
+_FIN_IN = frozenset((6, 8, 9, 11))
+"""``tcpi_state`` values that mean a FIN came in: TIME_WAIT, CLOSE_WAIT, LAST_ACK, CLOSING.
+(ESTABLISHED, SYN_*, FIN_WAIT1/2: none yet; CLOSE: either a FIN or a reset.)"""
+
+if sys.platform == "linux":
+    from fcntl import ioctl as _ioctl
+    from termios import FIONREAD as _FIONREAD
+else:  # no TCP_INFO byte counts: every side stays on the slow path
+    _ioctl = _FIONREAD = None
+
+
+def _kernel_read(sock, saw_eof: bool, final: bool = False, errored: bool = False) -> int | None:
+    """Bytes the proxy has read from ``sock`` so far, from the kernel: received, less
+    what still waits unread in the receive queue, less 1 for a FIN (the kernel counts
+    it). ``saw_eof``: the loop already delivered the EOF. None when it can't be told;
+    the caller then keeps its last count. Only while the fd is open."""
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _TCP_INFO_LEN)
+        unread = _I32.unpack(_ioctl(sock.fileno(), _FIONREAD, b"\0\0\0\0"))[0]
+    except (OSError, ValueError):
+        return None
+    if len(info) < _MIN_INFO_LEN:
+        return None
+    state = info[0]
+    if saw_eof or state in _FIN_IN:
+        fin = 1
+    elif state != _CLOSE:
+        fin = 0
+    elif not final:
+        return None  # a FIN or a reset, not yet seen by the loop: the close path will know
+    elif errored:
+        fin = 0
+    else:  # closing: the loop no longer reads, so a pending socket error is ours to take
+        try:
+            fin = 0 if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) else 1
+        except OSError:
+            return None
+    return _U64.unpack_from(info, _BYTES_RECEIVED)[0] - unread - fin
+
+
+_kernel_counts: bool | None = None
+"""Whether this kernel's TCP_INFO has ``tcpi_bytes_received`` (probed once)."""
+
+
+def _kernel_counts_ok(sock) -> bool:
+    global _kernel_counts
+    if _kernel_counts is None:
+        if _TCP_INFO is None or _ioctl is None:
+            _kernel_counts = False
+        else:
+            try:
+                _kernel_counts = len(sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _TCP_INFO_LEN)) >= _MIN_INFO_LEN
+            except OSError:
+                return False  # this socket, not the kernel: ask again next time
+            if not _kernel_counts:
+                log.info("TCP_INFO has no tcpi_bytes_received (kernel < 4.1): L4 relay stays on the slow path")
+    return _kernel_counts
+
+
+def _plain_tcp_types() -> tuple[type, ...]:
+    """Transport classes that are a bare TCP socket: splicing needs ``set_protocol`` to
+    take effect for the next read and the socket's counts to be the relayed bytes."""
+    from asyncio.selector_events import _SelectorSocketTransport
+
+    types: list[type] = [_SelectorSocketTransport]
+    try:
+        from uvloop.loop import TCPTransport
+    except ImportError:
+        pass
+    else:
+        types.append(TCPTransport)
+    return tuple(types)
+
+
+_PLAIN_TCP = _plain_tcp_types()
 
 
 def _reset(transport: asyncio.BaseTransport) -> None:
@@ -49,7 +153,7 @@ def _reset(transport: asyncio.BaseTransport) -> None:
 class _Side(asyncio.Protocol):
     """One end of the pair. ``other`` is the peer side's transport."""
 
-    __slots__ = ("relay", "transport", "other", "nbytes", "eof", "is_down", "early")
+    __slots__ = ("relay", "transport", "other", "nbytes", "eof", "is_down", "early", "sock")
 
     def __init__(self, relay: "Relay", is_down: bool):
         self.relay = relay
@@ -62,6 +166,17 @@ class _Side(asyncio.Protocol):
         self.early: list[bytes] | None = None
         """Bytes read before the other side existed (a read already in flight when
         reading was paused); written first once it does."""
+        self.sock = None
+        """Spliced: the socket whose kernel counters give ``nbytes`` (None: slow path, or closed)."""
+
+    def count(self) -> int:
+        """Bytes read from this side so far (from the kernel when spliced)."""
+        sock = self.sock
+        if sock is not None:
+            n = _kernel_read(sock, self.eof)
+            if n is not None and n > self.nbytes:
+                self.nbytes = n
+        return self.nbytes
 
     # -- byte path -------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
@@ -93,7 +208,53 @@ class _Side(asyncio.Protocol):
             self.other.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        sock = self.sock
+        if sock is not None:  # the last read of the kernel counters: the fd closes after this call
+            self.sock = None
+            n = _kernel_read(sock, self.eof, final=True, errored=exc is not None)
+            if n is not None and n > self.nbytes:
+                self.nbytes = n
         self.relay._side_lost(self, exc)
+
+
+class _Splice:
+    """A joined side's protocol on plain TCP: ``data_received`` IS the other
+    transport's bound ``write`` (no Python frame per read); every other callback is
+    the side's own method, so it behaves exactly as the ``_Side``."""
+
+    __slots__ = ("side", "data_received", "eof_received", "pause_writing", "resume_writing",
+                 "connection_lost")
+
+    def __init__(self, side: _Side, write: Callable[[bytes], None]):
+        self.side = side
+        self.data_received = write
+        self.eof_received = side.eof_received
+        self.pause_writing = side.pause_writing
+        self.resume_writing = side.resume_writing
+        self.connection_lost = side.connection_lost
+
+    def connection_made(self, transport) -> None:  # never called: installed on a live transport
+        pass
+
+
+def _protocol(transport) -> object:
+    get = getattr(transport, "get_protocol", None)
+    return get() if get is not None else None
+
+
+def _splice(side: _Side, other: asyncio.Transport) -> None:
+    """Put ``side`` on the fast path if its transport is plain TCP and the kernel
+    counts bytes; otherwise leave it on the slow path (TLS, ``TlsLayer``, old kernel)."""
+    transport = side.transport
+    if type(transport) not in _PLAIN_TCP or transport.is_closing():
+        return
+    if transport.get_extra_info("sslcontext") is not None or transport.get_extra_info("ssl_object") is not None:
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is None or not _kernel_counts_ok(sock):
+        return
+    side.sock = sock
+    transport.set_protocol(_Splice(side, other.write))
 
 
 class _Down(_Side):
@@ -148,12 +309,18 @@ class Relay:
     @property
     def received(self) -> int:
         """Bytes read from the downstream (the request direction)."""
-        return self.down.nbytes
+        return self.down.count()
 
     @property
     def sent(self) -> int:
         """Bytes read from the upstream and written to the downstream (the response direction)."""
-        return self.up.nbytes
+        return self.up.count()
+
+    @property
+    def spliced(self) -> tuple[bool, bool]:
+        """Whether (downstream, upstream) reads bypass Python (for tests and debugging)."""
+        return (isinstance(_protocol(self.down.transport), _Splice),
+                isinstance(_protocol(self.up.transport), _Splice))
 
     def attach(self, transport: asyncio.Transport, peeked: bytes = b"", eof: bool = False) -> None:
         """Take over an accepted transport; ``peeked`` bytes were already read from it
@@ -211,6 +378,8 @@ class Relay:
         high = self.buffer_limit
         down.set_write_buffer_limits(high, high // 4)
         up.set_write_buffer_limits(high, high // 4)
+        _splice(self.down, up)
+        _splice(self.up, down)
         down.resume_reading()
         if self.idle_timeout > 0:
             self._idle_handle = self.loop.call_later(self.idle_timeout / 2, self._idle_check)
@@ -219,7 +388,7 @@ class Relay:
         """Idle timeout without reading the clock on the byte path: every half
         period compare the byte counters with the last check; two checks in a row
         with no progress close the pair (idle time between T and 1.5 T)."""
-        total = self.down.nbytes + self.up.nbytes
+        total = self.down.count() + self.up.count()
         if total == self._idle_mark:
             self._idle_strikes += 1
             if self._idle_strikes >= 2:

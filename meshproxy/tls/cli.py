@@ -18,8 +18,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .ca import CaError, CertificateAuthority, parse_ttl
-from .identity import SpiffeId, SpiffeIdError
+# ``cryptography`` (behind .ca) is imported only when a ``ca`` command runs: registering the
+# subcommand must not cost ``meshproxy run`` its memory (about 8 MiB).
 
 EXIT_USAGE = 2
 EXIT_IO = 1
@@ -50,6 +50,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _ttl(text: str):
+    from .ca import CaError, parse_ttl
+
     try:
         return parse_ttl(text)
     except ValueError as e:
@@ -57,6 +59,8 @@ def _ttl(text: str):
 
 
 def _guard(action: str, body) -> int:
+    from .ca import CaError
+
     try:
         return body()
     except CaError as e:
@@ -69,6 +73,8 @@ def _guard(action: str, body) -> int:
 
 
 def run_init(args) -> int:
+    from .ca import CertificateAuthority
+
     def body() -> int:
         ca = CertificateAuthority.create(args.trust_domain, _ttl(args.ttl))
         paths = ca.save(args.out, force=args.force)
@@ -79,6 +85,9 @@ def run_init(args) -> int:
 
 
 def run_issue(args) -> int:
+    from .ca import CaError, CertificateAuthority
+    from .identity import SpiffeId, SpiffeIdError
+
     def body() -> int:
         try:
             SpiffeId.parse(args.spiffe_id)  # input first: a bad ID is reported even without a CA

@@ -33,10 +33,14 @@ class MockOrigDst:
 
     def __init__(self):
         self.by_client_port: dict[int, OrigDst] = {}
+        self.by_listener_port: dict[int, OrigDst] = {}
         self.default: OrigDst | None = None
 
     def __call__(self, sock, family):
-        return self.by_client_port.get(sock.getpeername()[1], self.default)
+        hit = self.by_client_port.get(sock.getpeername()[1])
+        if hit is None:
+            hit = self.by_listener_port.get(sock.getsockname()[1], self.default)
+        return hit
 
 
 class Running:

@@ -1,0 +1,262 @@
+"""Two sidecars in process: A (client side) → mTLS → B (inbound) → app.
+
+HTTP travels as HTTP/2 streams over one mTLS connection; opaque TCP over its own;
+B sees A's SPIFFE ID (x-forwarded-client-cert, metrics, authorization); STRICT
+refuses plaintext; wrong identities and foreign CAs are refused; certificates
+rotate under a continuous request stream without a failed request."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import aiohttp
+import pytest
+from aiohttp import web
+from e2e_support import metric_value, metrics_text
+
+from meshproxy.net.addrs import OrigDst
+from meshproxy.tls.ca import CertificateAuthority
+
+TD = "cluster.local"
+FRONTEND = f"spiffe://{TD}/ns/shop/sa/frontend"
+REVIEWS = f"spiffe://{TD}/ns/shop/sa/reviews"
+
+
+@pytest.fixture
+def pki(tmp_path):
+    """``pki(name, spiffe_id, ca=None)`` → the security.tls config for a fresh workload cert."""
+    cas = {"main": CertificateAuthority.create(TD, timedelta(days=1))}
+
+    def issue(name: str, spiffe_id: str, ca: str = "main", ttl=timedelta(hours=1)) -> dict:
+        if ca not in cas:
+            cas[ca] = CertificateAuthority.create(TD, timedelta(days=1))
+        out = tmp_path / name
+        cas[ca].issue(spiffe_id, ttl).save(str(out))
+        return {"cert_file": str(out / "cert.pem"), "key_file": str(out / "key.pem"),
+                "bundle_file": str(out / "bundle.pem"), "rotation_check_interval": "0.2s"}
+
+    issue.cas = cas
+    issue.dir = tmp_path
+    return issue
+
+
+class App:
+    def __init__(self):
+        self.requests: list[dict] = []
+        self.port = 0
+
+    async def start(self):
+        async def handle(req):
+            self.requests.append({"path": req.path, "headers": dict(req.headers),
+                                  "peer": req.transport.get_extra_info("peername")[0]})
+            return web.Response(text=f"hello {req.path}")
+
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", handle)
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]
+        return self
+
+
+@pytest.fixture
+async def app():
+    a = await App().start()
+    yield a
+    await a.runner.cleanup()
+
+
+async def sidecar_b(proxy, origdst, app, tls, mode="STRICT", policies=None):
+    origdst.default = OrigDst("127.0.0.1", app.port)  # B's inbound: clients meant the app's port
+    sec = {"tls": tls, "peer_authentication": {"mode": mode}}
+    if policies:
+        sec["authorization_policies"] = policies
+    return await proxy({"inbound": {"enabled": True}, "security": sec,
+                        "node": {"pod_name": "reviews-v1-abc12-xyz12", "pod_namespace": "shop"}})
+
+
+async def sidecar_a(proxy, b, tls, identities=(REVIEWS,)):
+    port = b.port("virtualInbound")
+    return await proxy({
+        "listeners": [{"name": "web", "port": 0, "protocol": "http", "upstream": f"127.0.0.1:{port}"}],
+        "clusters": [{"name": "reviews", "endpoints": [f"127.0.0.1:{port}"],
+                      "mtls": {"enabled": True, "identities": list(identities)}}],
+        "routes": [{"name": "reviews", "cluster": "reviews"}],
+        "security": {"tls": tls},
+    })
+
+
+async def get(url, **kw):
+    async with aiohttp.ClientSession() as s:
+        async with s.get(url, **kw) as resp:
+            return resp.status, await resp.text(), resp.headers
+
+
+async def test_http_over_mtls_h2_between_sidecars(proxy, origdst, app, pki):
+    b = await sidecar_b(proxy, origdst, app, pki("b", REVIEWS))
+    a = await sidecar_a(proxy, b, pki("a", FRONTEND))
+    url = f"http://127.0.0.1:{a.port('web')}"
+    results = await asyncio.gather(*(get(f"{url}/r{i}") for i in range(40)))
+    assert all(status == 200 for status, _, _ in results), results[:3]
+    assert {body for _, body, _ in results} == {f"hello /r{i}" for i in range(40)}
+    seen = app.requests[0]
+    assert seen["peer"] == "127.0.0.6"
+    xfcc = seen["headers"]["x-forwarded-client-cert"]
+    assert f"By={REVIEWS}" in xfcc and f"URI={FRONTEND}" in xfcc and "Hash=" in xfcc
+    # Many concurrent HTTP/1.1 requests from the app, one multiplexed mTLS connection between sidecars.
+    pool = a.app.http.pools["reviews"]
+    assert len(pool.all) == 1 and next(iter(pool.all)).protocol == "http2"
+    assert next(iter(pool.all)).requests == 40
+    text = await metrics_text(b)
+    assert metric_value(text, "istio_requests_total", reporter="destination", source_principal=FRONTEND,
+                        source_workload_namespace="shop", connection_security_policy="mutual_tls",
+                        response_code="200") == 40
+    assert metric_value(text, "meshproxy_protocol_detection_total", outcome="mtls") == 1
+
+
+async def test_spoofed_xfcc_from_the_app_is_replaced(proxy, origdst, app, pki):
+    b = await sidecar_b(proxy, origdst, app, pki("b", REVIEWS))
+    a = await sidecar_a(proxy, b, pki("a", FRONTEND))
+    status, _, _ = await get(f"http://127.0.0.1:{a.port('web')}/x",
+                             headers={"x-forwarded-client-cert": "URI=spiffe://cluster.local/ns/kube-system/sa/admin"})
+    assert status == 200
+    assert "kube-system" not in app.requests[0]["headers"]["x-forwarded-client-cert"]
+
+
+async def test_strict_refuses_plaintext_permissive_accepts(proxy, origdst, app, pki):
+    b = await sidecar_b(proxy, origdst, app, pki("b", REVIEWS), mode="STRICT")
+    with pytest.raises(aiohttp.ClientError):
+        await get(f"http://127.0.0.1:{b.port('virtualInbound')}/plain")
+    assert app.requests == []
+    text = await metrics_text(b)
+    assert metric_value(text, "meshproxy_mtls_failures_total", reason="not_mtls_in_strict") >= 1  # aiohttp retries once
+    p = await sidecar_b(proxy, origdst, app, pki("p", REVIEWS), mode="PERMISSIVE")
+    status, body, _ = await get(f"http://127.0.0.1:{p.port('virtualInbound')}/plain")
+    assert (status, body) == (200, "hello /plain")
+    assert "x-forwarded-client-cert" not in app.requests[0]["headers"]
+
+
+@pytest.mark.parametrize("case", ["wrong-identity", "foreign-ca"])
+async def test_bad_peers_are_refused(proxy, origdst, app, pki, case):
+    b_tls = pki("b", REVIEWS, ca="other" if case == "foreign-ca" else "main")
+    b = await sidecar_b(proxy, origdst, app, b_tls)
+    identities = (f"spiffe://{TD}/ns/shop/sa/ratings",) if case == "wrong-identity" else (REVIEWS,)
+    a = await sidecar_a(proxy, b, pki("a", FRONTEND), identities)
+    status, body, headers = await get(f"http://127.0.0.1:{a.port('web')}/x")
+    assert status == 503 and headers["x-meshproxy-response-flags"] == "UF"
+    assert app.requests == []
+
+
+async def test_authorization_policies_end_to_end(proxy, origdst, app, pki):
+    policies = [
+        {"name": "deny-admin", "action": "DENY", "rules": [{"to": [{"paths": ["/admin*"]}]}]},
+        {"name": "frontend-reads", "action": "ALLOW",
+         "rules": [{"from": [{"principals": ["cluster.local/ns/shop/sa/front*"]}], "to": [{"methods": ["GET"]}]}]},
+    ]
+    b = await sidecar_b(proxy, origdst, app, pki("b", REVIEWS), policies=policies)
+    a = await sidecar_a(proxy, b, pki("a", FRONTEND))
+    url = f"http://127.0.0.1:{a.port('web')}"
+    assert (await get(f"{url}/ok"))[0] == 200
+    status, body, _ = await get(f"{url}/admin/x")
+    assert (status, body) == (403, "RBAC: access denied")
+    async with aiohttp.ClientSession() as s:
+        async with s.post(f"{url}/ok") as resp:
+            assert resp.status == 403  # default deny: no ALLOW matches POST
+    assert [r["path"] for r in app.requests] == ["/ok"]
+    text = await metrics_text(b)
+    assert metric_value(text, "meshproxy_authz_decisions_total", policy="deny-admin", enforced="true") == 1
+
+
+async def test_tcp_over_mtls(proxy, origdst, pki):
+    got = asyncio.get_running_loop().create_future()
+
+    async def echo(reader, writer):
+        data = await reader.readexactly(100_000)
+        got.set_result(writer.get_extra_info("peername")[0])
+        writer.write(data[::-1])
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(echo, "127.0.0.1", 0)
+    app_port = server.sockets[0].getsockname()[1]
+    origdst.default = OrigDst("127.0.0.1", app_port)
+    b = await proxy({"inbound": {"enabled": True}, "ports": [{"port": app_port, "protocol": "tcp"}],
+                     "security": {"tls": pki("b", REVIEWS), "peer_authentication": {"mode": "STRICT"}}})
+    a = await proxy({"outbound": {"enabled": True}, "ports": [{"port": app_port, "protocol": "tcp"}],
+                     "security": {"tls": pki("a", FRONTEND),
+                                  "mesh_destinations": [{"cidrs": ["127.0.0.0/8"], "identities": [REVIEWS]}]}})
+    origdst.by_listener_port[a.port("virtualOutbound")] = OrigDst("127.0.0.1", b.port("virtualInbound"))
+    reader, writer = await asyncio.open_connection("127.0.0.1", a.port("virtualOutbound"))
+    payload = bytes(range(256)) * 390 + b"x" * 160
+    writer.write(payload)
+    await writer.drain()
+    assert await asyncio.wait_for(reader.readexactly(100_000), 10) == payload[::-1]
+    assert await got == "127.0.0.6"
+    writer.close()
+    server.close()
+    await asyncio.sleep(0.1)
+    text = await metrics_text(b)
+    assert metric_value(text, "istio_tcp_connections_opened_total", reporter="destination",
+                        source_principal=FRONTEND, connection_security_policy="mutual_tls") == 1
+
+
+async def test_rotation_under_continuous_requests(proxy, origdst, app, pki):
+    b_tls = pki("b", REVIEWS)
+    b = await sidecar_b(proxy, origdst, app, b_tls)
+    a = await sidecar_a(proxy, b, pki("a", FRONTEND))
+    url = f"http://127.0.0.1:{a.port('web')}"
+    before = b.app.mesh.material.fingerprint
+    failures: list = []
+    stop = asyncio.Event()
+
+    async def hammer():
+        async with aiohttp.ClientSession() as s:
+            while not stop.is_set():
+                try:
+                    async with s.get(f"{url}/r") as resp:
+                        if resp.status != 200:
+                            failures.append(resp.status)
+                        await resp.read()
+                except aiohttp.ClientError as e:
+                    failures.append(repr(e))
+
+    tasks = [asyncio.ensure_future(hammer()) for _ in range(4)]
+    await asyncio.sleep(0.3)
+    pki.cas["main"].issue(REVIEWS, timedelta(hours=2)).save(str(pki.dir / "b"))  # new material, same files
+    for _ in range(50):
+        await asyncio.sleep(0.1)
+        if b.app.mesh.material.fingerprint != before:
+            break
+    await asyncio.sleep(0.3)
+    # New handshakes use the new certificate: a fresh sidecar A sees it.
+    a2 = await sidecar_a(proxy, b, pki("a2", FRONTEND))
+    assert (await get(f"http://127.0.0.1:{a2.port('web')}/new"))[0] == 200
+    stop.set()
+    await asyncio.gather(*tasks)
+    assert b.app.mesh.material.fingerprint != before, "rotation was not picked up"
+    assert failures == []
+    assert len(app.requests) > 20
+    text = await metrics_text(b)
+    assert metric_value(text, "meshproxy_certificate_rotations_total") == 1
+    assert metric_value(text, "meshproxy_certificate_expiry_timestamp_seconds") > 0
+
+
+async def test_broken_rotation_keeps_old_material(proxy, origdst, app, pki):
+    b_tls = pki("b", REVIEWS)
+    b = await sidecar_b(proxy, origdst, app, b_tls)
+    before = b.app.mesh.material.fingerprint
+    other = pki("other", REVIEWS)
+    with open(b_tls["key_file"], "wb") as f, open(other["key_file"], "rb") as g:
+        f.write(g.read())  # a key that does not match the certificate
+    for _ in range(30):
+        await asyncio.sleep(0.1)
+        text = await metrics_text(b)
+        if metric_value(text, "meshproxy_certificate_rotation_errors_total") >= 1:
+            break
+    assert metric_value(text, "meshproxy_certificate_rotation_errors_total") >= 1
+    assert b.app.mesh.material.fingerprint == before
+    a = await sidecar_a(proxy, b, pki("a", FRONTEND))
+    assert (await get(f"http://127.0.0.1:{a.port('web')}/still"))[0] == 200
