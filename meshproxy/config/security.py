@@ -152,3 +152,4 @@ class Security(_Model):
     peer_authentication: PeerAuthentication = Field(default_factory=PeerAuthentication)
     authorization_policies: list[AuthorizationPolicy] = Field(default_factory=list)
     trust_domain: str = "cluster.local"
+    """The workload certificate's SPIFFE ID must be in this trust domain (checked at start)."""

@@ -54,6 +54,10 @@ class Mesh:
             self.material = certs.load_material(cfg.tls)
         except certs.TlsMaterialError as e:
             raise StartupError(f"security.tls: {e}") from None
+        td = identity.SpiffeId.parse(self.material.spiffe_id).trust_domain
+        if td != cfg.trust_domain:
+            raise StartupError(f"security.tls: the certificate's SPIFFE ID {self.material.spiffe_id} is not in "
+                               f"security.trust_domain {cfg.trust_domain!r}")
         self.server_ctx: ssl.SSLContext
         self.client_ctx: dict[str, ssl.SSLContext] = {}
         self._build(self.material)
