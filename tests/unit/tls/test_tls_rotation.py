@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import pytest
-from tls_support import NOW, craft, issue_to, new_ca
+from tls_support import craft, issue_to, new_ca
 
 from meshproxy.tls import ca as calib
 from meshproxy.tls.certs import load_material
@@ -117,10 +117,11 @@ def test_touched_files_with_the_same_content_are_not_a_change(tmp_path, ca):
 def test_not_yet_valid_is_retried_as_the_clock_moves(tmp_path, ca):
     cfg = issue_to(tmp_path, ca, OLD)
     rec = Recorder()
-    now = [NOW.timestamp()]
+    start = datetime.now(timezone.utc)  # not the module's NOW: the session may be minutes old by now
+    now = [start.timestamp()]
     w, old = _watch(cfg, rec, clock=lambda: now[0])
-    cert, key = craft(ca.cert, ca.key, uris=[NEW], not_before=NOW + timedelta(minutes=10),
-                      not_after=NOW + timedelta(hours=1))
+    cert, key = craft(ca.cert, ca.key, uris=[NEW], not_before=start + timedelta(minutes=10),
+                      not_after=start + timedelta(hours=1))
     _replace(cfg.key_file, calib.key_pem(key))
     _replace(cfg.cert_file, calib.cert_pem(cert))
     assert w.check_now() is None and "not yet valid" in rec.errors[-1]
