@@ -120,6 +120,7 @@ class Exchange:
         fctx.route = route
         if ctx.tracer is not None:
             self.span = ctx.tracer.start(srv.span_kind, head, srv.peer_ip, extract(head.headers), route.name)
+            self.span.set_peer(srv.principal)
             head.headers = inject(head.headers, self.span.context())
         ids = None
         if route.cluster == PASSTHROUGH:

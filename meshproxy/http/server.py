@@ -314,6 +314,7 @@ class HttpServerConnection(asyncio.Protocol):
             "route_name": ex.route.name if ex.route is not None else None,
             "downstream_remote_address": str(self.conn.peer), "downstream_local_address": str(self.conn.local),
             "requested_server_name": None,
+            "downstream_peer_uri_san": self.principal,
         }
 
     # === timeouts, drain, close ==========================================

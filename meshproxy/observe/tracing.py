@@ -180,6 +180,11 @@ class RequestSpan:
                                      p.tracestate if p is not None else None, p is not None and p.b3)
         return self._ctx
 
+    def set_peer(self, principal: str | None) -> None:
+        """Record the verified SPIFFE ID of the mTLS peer (``meshproxy.peer.principal``)."""
+        if principal and self._span.is_recording():
+            self._span.set_attribute("meshproxy.peer.principal", principal)
+
     def end(self, status: int, flags: str = "-", upstream: str | None = None, request_bytes: int = 0,
             response_bytes: int = 0, grpc_status: str | None = None, *, end_time_ns: int | None = None) -> None:
         """Record the outcome and end the span (later calls do nothing). ``status``:

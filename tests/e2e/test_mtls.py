@@ -260,3 +260,85 @@ async def test_broken_rotation_keeps_old_material(proxy, origdst, app, pki):
     assert b.app.mesh.material.fingerprint == before
     a = await sidecar_a(proxy, b, pki("a", FRONTEND))
     assert (await get(f"http://127.0.0.1:{a.port('web')}/still"))[0] == 200
+
+
+async def test_websocket_and_trailers_over_mtls(proxy, origdst, pki):
+    """Upgrades fall back to an HTTP/1.1 tunnel between sidecars; a chunked request with
+    trailers rides HTTP/2 and reaches the peer's app as HTTP/1.1 with its body and trailers."""
+    seen = {}
+
+    async def chunked_app(reader, writer):
+        head = await reader.readuntil(b"\r\n\r\n")
+        seen["head"] = head
+        seen["body"] = await reader.readuntil(b"0\r\nx-checksum: 42\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(chunked_app, "127.0.0.1", 0)
+    raw_port = server.sockets[0].getsockname()[1]
+
+    async def ws_handler(request):
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for msg in ws:
+            await ws.send_str("echo:" + msg.data)
+        return ws
+
+    wsapp = web.Application()
+    wsapp.router.add_get("/ws", ws_handler)
+    runner = web.AppRunner(wsapp)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    ws_port = site._server.sockets[0].getsockname()[1]
+
+    app = App()
+    app.port = raw_port
+    b = await sidecar_b(proxy, origdst, app, pki("b", REVIEWS))
+    a = await sidecar_a(proxy, b, pki("a", FRONTEND))
+    # Chunked body + trailers from an HTTP/1.1 client, through A → (h2 over mTLS) → B → HTTP/1.1 app.
+    reader, writer = await asyncio.open_connection("127.0.0.1", a.port("web"))
+    writer.write(b"POST /t HTTP/1.1\r\nHost: reviews\r\nTransfer-Encoding: chunked\r\nTE: trailers\r\n\r\n"
+                 b"5\r\nhello\r\n0\r\nx-checksum: 42\r\n\r\n")
+    await writer.drain()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert seen["head"].startswith(b"POST /t HTTP/1.1\r\n")
+    assert b"5\r\nhello\r\n" in seen["body"] and seen["body"].endswith(b"0\r\nx-checksum: 42\r\n\r\n")
+    writer.close()
+    # WebSocket: B's inbound now points at the WebSocket app.
+    origdst.default = OrigDst("127.0.0.1", ws_port)
+    async with aiohttp.ClientSession() as s:
+        async with s.ws_connect(f"http://127.0.0.1:{a.port('web')}/ws") as ws:
+            await ws.send_str("over-mtls")
+            msg = await asyncio.wait_for(ws.receive(), 5)
+            assert msg.data == "echo:over-mtls"
+    text = await metrics_text(b)
+    assert metric_value(text, "istio_requests_total", reporter="destination", response_code="101",
+                        connection_security_policy="mutual_tls") == 1
+    server.close()
+    await runner.cleanup()
+
+
+async def test_peer_identity_in_access_log_and_span(proxy, origdst, app, pki, tmp_path):
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from meshproxy.config.routing import Tracing
+    from meshproxy.observe.tracing import make_tracer
+
+    log_path = tmp_path / "access.log"
+    origdst.default = OrigDst("127.0.0.1", app.port)
+    b = await proxy({"inbound": {"enabled": True}, "access_log": {"enabled": True, "path": str(log_path)},
+                     "security": {"tls": pki("b", REVIEWS)}})
+    exporter = InMemorySpanExporter()
+    b.app.http.tracer = make_tracer(Tracing(exporter="console"), "reviews", exporter=exporter)
+    a = await sidecar_a(proxy, b, pki("a", FRONTEND))
+    assert (await get(f"http://127.0.0.1:{a.port('web')}/who"))[0] == 200
+    b.app.http.access_log.flush()
+    import json
+
+    line = json.loads(log_path.read_text().splitlines()[-1])
+    assert line["downstream_peer_uri_san"] == FRONTEND and line["path"] == "/who"
+    spans = exporter.get_finished_spans()
+    assert spans and spans[-1].attributes["meshproxy.peer.principal"] == FRONTEND
