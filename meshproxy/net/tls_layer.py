@@ -1,14 +1,20 @@
-"""TLS inside our own protocol, through ``ssl.MemoryBIO``: terminate mTLS on a
-connection whose first bytes were already read by protocol detection.
+"""TLS inside our own protocol, through ``ssl.MemoryBIO``, for both ends of mTLS
+between sidecars.
 
-Where this sits: ``net/listener.py`` installs a ``TlsLayer`` on an accepted
-transport when detection saw a ClientHello with meshproxy's ALPN; the peeked
-ClientHello is fed first, so nothing is lost (``loop.start_tls`` cannot do that:
-it expects the handshake to start on the socket). After the handshake
-``on_ready(layer)`` runs; the caller verifies the peer identity and puts the
-next protocol (HTTP server or L4 relay) on top with ``layer.set_protocol``. To
-that protocol the layer *is* the transport (``write``, ``pause_reading``,
+Where this sits: server side, ``net/inbound_mtls.py`` installs a ``TlsLayer`` on
+an accepted transport when detection saw a ClientHello with meshproxy's ALPN;
+the peeked ClientHello is fed first, so nothing is lost (``loop.start_tls``
+cannot do that). Client side, ``connect_tls`` opens a connection to a peer
+sidecar for the relay and the upstream pool. After the handshake the next
+protocol is put on top with ``layer.attach(protocol)``; to it the layer *is* the
+transport (``write``, ``write_eof``, ``pause_reading``,
 ``get_extra_info("ssl_object")`` ...).
+
+Why our own layer rather than the loop's TLS transport: (a) replaying peeked
+bytes; (b) the client checks the server's SPIFFE ID after ``do_handshake``
+returns but *before* its Finished message leaves, so a server with the wrong
+identity never completes its handshake and never opens a connection to its app;
+(c) TLS 1.3 half-close: ``write_eof`` sends close_notify and reading goes on.
 
 Invariants:
 1. Every decrypted byte reaches the inner protocol in order; every byte the
@@ -31,21 +37,34 @@ _READ = 256 * 1024
 
 
 class TlsLayer(asyncio.Protocol):
-    def __init__(self, raw: asyncio.Transport, context: ssl.SSLContext,
+    def __init__(self, raw: asyncio.Transport | None, context: ssl.SSLContext,
                  on_ready: Callable[["TlsLayer"], None], on_fail: Callable[[str], None],
-                 handshake_timeout: float = 10.0, loop: asyncio.AbstractEventLoop | None = None):
+                 handshake_timeout: float = 10.0, loop: asyncio.AbstractEventLoop | None = None,
+                 server_side: bool = True, verify: Callable[[ssl.SSLObject], object] | None = None):
+        """``raw`` is the accepted transport (server side) or None (client side: set by
+        ``connection_made``). ``verify(ssl_object)`` (client side) raises to refuse the
+        server before our Finished message is sent."""
         self.raw = raw
         self.incoming = ssl.MemoryBIO()
         self.outgoing = ssl.MemoryBIO()
-        self.sslobj = context.wrap_bio(self.incoming, self.outgoing, server_side=True)
+        self.sslobj = context.wrap_bio(self.incoming, self.outgoing, server_side=server_side)
         self.on_ready = on_ready
         self.on_fail = on_fail
+        self.verify = verify
         self.inner: asyncio.Protocol | None = None
+        self.backlog: list[bytes] = []
+        """Decrypted bytes that arrived before ``attach``."""
         self.handshaken = False
         self.closing = False
         self.eof_seen = False
+        """The peer sent close_notify (or the socket hit EOF)."""
+        self.eof_sent = False
         self.loop = loop or asyncio.get_running_loop()
         self._timer = self.loop.call_later(handshake_timeout, self._handshake_timeout) if handshake_timeout else None
+
+    def connection_made(self, transport) -> None:  # client side
+        self.raw = transport
+        self._handshake()
 
     # === raw transport side =============================================
     def data_received(self, data: bytes) -> None:
@@ -61,14 +80,12 @@ class TlsLayer(asyncio.Protocol):
             self.data_received(data)
 
     def eof_received(self) -> bool:
-        self.eof_seen = True
         self.incoming.write_eof()
         if self.handshaken:
             self._read_app()
-            if self.inner is not None:
-                keep = self.inner.eof_received()
-                if keep:
-                    return True
+            if not self.eof_seen:  # EOF without close_notify: still the end of the stream
+                self._peer_eof()
+            return not self.closing
         self.close()
         return False
 
@@ -80,7 +97,7 @@ class TlsLayer(asyncio.Protocol):
         if self.inner is not None:
             self.inner.connection_lost(exc)
         elif not self.handshaken:
-            self._fail("connection closed during the TLS handshake")
+            self._fail(f"connection closed during the TLS handshake{f' ({exc})' if exc else ''}")
 
     def pause_writing(self) -> None:
         if self.inner is not None:
@@ -102,6 +119,14 @@ class TlsLayer(asyncio.Protocol):
             self._fail(f"TLS handshake failed: {getattr(e, 'reason', None) or e}")
             self.raw.close()
             return False
+        if self.verify is not None:
+            try:
+                self.verify(self.sslobj)
+            except Exception as e:  # the wrong peer: our Finished never leaves, its handshake never ends
+                self._fail(str(e) or type(e).__name__)
+                self.closing = True
+                self.raw.abort()
+                return False
         self._flush()
         self.handshaken = True
         if self._timer is not None:
@@ -122,26 +147,33 @@ class TlsLayer(asyncio.Protocol):
             cb(message)
 
     def _read_app(self) -> None:
-        inner = self.inner
-        while not self.closing:
+        while not self.closing and not self.eof_seen:
             try:
                 chunk = self.sslobj.read(_READ)
             except ssl.SSLWantReadError:
                 break
-            except ssl.SSLZeroReturnError:  # close_notify: the peer finished sending
-                if inner is not None and not self.eof_seen:
-                    self.eof_seen = True
-                    if not inner.eof_received():
-                        self.close()
-                break
+            except ssl.SSLZeroReturnError:
+                chunk = b""
             except ssl.SSLError:
                 self.abort()
                 break
-            if not chunk:
+            if not chunk:  # close_notify: the peer finished sending (it may still read)
+                self._peer_eof()
                 break
-            if inner is not None:
-                inner.data_received(chunk)
+            if self.inner is not None:
+                self.inner.data_received(chunk)
+            else:
+                self.backlog.append(chunk)
         self._flush()  # key updates, session tickets
+
+    def _peer_eof(self) -> None:
+        self.eof_seen = True
+        if self.inner is None:
+            return  # ``attach`` delivers it
+        if not self.inner.eof_received():
+            self.close()
+        elif self.eof_sent:
+            self.close()  # both directions are done
 
     def _flush(self) -> None:
         data = self.outgoing.read()
@@ -149,6 +181,20 @@ class TlsLayer(asyncio.Protocol):
             self.raw.write(data)
 
     # === the transport the inner protocol sees ==========================
+    def attach(self, protocol: asyncio.Protocol) -> None:
+        """Put ``protocol`` on top: ``connection_made(self)``, then any bytes (and EOF)
+        that arrived before it."""
+        self.inner = protocol
+        protocol.connection_made(self)
+        backlog, self.backlog = self.backlog, []
+        for chunk in backlog:
+            if self.closing:
+                return
+            protocol.data_received(chunk)
+        if self.eof_seen and not self.closing:
+            self.eof_seen = False
+            self._peer_eof()
+
     def set_protocol(self, protocol: asyncio.Protocol) -> None:
         self.inner = protocol
 
@@ -169,16 +215,30 @@ class TlsLayer(asyncio.Protocol):
         self.write(b"".join(chunks))
 
     def can_write_eof(self) -> bool:
-        return False
+        return True
 
     def write_eof(self) -> None:
-        raise NotImplementedError("TLS connections close as a whole")
+        """TLS 1.3 half-close: send close_notify; reading goes on until the peer's."""
+        if self.closing or self.eof_sent:
+            return
+        self.eof_sent = True
+        try:
+            self.sslobj.unwrap()
+        except ssl.SSLWantReadError:
+            pass
+        except ssl.SSLError:
+            self.abort()
+            return
+        self._flush()
+        if self.eof_seen:
+            self.close()
 
     def close(self) -> None:
         if self.closing:
             return
         self.closing = True
-        if self.handshaken:
+        if self.handshaken and not self.eof_sent:
+            self.eof_sent = True
             try:
                 self.sslobj.unwrap()
             except ssl.SSLError:
@@ -217,3 +277,27 @@ class TlsLayer(asyncio.Protocol):
         if name == "cipher":
             return self.sslobj.cipher()
         return self.raw.get_extra_info(name, default)
+
+
+async def connect_tls(loop: asyncio.AbstractEventLoop, host: str, port: int, context: ssl.SSLContext,
+                      verify: Callable[[ssl.SSLObject], object], local_addr=None) -> TlsLayer:
+    """Connect to a peer sidecar and finish the mTLS handshake with ``verify`` accepting
+    its identity; raises ``OSError``, ``ssl.SSLError`` or ``ConnectionError`` (with the
+    reason) otherwise. The caller ``attach``es its protocol to the returned layer."""
+    done: asyncio.Future = loop.create_future()
+
+    def ready(layer: TlsLayer) -> None:
+        if not done.done():
+            done.set_result(layer)
+
+    def failed(message: str) -> None:
+        if not done.done():
+            done.set_exception(ConnectionError(f"mTLS to {host}:{port}: {message}"))
+
+    layer = TlsLayer(None, context, ready, failed, loop=loop, server_side=False, verify=verify)
+    await loop.create_connection(lambda: layer, host, port, local_addr=local_addr)
+    try:
+        return await done
+    except BaseException:
+        layer.abort()
+        raise

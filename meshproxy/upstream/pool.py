@@ -94,17 +94,20 @@ class Pool:
             conn: UpstreamConnection = Http2Connection(key, self, self.flusher, self.h2_limits)
         else:
             conn = Http1Connection(key, self, self.flusher, self.h1_limits)
-        ssl_ctx = None
-        if key.identities is not None:
-            from ..net.mesh_alpn import ALPN_H2, ALPN_HTTP1
-
-            ssl_ctx = self.mesh.client_ctx[ALPN_H2 if key.protocol == "http2" else ALPN_HTTP1]
         try:
-            await asyncio.wait_for(self.loop.create_connection(
-                lambda: conn, key.host, key.port, local_addr=(source, 0) if source else None,
-                ssl=ssl_ctx, server_hostname="" if ssl_ctx is not None else None), timeout)
-            if key.identities is not None:
-                self.mesh.verify(conn.transport.get_extra_info("ssl_object"), key.identities)
+            if key.identities is None:
+                await asyncio.wait_for(self.loop.create_connection(
+                    lambda: conn, key.host, key.port, local_addr=(source, 0) if source else None), timeout)
+            else:  # a mesh peer: mTLS, its identity checked before our handshake completes
+                from ..net.mesh_alpn import ALPN_H2, ALPN_HTTP1
+                from ..net.tls_layer import connect_tls
+
+                ctx = self.mesh.client_ctx[ALPN_H2 if key.protocol == "http2" else ALPN_HTTP1]
+                ids = key.identities
+                layer = await asyncio.wait_for(connect_tls(
+                    self.loop, key.host, key.port, ctx, lambda sslobj: self.mesh.verify(sslobj, ids),
+                    (source, 0) if source else None), timeout)
+                layer.attach(conn)
         except Exception as e:  # refused, unreachable, timeout, TLS or peer identity failure
             if conn.transport is not None:
                 conn.transport.abort()
