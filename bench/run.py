@@ -2,16 +2,18 @@
 """meshproxy benchmark harness (stdlib only).
 
     .venv/bin/python bench/run.py [--quick] [--rounds N] [--out bench/RESULTS.md]
-                                  [--suite l4] [--scenarios a,b] [--keep-tmp]
+                                  [--suite l4|l7|all] [--scenarios a,b] [--keep-tmp]
 
 Structure (see bench/README.md):
 
-* A *suite* is one section of RESULTS.md: a list of scenarios, a list of measurements, the scenario under test
-  (the subject), the reference scenarios ratios are taken against, and targets.
+* A *suite* is one section of RESULTS.md, made of one or more *tables*: each a list of scenarios, a list of
+  measurements, the scenario under test (the subject), the reference scenarios ratios are taken against, the
+  baseline for added latency, and targets. All tables of a suite are measured in one run, rounds interleaved.
 * A *scenario* knows how to start its proxy processes (pinned to CPU 1), which ports a client hits
-  (``http`` for HTTP load, ``bulk`` for iperf3) and which PIDs' process trees count as "proxy CPU".
+  (``http`` for HTTP/1.1 load, ``h2c`` for HTTP/2 prior knowledge, ``bulk`` for iperf3) and which PIDs' process
+  trees count as "proxy CPU".
 * A *measurement* runs one client (pinned to CPU 0) against one scenario and returns metric values.
-* The runner starts the shared upstream (nginx + iperf3 server on CPU 0) once, starts every scenario once, then
+* The runner starts the shared upstream (nginx, HTTP/1.1 and h2c ports, + iperf3 server on CPU 0) once, starts every scenario once, then
   runs rounds: for each measurement, each scenario in turn (A B C, A B C, ...), reading the proxy's CPU time,
   /proc/stat steal, and the client's own rusage around every run. Medians and spreads over rounds are reported;
   ratios are the median of per-round ratios (both sides measured minutes apart, under the same steal).
@@ -298,6 +300,17 @@ def http_get(port: int, path: str, timeout: float = 5.0) -> bytes:
         return r.read()
 
 
+def h2c_get(port: int, path: str, timeout: float = 10.0) -> bytes:
+    """GET over h2c with prior knowledge (curl); fails unless the response really is HTTP/2 200."""
+    r = subprocess.run(["curl", "-sS", "--http2-prior-knowledge", "-o", "-", "-w", "\n%{http_version} %{http_code}",
+                        "--max-time", str(timeout), f"http://127.0.0.1:{port}{path}"],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout + 5)
+    body, _, tail = r.stdout.rpartition(b"\n")
+    if r.returncode != 0 or tail.split() != [b"2", b"200"]:
+        raise RuntimeError(f"h2c GET :{port}{path}: curl exit {r.returncode}, {tail!r} {r.stderr[-300:]!r}")
+    return body
+
+
 def run_client(argv: list[str], timeout: float) -> tuple[str, float]:
     """Run a load client pinned to CPU 0; return (stdout+stderr, its CPU ms from rusage)."""
     before = children_cpu_ms()
@@ -341,6 +354,14 @@ http {{
         location = /1m {{ }}
         location = / {{ return 200 "{small}"; }}
     }}
+    server {{
+        # h2c with prior knowledge (nginx 1.22: `http2` on a plain listen); same locations
+        listen 127.0.0.1:{h2c_port} http2 backlog=4096;
+        root {tmp}/www;
+        location = /1k {{ return 200 "{small}"; }}
+        location = /1m {{ }}
+        location = / {{ return 200 "{small}"; }}
+    }}
 }}
 """
 
@@ -349,6 +370,7 @@ http {{
 class Upstream:
     http_port: int
     bulk_port: int
+    h2c_port: int
     pids: list[int]
 
 
@@ -357,19 +379,21 @@ def start_upstream(env: Env) -> Upstream:
     small = ("meshproxy-bench-" * 64)[:BODY_SMALL]
     with open(env.path("www", "1m"), "wb") as f:
         f.write(os.urandom(BODY_LARGE))
-    port, bulk = env.port(), env.port()
+    port, bulk, h2c = env.port(), env.port(), env.port()
     conf = env.path("nginx.conf")
     with open(conf, "w") as f:
         # the worker must read the 0700 temp dir: run it as our own user (root here)
         user = f"user {pwd.getpwuid(os.getuid()).pw_name};\n" if os.getuid() == 0 else ""
-        f.write(NGINX_CONF.format(tmp=env.tmp, port=port, small=small, user=user))
+        f.write(NGINX_CONF.format(tmp=env.tmp, port=port, h2c_port=h2c, small=small, user=user))
     ng = env.spawn("nginx", ["nginx", "-p", env.tmp, "-c", conf], cpu=CLIENT_CPU)
     ip = env.spawn("iperf3-server", ["iperf3", "-s", "-B", "127.0.0.1", "-p", str(bulk)], cpu=CLIENT_CPU)
     wait_port(port, ng)
+    wait_port(h2c, ng)
     wait_port(bulk, ip)
     assert len(http_get(port, "/1k")) == BODY_SMALL
     assert len(http_get(port, "/1m")) == BODY_LARGE
-    return Upstream(port, bulk, [ng.pid, ip.pid])
+    assert len(h2c_get(h2c, "/1k")) == BODY_SMALL
+    return Upstream(port, bulk, h2c, [ng.pid, ip.pid])
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -393,6 +417,15 @@ class Scenario:
         for p in self.procs:
             if p.poll() is not None:
                 raise RuntimeError(f"{self.name}: pid {p.pid} exited with {p.returncode}")
+
+    def check(self) -> None:
+        """Sanity before any load: the scenario really serves the bodies on each of its ports."""
+        if "http" in self.ports:
+            assert len(http_get(self.ports["http"], "/1k")) == BODY_SMALL, self.name
+            assert len(http_get(self.ports["http"], "/1m")) == BODY_LARGE, self.name
+        if "h2c" in self.ports:
+            assert len(h2c_get(self.ports["h2c"], "/1k")) == BODY_SMALL, self.name
+            assert len(h2c_get(self.ports["h2c"], "/1m")) == BODY_LARGE, self.name
 
 
 class Direct(Scenario):
@@ -480,10 +513,176 @@ class MeshproxyL4(Scenario):
         self.ports = {"http": port, "bulk": bulk}
 
 
-# Future scenarios (L7: meshproxy HTTP vs HAProxy mode http vs nginx proxy_pass; mesh: two sidecars with mTLS vs a
-# two-HAProxy mTLS chain) subclass Scenario the same way: a chain puts both PIDs in cpu_roots, both pinned to CPU 1.
+# --- L7 -------------------------------------------------------------------------------------------------------
 
-SCENARIOS: dict[str, type[Scenario]] = {c.name: c for c in (Direct, MeshproxyL4, HaproxyTcp)}
+class DirectH2c(Scenario):
+    name = "direct-h2c"
+    description = "client → nginx h2c (no proxy)"
+
+    def start(self, env, up, args):
+        self.ports = {"h2c": up.h2c_port}
+
+
+def start_meshproxy(sc: Scenario, env: Env, args, conf: str, ready_ports: list[int]) -> None:
+    """Write `conf` (with {admin} {health} {prom} placeholders filled here), run it on CPU 1, wait until ready."""
+    admin, health, prom = env.port(), env.port(), env.port()
+    cfg = env.path(f"{sc.name}.yaml")
+    with open(cfg, "w") as f:
+        f.write(conf.format(admin=admin, health=health, prom=prom))
+    p = env.spawn(sc.name, [args.meshproxy, "run", "--config", cfg], cpu=PROXY_CPU)
+    sc.procs, sc.cpu_roots = [p], [p.pid]
+    wait_http_ok(f"http://127.0.0.1:{health}/healthz/ready", p, timeout=30)
+    for port in ready_ports:
+        wait_port(port, p)
+
+
+MESHPROXY_COMMON = """\
+inbound: {{enabled: false}}
+outbound: {{enabled: false}}
+admin: {{enabled: true, address: 127.0.0.1, port: {admin}}}
+health: {{enabled: true, address: 127.0.0.1, port: {health}}}
+prometheus: {{enabled: true, address: 127.0.0.1, port: {prom}}}
+log: {{level: warning}}
+"""
+
+MESHPROXY_HTTP_CONF = """\
+listeners:
+  - name: bench
+    address: 127.0.0.1
+    port: {port}
+    protocol: http
+    upstream: "127.0.0.1:{up_port}"
+clusters:
+  - name: nginx
+    endpoints: ["127.0.0.1:{up_port}"]
+    protocol: {cluster_protocol}
+routes:
+  - name: all
+    cluster: nginx
+"""
+
+
+class MeshproxyHttp(Scenario):
+    name = "meshproxy-http"
+    description = ("client → meshproxy explicit listener `protocol: http` → route → cluster `protocol: http1` "
+                   "(keep-alive pool; metrics on, CPU 1) → nginx")
+    key, up_attr, cluster_protocol = "http", "http_port", "http1"
+
+    def start(self, env, up, args):
+        port = env.port()
+        conf = MESHPROXY_HTTP_CONF.format(port=port, up_port=getattr(up, self.up_attr),
+                                          cluster_protocol=self.cluster_protocol)
+        start_meshproxy(self, env, args, conf + MESHPROXY_COMMON, [port])
+        self.ports = {self.key: port}
+
+
+class MeshproxyH2c(MeshproxyHttp):
+    name = "meshproxy-h2c"
+    description = ("client (h2c) → meshproxy explicit listener `protocol: http` → route → cluster `protocol: http2` "
+                   "(h2c, multiplexed; metrics on, CPU 1) → nginx h2c")
+    key, up_attr, cluster_protocol = "h2c", "h2c_port", "http2"
+
+
+HAPROXY_HTTP_CONF = """\
+global
+    nbthread 1
+    maxconn 4096
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 5m
+    timeout server 5m
+    http-reuse always
+frontend bench
+    bind 127.0.0.1:{port}{bind_opts}
+    default_backend nginx
+backend nginx
+    server nginx 127.0.0.1:{up_port}{server_opts}
+"""
+
+
+class HaproxyHttp(Scenario):
+    name = "haproxy-http"
+    description = "client → HAProxy 2.6 (mode http, `http-reuse always`, nbthread 1, CPU 1) → nginx"
+    key, up_attr, bind_opts, server_opts = "http", "http_port", "", ""
+
+    def start(self, env, up, args):
+        port = env.port()
+        cfg = env.path(f"{self.name}.cfg")
+        with open(cfg, "w") as f:
+            f.write(HAPROXY_HTTP_CONF.format(port=port, up_port=getattr(up, self.up_attr),
+                                             bind_opts=self.bind_opts, server_opts=self.server_opts))
+        p = env.spawn(self.name, ["haproxy", "-db", "-f", cfg], cpu=PROXY_CPU)
+        self.procs, self.cpu_roots = [p], [p.pid]
+        wait_port(port, p)
+        self.ports = {self.key: port}
+
+
+class HaproxyH2c(HaproxyHttp):
+    name = "haproxy-h2c"
+    description = ("client (h2c) → HAProxy 2.6 (mode http, `bind … proto h2`, `server … proto h2`, "
+                   "`http-reuse always`, nbthread 1, CPU 1) → nginx h2c")
+    key, up_attr, bind_opts, server_opts = "h2c", "h2c_port", " proto h2", " proto h2"
+
+
+NGINX_PROXY_CONF = """\
+daemon off;
+master_process on;
+{user}worker_processes 1;
+pid {tmp}/nginx-proxy.pid;
+error_log {tmp}/nginx-proxy-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    tcp_nodelay on;
+    keepalive_timeout 300s;
+    keepalive_requests 10000000;
+    client_body_temp_path {tmp}/nginx-proxy-body;
+    proxy_temp_path {tmp}/nginx-proxy-proxy;
+    fastcgi_temp_path {tmp}/nginx-proxy-fastcgi;
+    uwsgi_temp_path {tmp}/nginx-proxy-uwsgi;
+    scgi_temp_path {tmp}/nginx-proxy-scgi;
+    upstream backend {{
+        server 127.0.0.1:{up_port};
+        keepalive 32;
+        keepalive_requests 10000000;
+        keepalive_timeout 300s;
+    }}
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location / {{
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+}}
+"""
+
+
+class NginxProxy(Scenario):
+    name = "nginx-proxy"
+    description = ("client → nginx 1.22 reverse proxy (`proxy_http_version 1.1`, `Connection \"\"`, upstream "
+                   "`keepalive 32`, one worker, CPU 1) → nginx")
+
+    def start(self, env, up, args):
+        port = env.port()
+        conf = env.path(f"{self.name}.conf")
+        with open(conf, "w") as f:
+            user = f"user {pwd.getpwuid(os.getuid()).pw_name};\n" if os.getuid() == 0 else ""
+            f.write(NGINX_PROXY_CONF.format(tmp=env.tmp, port=port, up_port=up.http_port, user=user))
+        p = env.spawn(self.name, ["nginx", "-p", env.tmp, "-c", conf], cpu=PROXY_CPU)
+        self.procs, self.cpu_roots = [p], [p.pid]       # master; the worker is in its process tree
+        wait_port(port, p)
+        self.ports = {"http": port}
+
+
+# Future scenarios (mesh: two sidecars with mTLS vs a two-HAProxy mTLS chain) subclass Scenario the same way: a
+# chain puts both PIDs in cpu_roots, both pinned to CPU 1.
+
+SCENARIOS: dict[str, type[Scenario]] = {c.name: c for c in (
+    Direct, MeshproxyL4, HaproxyTcp,
+    DirectH2c, MeshproxyHttp, HaproxyHttp, NginxProxy, MeshproxyH2c, HaproxyH2c)}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -512,6 +711,7 @@ class Measurement:
     name = "?"
     metrics: list[Metric] = []
     strict = False       # latency at low load: a few % of foreign load on CPU 1 already moves p99
+    port = "http"        # which of the scenario's ports the client hits ("http" for HTTP/1.1, "h2c")
 
     def run(self, ctx: RunCtx, sc: Scenario) -> tuple[dict[str, float], dict[str, float]]:
         raise NotImplementedError
@@ -579,7 +779,7 @@ class Wrk(Measurement):
         if not os.path.exists(lua):
             with open(lua, "w") as f:
                 f.write(WRK_LUA)
-        url = f"http://127.0.0.1:{sc.ports['http']}{self.path}"
+        url = f"http://127.0.0.1:{sc.ports[self.port]}{self.path}"
         argv = ["wrk", "-t1", f"-c{self.conns}", f"-d{ctx.dur:g}s", "--timeout", "5s", "-s", lua, url]
         out, info = self.timed(sc, lambda: run_client(argv, timeout=ctx.dur + 60))
         r = parse_kv(out, "BENCH")
@@ -596,14 +796,76 @@ class Wrk(Measurement):
         return {m.key: vals[m.key] for m in self.metrics if m.key in vals}, info
 
 
+def read_h2load_log(path: str) -> tuple[list[float], list[int], int]:
+    """h2load --log-file: one line per request, `start_us status duration_us`. Returns latencies (ms), start
+    times (µs) and the number of non-2xx responses."""
+    lat, starts, bad = [], [], 0
+    with open(path) as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) < 3:
+                continue
+            if not parts[1].startswith("2"):
+                bad += 1
+            starts.append(int(parts[0]))
+            lat.append(int(parts[2]) / 1000.0)
+    return lat, starts, bad
+
+
+H2LOAD_REQS = re.compile(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed,"
+                         r" (\d+) errored")
+
+
+class H2load(Measurement):
+    """h2load over h2c (prior knowledge), 1 thread, N connections × M concurrent streams, fixed duration:
+    requests/s, p50/p99 from the per-request log, proxy CPU per 1000 requests."""
+    port = "h2c"
+
+    def __init__(self, tag: str, path: str, conns: int, streams: int, latency: bool = True):
+        self.tag, self.path, self.conns, self.streams = tag, path, conns, streams
+        self.name = f"h2load h2c {path} c{conns} m{streams}"
+        t = f"h2c {path.strip('/')} c{conns} m{streams}"
+        self.metrics = [Metric(f"rps_{tag}", f"requests/s, {t}", "req/s", True, "{:,.0f}")]
+        if latency:
+            self.metrics += [Metric(f"p50_{tag}", f"p50 latency, {t}", "ms", False, "{:.3f}"),
+                             Metric(f"p99_{tag}", f"p99 latency, {t}", "ms", False, "{:.3f}")]
+        self.metrics += [Metric(f"cpu_{tag}", f"proxy CPU per 1000 req, {t}", "ms", False, "{:.1f}")]
+
+    def run(self, ctx, sc):
+        logf = ctx.env.path("h2load-sat.tsv")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(logf)
+        url = f"http://127.0.0.1:{sc.ports[self.port]}{self.path}"
+        # no --warm-up-time: every request completed in the run is counted, like wrk (scenarios are warmed up)
+        argv = ["h2load", "-t1", f"-c{self.conns}", f"-m{self.streams}", f"-D{ctx.dur:g}", f"--log-file={logf}", url]
+        out, info = self.timed(sc, lambda: run_client(argv, timeout=ctx.dur + 60))
+        m = H2LOAD_REQS.search(out)
+        fin = re.search(r"finished in ([\d.]+)s, ([\d.]+) req/s", out)
+        if not m or not fin:
+            raise RuntimeError(f"{sc.name}: unexpected h2load output:\n{out[-2000:]}")
+        n = int(m.group(4))
+        lat, _, bad = read_h2load_log(logf)
+        info["errors"] = bad + int(m.group(5)) + int(m.group(6))
+        if n <= 0 or not lat:
+            raise RuntimeError(f"{sc.name}: h2load completed no requests:\n{out[-2000:]}")
+        q = quantiles(lat)
+        vals = {f"rps_{self.tag}": float(fin.group(2)), f"p50_{self.tag}": q(50), f"p99_{self.tag}": q(99)}
+        if sc.cpu_roots:
+            vals[f"cpu_{self.tag}"] = info["proxy_cpu_ms"] / n * 1000.0
+        return {k.key: vals[k.key] for k in self.metrics if k.key in vals}, info
+
+
 class FixedRate(Measurement):
-    """h2load --h1 at a fixed total rate over N connections: latency p50/p99 from the per-request log."""
+    """h2load at a fixed total rate over N connections (HTTP/1.1 with --h1, else h2c with one stream per
+    connection at a time): latency p50/p99 from the per-request log."""
     strict = True
 
-    def __init__(self, tag: str, path: str, rate: int, conns: int):
+    def __init__(self, tag: str, path: str, rate: int, conns: int, h2c: bool = False):
         self.tag, self.path, self.rate, self.conns = tag, path, rate, conns
-        self.name = f"h2load {rate} req/s c{conns}"
-        t = f"{rate} req/s, c{conns}"
+        self.h2c = h2c
+        self.port = "h2c" if h2c else "http"
+        self.name = f"h2load {'h2c ' if h2c else ''}{rate} req/s c{conns}"
+        t = f"{rate} req/s, {'h2c ' if h2c else ''}c{conns}"
         self.metrics = [Metric(f"p50_{tag}", f"p50 latency at {t}", "ms", False, "{:.3f}"),
                         Metric(f"p99_{tag}", f"p99 latency at {t}", "ms", False, "{:.3f}"),
                         Metric(f"cpu_{tag}", f"proxy CPU per 1000 req at {t}", "ms", False, "{:.1f}")]
@@ -612,25 +874,16 @@ class FixedRate(Measurement):
         logf = ctx.env.path("h2load.tsv")
         with contextlib.suppress(FileNotFoundError):
             os.unlink(logf)
-        url = f"http://127.0.0.1:{sc.ports['http']}{self.path}"
+        url = f"http://127.0.0.1:{sc.ports[self.port]}{self.path}"
         warm = 1.0
-        argv = ["h2load", "--h1", "-t1", f"-c{self.conns}", f"--rps={self.rate / self.conns:g}",
-                f"-D{ctx.dur:g}", f"--warm-up-time={warm:g}", f"--log-file={logf}", url]
+        argv = ["h2load"] + ([] if self.h2c else ["--h1"]) + [
+            "-t1", f"-c{self.conns}", f"--rps={self.rate / self.conns:g}",
+            f"-D{ctx.dur:g}", f"--warm-up-time={warm:g}", f"--log-file={logf}", url]
         out, info = self.timed(sc, lambda: run_client(argv, timeout=ctx.dur + warm + 60))
-        lat, starts, bad = [], [], 0
-        with open(logf) as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) < 3:
-                    continue
-                if not parts[1].startswith("2"):
-                    bad += 1
-                starts.append(int(parts[0]))
-                lat.append(int(parts[2]) / 1000.0)
+        lat, starts, bad = read_h2load_log(logf)
         if len(lat) < self.rate * ctx.dur * 0.5:
             raise RuntimeError(f"{sc.name}: h2load logged only {len(lat)} requests:\n{out[-2000:]}")
-        m = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed,"
-                      r" (\d+) errored", out)
+        m = H2LOAD_REQS.search(out)
         info["errors"] = bad + (int(m.group(5)) + int(m.group(6)) if m else 0)
         info["achieved_rps"] = len(lat) / ((max(starts) - min(starts)) / 1e6 or 1)
         q = quantiles(lat)
@@ -686,26 +939,39 @@ class Iperf(Measurement):
 @dataclasses.dataclass(frozen=True)
 class Target:
     key: str
-    kind: str            # "ratio_le" | "ratio_ge" (vs ref scenario) | "abs_le" | "abs_ge"
+    kind: str            # "ratio_le" | "ratio_ge" (median of per-round ratios vs ref) | "abs_le" | "abs_ge"
+    #                      | "le_ref": median(subject) ≤ value × median(ref), for added latencies (a ratio of two
+    #                        differences means nothing)
     value: float
     ref: str | None = None
+    gate: bool = True    # False: shown with PASS/FAIL but reported only, not counted in "Targets: x/y pass"
 
     def text(self) -> str:
-        return {"ratio_le": f"≤ {self.value:g}× {self.ref}", "ratio_ge": f"≥ {self.value:g}× {self.ref}",
-                "abs_le": f"≤ {self.value:g}", "abs_ge": f"≥ {self.value:g}"}[self.kind]
+        t = {"ratio_le": f"≤ {self.value:g}× {self.ref}", "ratio_ge": f"≥ {self.value:g}× {self.ref}",
+             "abs_le": f"≤ {self.value:g}", "abs_ge": f"≥ {self.value:g}",
+             "le_ref": f"≤ {self.ref}" if self.value == 1 else f"≤ {self.value:g}× {self.ref}"}[self.kind]
+        return t + ("" if self.gate else " (reported, not gated)")
+
+
+@dataclasses.dataclass
+class Table:
+    """One comparison table of a suite: scenarios measured with the same measurements, side by side."""
+    title: str                    # sub-heading ("" when the suite has one table)
+    scenarios: list[str]
+    subject: str                  # scenario under test
+    references: list[str]         # ratio columns subject/ref
+    baseline: str                 # added latency = scenario − baseline (same round)
+    measurements: Callable[[argparse.Namespace], list[Measurement]]
+    targets: list[Target]
+    added: list[tuple[str, str]]  # (derived key, from key): added latency vs baseline
 
 
 @dataclasses.dataclass
 class Suite:
     key: str                      # RESULTS.md section marker
     title: str
-    scenarios: list[str]
-    subject: str                  # scenario under test
-    references: list[str]         # ratios subject/ref
-    baseline: str                 # added latency = scenario − baseline (same round)
-    measurements: Callable[[argparse.Namespace], list[Measurement]]
-    targets: list[Target]
-    added: list[tuple[str, str]]  # (derived key, from key): added latency vs baseline
+    tables: list[Table]           # all measured in one run, rounds interleaved across every table
+    duration: float = 8.0         # default seconds per timed run (3 with --quick)
 
 
 def l4_measurements(args) -> list[Measurement]:
@@ -713,26 +979,64 @@ def l4_measurements(args) -> list[Measurement]:
             FixedRate("fixed", "/1k", 1000, 16), Iperf("bulk")]
 
 
+def l7_h1_measurements(args) -> list[Measurement]:
+    return [Wrk("h1_c16", "/1k", 16), Wrk("h1_c64", "/1k", 64), FixedRate("fixed", "/1k", 1000, 16)]
+
+
+def l7_h2c_measurements(args) -> list[Measurement]:
+    return [H2load("h2c_c16", "/1k", 16, 10), H2load("h2c_c64", "/1k", 64, 10),
+            FixedRate("fixed_h2c", "/1k", 1000, 16, h2c=True)]
+
+
 SUITES = {
     "l4": Suite(
-        key="l4", title="L4 path (opaque TCP relay)",
-        scenarios=["direct", "meshproxy-l4", "haproxy-tcp"], subject="meshproxy-l4",
-        references=["direct", "haproxy-tcp"], baseline="direct",
-        measurements=l4_measurements,
-        targets=[Target("cpu_1k_c16", "ratio_le", 1.1, "haproxy-tcp"),
-                 Target("cpu_1k_c64", "ratio_le", 1.1, "haproxy-tcp"),
-                 Target("gbps_bulk", "ratio_ge", 1.0, "haproxy-tcp"),
-                 Target("added_p99_fixed", "abs_le", 1.0),
-                 Target("idle_rss", "abs_le", 40.0)],
-        added=[("added_p50_fixed", "p50_fixed"), ("added_p99_fixed", "p99_fixed")],
+        key="l4", title="L4 path (opaque TCP relay)", duration=8.0,
+        tables=[Table(
+            title="",
+            scenarios=["direct", "meshproxy-l4", "haproxy-tcp"], subject="meshproxy-l4",
+            references=["direct", "haproxy-tcp"], baseline="direct",
+            measurements=l4_measurements,
+            targets=[Target("cpu_1k_c16", "ratio_le", 1.1, "haproxy-tcp"),
+                     Target("cpu_1k_c64", "ratio_le", 1.1, "haproxy-tcp"),
+                     Target("gbps_bulk", "ratio_ge", 1.0, "haproxy-tcp"),
+                     Target("added_p99_fixed", "abs_le", 1.0),
+                     Target("idle_rss", "abs_le", 40.0)],
+            added=[("added_p50_fixed", "p50_fixed"), ("added_p99_fixed", "p99_fixed")])],
     ),
-    # "l7": Suite(... scenarios=["direct", "meshproxy-http", "haproxy-http", "nginx-proxy"], h1 + h2c measurements)
-    # "mesh": Suite(... scenarios=["direct", "meshproxy-mesh", "haproxy-mtls-chain"], ...)
+    "l7": Suite(
+        key="l7", title="L7 path (HTTP/1.1 and h2c proxying, 1 KiB body)", duration=6.0,
+        tables=[
+            Table(
+                title="HTTP/1.1",
+                scenarios=["direct", "meshproxy-http", "haproxy-http", "nginx-proxy"], subject="meshproxy-http",
+                references=["direct", "haproxy-http", "nginx-proxy"], baseline="direct",
+                measurements=l7_h1_measurements,
+                targets=[Target("cpu_h1_c16", "ratio_le", 2.0, "haproxy-http"),
+                         Target("cpu_h1_c64", "ratio_le", 2.0, "haproxy-http"),
+                         Target("added_p99_fixed", "le_ref", 1.0, "haproxy-http")],
+                added=[("added_p50_fixed", "p50_fixed"), ("added_p99_fixed", "p99_fixed")]),
+            Table(
+                title="h2c (HTTP/2 prior knowledge, both legs)",
+                scenarios=["direct-h2c", "meshproxy-h2c", "haproxy-h2c"], subject="meshproxy-h2c",
+                references=["direct-h2c", "haproxy-h2c"], baseline="direct-h2c",
+                measurements=l7_h2c_measurements,
+                targets=[Target("cpu_h2c_c16", "ratio_le", 3.0, "haproxy-h2c"),
+                         Target("cpu_h2c_c64", "ratio_le", 3.0, "haproxy-h2c"),
+                         Target("added_p99_fixed_h2c", "le_ref", 1.0, "haproxy-h2c", gate=False)],
+                added=[("added_p50_fixed_h2c", "p50_fixed_h2c"), ("added_p99_fixed_h2c", "p99_fixed_h2c")]),
+        ],
+    ),
+    # "mesh": Suite(... one Table: ["direct", "meshproxy-mesh", "haproxy-mtls-chain"], ...)
 }
+SUITE_ORDER = ["l4", "l7"]       # --suite all
 
 EXTRA_METRICS = {
     "added_p50_fixed": Metric("added_p50_fixed", "added p50 vs direct at 1000 req/s", "ms", False, "{:.3f}"),
     "added_p99_fixed": Metric("added_p99_fixed", "added p99 vs direct at 1000 req/s", "ms", False, "{:.3f}"),
+    "added_p50_fixed_h2c": Metric("added_p50_fixed_h2c", "added p50 vs direct-h2c at 1000 req/s, h2c", "ms", False,
+                                  "{:.3f}"),
+    "added_p99_fixed_h2c": Metric("added_p99_fixed_h2c", "added p99 vs direct-h2c at 1000 req/s, h2c", "ms", False,
+                                  "{:.3f}"),
     "idle_rss": Metric("idle_rss", "idle RSS (VmRSS after start)", "MiB", False, "{:.1f}"),
     "peak_rss": Metric("peak_rss", "peak RSS (VmHWM at end)", "MiB", False, "{:.1f}"),
 }
@@ -750,16 +1054,26 @@ class Results:
     single: dict[str, dict[str, float]]   # once-per-scenario values (RSS)
 
 
-def suite_measurements(suite: Suite, args) -> list[Measurement]:
-    ms = suite.measurements(args)
+def table_measurements(table: Table, args) -> list[Measurement]:
+    ms = table.measurements(args)
     if args.measure:
         ms = [m for m in ms if any(sel in m.name for sel in args.measure)]
     return ms
 
 
+def table_scenarios(table: Table, args) -> list[str]:
+    return [s for s in table.scenarios if not args.scenarios or s in args.scenarios]
+
+
+def suite_plan(suite: Suite, args) -> list[tuple[Table, list[str], list[Measurement]]]:
+    """The suite's tables that have something to run after --scenarios / --measure filtering."""
+    plan = [(t, table_scenarios(t, args), table_measurements(t, args)) for t in suite.tables]
+    return [p for p in plan if p[1] and p[2]]
+
+
 def run_suite(suite: Suite, args, env: Env, up: Upstream) -> Results:
-    names = [s for s in suite.scenarios if not args.scenarios or s in args.scenarios]
-    meas = suite_measurements(suite, args)
+    plan = suite_plan(suite, args)
+    names = list(dict.fromkeys(n for _, tn, _ in plan for n in tn))
     dur = args.duration
     scs: dict[str, Scenario] = {}
     single: dict[str, dict[str, float]] = {}
@@ -770,9 +1084,7 @@ def run_suite(suite: Suite, args, env: Env, up: Upstream) -> Results:
         except Exception:
             log(f"{n} failed to start; its log:\n{env.logtail(n)}")
             raise
-        # sanity: the scenario really serves the bodies
-        assert len(http_get(sc.ports["http"], "/1k")) == BODY_SMALL, n
-        assert len(http_get(sc.ports["http"], "/1m")) == BODY_LARGE, n
+        sc.check()                                         # sanity: the scenario really serves the bodies
         time.sleep(0.5)
         if sc.cpu_roots:
             single[n] = {"idle_rss": tree_kib(sc.cpu_roots, "VmRSS") / 1024.0}
@@ -782,42 +1094,51 @@ def run_suite(suite: Suite, args, env: Env, up: Upstream) -> Results:
     ctx = RunCtx(env, up, args, dur)
     warm = RunCtx(env, up, args, max(1.0, dur / 10))
     for n, sc in scs.items():                              # warm-up, not recorded
-        Wrk("warm", "/1k", 64, latency=False).run(warm, sc)
+        if "http" in sc.ports:
+            Wrk("warm", "/1k", 64, latency=False).run(warm, sc)
+        if "h2c" in sc.ports:
+            H2load("warm", "/1k", 64, 10, latency=False).run(warm, sc)
     for rnd in range(args.rounds):
-        for m in meas:
-            for n, sc in scs.items():
-                limit = args.strict_noise_limit if m.strict else args.noise_limit
-                retries = args.retries + (1 if m.strict else 0)
-                for attempt in range(retries + 1):
-                    wait_quiet(limit, args.quiet_wait)
-                    log(f"round {rnd + 1}/{args.rounds} {m.name:<18} {n}" + (f" (retry {attempt})" if attempt else ""))
-                    vals, info = m.run(ctx, sc)
-                    info.update(round=rnd, scenario=n, measurement=m.name, attempt=attempt)
-                    infos.append(info)
-                    noisy = info["steal_pct"] > limit or info["cpu1_other_pct"] > limit
-                    if not noisy:
-                        break
-                    info["discarded"] = attempt < retries
-                    log(f"  noisy run: steal {info['steal_pct']:.1f} %, other load on CPU 1 "
-                        f"{info['cpu1_other_pct']:.0f} %" + (", retrying" if info["discarded"] else ", kept"))
-                for k, v in vals.items():
-                    values[n].setdefault(k, []).append(v)
-                if info.get("errors"):
-                    log(f"  !! {info['errors']:.0f} errors")
-                log("  " + "  ".join(f"{k}={v:.3f}" for k, v in vals.items())
-                    + f"  steal={info['steal_pct']:.1f}%")
+        for table, tnames, meas in plan:                   # A B C, A B C, ... within each measurement
+            for m in meas:
+                for n in tnames:
+                    sc = scs[n]
+                    limit = args.strict_noise_limit if m.strict else args.noise_limit
+                    retries = args.retries + (1 if m.strict else 0)
+                    for attempt in range(retries + 1):
+                        wait_quiet(limit, args.quiet_wait)
+                        log(f"round {rnd + 1}/{args.rounds} {m.name:<26} {n}"
+                            + (f" (retry {attempt})" if attempt else ""))
+                        vals, info = m.run(ctx, sc)
+                        info.update(round=rnd, scenario=n, measurement=m.name, attempt=attempt)
+                        infos.append(info)
+                        noisy = info["steal_pct"] > limit or info["cpu1_other_pct"] > limit
+                        if not noisy:
+                            break
+                        info["discarded"] = attempt < retries
+                        log(f"  noisy run: steal {info['steal_pct']:.1f} %, other load on CPU 1 "
+                            f"{info['cpu1_other_pct']:.0f} %" + (", retrying" if info["discarded"] else ", kept"))
+                    for k, v in vals.items():
+                        values[n].setdefault(k, []).append(v)
+                    if info.get("errors"):
+                        log(f"  !! {info['errors']:.0f} errors")
+                    log("  " + "  ".join(f"{k}={v:.3f}" for k, v in vals.items())
+                        + f"  steal={info['steal_pct']:.1f}%")
     for n, sc in scs.items():
         if sc.cpu_roots:
             single[n]["peak_rss"] = tree_kib(sc.cpu_roots, "VmHWM") / 1024.0
-    # derived: added latency vs baseline, per round
-    if suite.baseline in values:
-        base = values[suite.baseline]
-        for n in names:
-            if n == suite.baseline:
+    # derived: added latency vs the table's baseline, per round
+    for table, tnames, _ in plan:
+        if table.baseline not in values:
+            continue
+        base = values[table.baseline]
+        for n in tnames:
+            if n == table.baseline:
                 continue
-            for dk, fk in suite.added:
+            for dk, fk in table.added:
                 a, b = values[n].get(fk, []), base.get(fk, [])
-                values[n][dk] = [x - y for x, y in zip(a, b)]
+                if a and b:
+                    values[n][dk] = [x - y for x, y in zip(a, b)]
     return Results(values, infos, single)
 
 
@@ -882,19 +1203,20 @@ def machine_facts(args) -> list[tuple[str, str]]:
     ]
 
 
-def render(suite: Suite, res: Results, facts: list[tuple[str, str]], args) -> str:
-    names = [s for s in suite.scenarios if s in res.values]
-    subj = suite.subject if suite.subject in names else None
-    refs = [r for r in suite.references if r in names and r != subj]
+def render_table(table: Table, tnames: list[str], res: Results, args,
+                 verdicts: list[tuple[str, str, str, bool, bool]]) -> list[str]:
+    names = [s for s in tnames if s in res.values]
+    subj = table.subject if table.subject in names else None
+    refs = [r for r in table.references if r in names and r != subj]
     metrics: list[Metric] = []
-    for m in suite_measurements(suite, args):
+    for m in table_measurements(table, args):
         metrics += m.metrics
     have = {k for n in names for k in res.values[n]}
-    for dk, _ in suite.added:
+    for dk, _ in table.added:
         if dk in have:
             metrics.append(EXTRA_METRICS[dk])
     metrics += [EXTRA_METRICS["idle_rss"], EXTRA_METRICS["peak_rss"]]
-    targets = {t.key: t for t in suite.targets}
+    targets = {t.key: t for t in table.targets}
 
     def series(n: str, k: str) -> list[float]:
         if k in ("idle_rss", "peak_rss"):
@@ -902,19 +1224,13 @@ def render(suite: Suite, res: Results, facts: list[tuple[str, str]], args) -> st
             return [] if v is None else [v]
         return res.values[n].get(k, [])
 
-    lines = [f"## {suite.title}", ""]
-    steal = [i["steal_pct"] for i in res.info if not i.get("discarded")]
-    steal_txt = (f"median {statistics.median(steal):.1f} %, max {max(steal):.1f} %" if steal else "n/a")
-    lines += ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in facts] + [f"| steal during runs | {steal_txt} |",
-                                                                           ""]
+    lines = [f"### {table.title}", ""] if table.title else []
     lines += ["Scenarios: " + "; ".join(f"`{n}` = {SCENARIOS[n].description}" for n in names) + ".", ""]
-    lines += ["Cells: median over rounds, with min–max below. Ratios: median of per-round ratios. "
-              "Latencies in ms; CPU is the proxy process tree's utime+stime.", ""]
     head = ["metric", "unit"] + [f"`{n}`" for n in names]
     if subj:
         head += [f"{subj} / {r}" for r in refs] + ["target", "result"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    verdicts: list[tuple[str, bool]] = []
+    mine: list[tuple[str, bool, bool]] = []
     for m in metrics:
         row = [m.label, m.unit] + [_cell(m, series(n, m.key)) for n in names]
         if subj:
@@ -933,14 +1249,21 @@ def render(suite: Suite, res: Results, facts: list[tuple[str, str]], args) -> st
                     if rt is not None:
                         ok = rt <= t.value if t.kind == "ratio_le" else rt >= t.value
                         shown = f" ({rt:.3f}×)"
+                elif t.kind == "le_ref" and t.ref in names:
+                    v, r = _med(series(subj, m.key)), _med(series(t.ref, m.key))
+                    if v is not None and r is not None:
+                        ok = v <= t.value * r
+                        shown = f" ({m.fmt.format(v)} vs {m.fmt.format(r)} {m.unit})"
                 elif t.kind.startswith("abs"):
                     v = _med(series(subj, m.key))
                     if v is not None:
                         ok = v <= t.value if t.kind == "abs_le" else v >= t.value
-                unit = "" if t.kind.startswith("ratio") else f" {m.unit}"
-                row += [t.text() + unit, "n/a" if ok is None else ("**PASS**" if ok else "**FAIL**") + shown]
+                unit = f" {m.unit}" if t.kind.startswith("abs") else ""
+                verdict = "n/a" if ok is None else ("**PASS**" if ok else "**FAIL**") + shown
+                row += [t.text() + unit, verdict]
                 if ok is not None:
-                    verdicts.append((m.key, ok))
+                    mine.append((m.key, ok, t.gate))
+                    verdicts.append((table.title, m.label, t.text() + unit, ok, t.gate))
         lines.append("| " + " | ".join(row) + " |")
     st_cells = []
     for n in names:
@@ -949,11 +1272,28 @@ def render(suite: Suite, res: Results, facts: list[tuple[str, str]], args) -> st
     lines.append("| steal during runs (median / max) | % | " + " | ".join(st_cells)
                  + (" |" * (len(refs) + 2) if subj else "") + " |")
     lines.append("")
-    if verdicts:
-        fails = [k for k, ok in verdicts if not ok]
-        lines.append(f"Targets: {len(verdicts) - len(fails)}/{len(verdicts)} pass"
+    gated = [(k, ok) for k, ok, g in mine if g]
+    if gated:
+        fails = [k for k, ok in gated if not ok]
+        lines.append(f"Targets: {len(gated) - len(fails)}/{len(gated)} pass"
                      + (f" (fail: {', '.join(fails)})." if fails else "."))
         lines.append("")
+    return lines
+
+
+def render(suite: Suite, res: Results, facts: list[tuple[str, str]], args
+           ) -> tuple[str, list[tuple[str, str, str, bool, bool]]]:
+    """The RESULTS.md section, and the verdicts (table, metric, target, ok, gated) for the log."""
+    lines = [f"## {suite.title}", ""]
+    steal = [i["steal_pct"] for i in res.info if not i.get("discarded")]
+    steal_txt = (f"median {statistics.median(steal):.1f} %, max {max(steal):.1f} %" if steal else "n/a")
+    lines += ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in facts] + [f"| steal during runs | {steal_txt} |",
+                                                                           ""]
+    lines += ["Cells: median over rounds, with min–max below. Ratios: median of per-round ratios. "
+              "Latencies in ms; CPU is the proxy process tree's utime+stime.", ""]
+    verdicts: list[tuple[str, str, str, bool, bool]] = []
+    for table, tnames, _ in suite_plan(suite, args):
+        lines += render_table(table, tnames, res, args, verdicts)
     errs = [i for i in res.info if i.get("errors")]
     if errs:
         lines.append("Client-reported errors: " + "; ".join(
@@ -975,7 +1315,7 @@ def render(suite: Suite, res: Results, facts: list[tuple[str, str]], args) -> st
                      f"{i['cpu1_busy_pct']:.0f} | {i['cpu1_other_pct']:.0f} | {i['steal_pct']:.1f} | "
                      f"{i.get('errors', 0):.0f} |")
     lines += ["", "</details>", ""]
-    return "\n".join(lines)
+    return "\n".join(lines), verdicts
 
 
 def write_section(path: str, key: str, body: str) -> None:
@@ -1001,12 +1341,14 @@ def write_section(path: str, key: str, body: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="3 s timed runs instead of 8 s")
+    ap.add_argument("--quick", action="store_true", help="3 s timed runs instead of the suite's default")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--duration", type=float, help="seconds per timed run (default 8, 3 with --quick)")
+    ap.add_argument("--duration", type=float,
+                    help="seconds per timed run (default: l4 8, l7 6; 3 with --quick)")
     ap.add_argument("--out", default=os.path.join(HERE, "RESULTS.md"))
     ap.add_argument("--no-write", action="store_true", help="print the section instead of writing --out")
-    ap.add_argument("--suite", default="l4", choices=sorted(SUITES), help="which section to run")
+    ap.add_argument("--suite", default="l4", choices=sorted(SUITES) + ["all"],
+                    help="which section to run ('all': " + ", ".join(SUITE_ORDER) + ", one after the other)")
     ap.add_argument("--scenarios", type=lambda s: [x for x in s.split(",") if x],
                     help="subset of the suite's scenarios, comma-separated")
     ap.add_argument("--measure", type=lambda s: [x for x in s.split(",") if x],
@@ -1026,15 +1368,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--retries", type=int, default=1, help="repeats allowed per noisy run (default 1)")
     ap.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (configs, logs)")
     args = ap.parse_args(argv)
-    if args.duration is None:
-        args.duration = 3.0 if args.quick else 8.0
     if os.cpu_count() and os.cpu_count() < 2:
         log("warning: fewer than 2 CPUs; pinning will overlap")
-    for tool in ("nginx", "haproxy", "wrk", "h2load", "iperf3", "taskset"):
+    for tool in ("nginx", "haproxy", "wrk", "h2load", "iperf3", "taskset", "curl"):
         if not shutil.which(tool):
             log(f"missing tool: {tool}")
             return 2
-    suite = SUITES[args.suite]
+    keys = SUITE_ORDER if args.suite == "all" else [args.suite]
     _WAIT_BUDGET[0] = args.wait_budget
     NICE[0] = args.nice if os.geteuid() == 0 or args.nice > 0 else 0
 
@@ -1042,26 +1382,37 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(128 + signum)
     signal.signal(signal.SIGTERM, on_term)
 
-    n_sc = len([s for s in suite.scenarios if not args.scenarios or s in args.scenarios])
-    n_runs = args.rounds * n_sc * len(suite_measurements(suite, args))
-    log(f"suite {suite.key}: {n_runs} timed runs of ~{args.duration:g} s, "
-        f"expect ~{n_runs * (args.duration + 1.5) / 60:.0f} min plus retries/waits")
-    facts = machine_facts(args)          # before the run: the commit meshproxy is started from
-    env = Env(keep_tmp=args.keep_tmp)
-    t0 = time.monotonic()
-    try:
-        up = start_upstream(env)
-        res = run_suite(suite, args, env, up)
-    finally:
-        env.cleanup()
-    log(f"done in {time.monotonic() - t0:.0f} s")
-    body = render(suite, res, facts, args)
-    if args.no_write:
-        print(body)
-    else:
-        write_section(args.out, suite.key, body)
-        log(f"wrote section '{suite.key}' of {args.out}")
-        print(body)
+    for key in keys:
+        suite = SUITES[key]
+        sargs = argparse.Namespace(**vars(args))
+        if args.duration is None:
+            sargs.duration = 3.0 if args.quick else suite.duration
+        plan = suite_plan(suite, sargs)
+        if not plan:
+            log(f"suite {key}: nothing selected by --scenarios/--measure, skipped")
+            continue
+        n_runs = sargs.rounds * sum(len(tn) * len(ms) for _, tn, ms in plan)
+        log(f"suite {key}: {n_runs} timed runs of ~{sargs.duration:g} s, "
+            f"expect ~{n_runs * (sargs.duration + 2.5) / 60:.0f} min plus retries/waits")
+        facts = machine_facts(sargs)         # before the run: the commit meshproxy is started from
+        env = Env(keep_tmp=args.keep_tmp)
+        t0 = time.monotonic()
+        try:
+            up = start_upstream(env)
+            res = run_suite(suite, sargs, env, up)
+        finally:
+            env.cleanup()
+        log(f"suite {key} done in {time.monotonic() - t0:.0f} s")
+        body, verdicts = render(suite, res, facts, sargs)
+        if args.no_write:
+            print(body)
+        else:
+            write_section(args.out, suite.key, body)
+            log(f"wrote section '{suite.key}' of {args.out}")
+            print(body)
+        for title, label, text, ok, gate in verdicts:
+            log(f"{key} {'PASS' if ok else 'FAIL'}{'' if gate else ' (report only)'}: "
+                f"{(title + ': ') if title else ''}{label} {text}")
     return 0
 
 
