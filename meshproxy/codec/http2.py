@@ -107,10 +107,13 @@ class Http2Codec:
 
     def can_open_stream(self) -> bool:
         """Client role: whether ``send_head`` may open a stream now (no GOAWAY either
-        way, the peer's MAX_CONCURRENT_STREAMS not reached, ids left)."""
+        way, the peer's MAX_CONCURRENT_STREAMS not reached, ids left). Until the
+        peer's SETTINGS arrive h2 assumes no limit; we assume our own (100), so a new
+        connection is not flooded past a limit the server has not told us yet."""
         conn = self._conn
+        limit = min(conn.remote_settings.max_concurrent_streams, self.limits.max_concurrent_streams)
         return (not self._dead and not self._goaway_received and not self._goaway_sent
-                and len(self._streams) < conn.remote_settings.max_concurrent_streams
+                and len(self._streams) < limit
                 and conn.highest_outbound_stream_id < _MAX_STREAM_ID - 2)
 
     def start_drain(self) -> None:

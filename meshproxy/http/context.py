@@ -46,7 +46,8 @@ class HttpContext:
                                      max_headers_count=cfg.http.max_headers)
         self.pool = Pool(self.loop, self.flusher, mesh=mesh)
         """Connections for passthrough traffic (to original destinations)."""
-        self.pools = {c.name: Pool(self.loop, self.flusher, c.pool, mesh=mesh)
+        self.pools = {c.name: Pool(self.loop, self.flusher, c.pool, mesh=mesh,
+                                   on_connect=self._connect_counter(self.clusters[c.name]))
                       for c in cfg.clusters}
         """One pool per cluster, with that cluster's pool settings."""
         self.chains = {d: FilterChain([HeaderHygiene(d)]) for d in ("outbound", "explicit")}
@@ -74,6 +75,18 @@ class HttpContext:
             self.access_log = make_access_log(cfg.access_log)
         self.connections: set = set()
         self.draining = False
+
+    @staticmethod
+    def _connect_counter(cluster: Cluster):
+        """Per-endpoint ``cx_total`` / ``cx_connect_fail`` for ``/clusters``, once per connect attempt."""
+        def count(key, ok: bool) -> None:
+            ep = cluster.find(key.host, key.port)
+            if ep is not None:
+                if ok:
+                    ep.cx_total += 1
+                else:
+                    ep.cx_connect_fail += 1
+        return count
 
     def drain(self) -> None:
         self.draining = True

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import time
 
-from ..codec.events import RequestHead, ResponseHead
+from ..codec.events import REFUSED_STREAM, RequestHead, ResponseHead
 from ..observe.propagation import extract, inject
 from ..errors import (DOWNSTREAM_CONNECTION_TERMINATION, INTERNAL_ERROR, UPSTREAM_CONNECT_FAILURE,
                       UPSTREAM_REQUEST_TIMEOUT, UPSTREAM_RESET, ErrorKind)
@@ -46,7 +46,7 @@ class Exchange:
     __slots__ = ("server", "sid", "head", "started", "wall", "up", "parts", "buffered", "unacked", "req_paused",
                  "req_done", "resp_started", "resp_done", "finished", "status", "flag", "req_bytes", "resp_bytes",
                  "route", "cluster", "endpoint", "upstream_host", "timer", "fctx", "grpc_status", "span",
-                 "tunnel", "service", "detail", "orig_proto")
+                 "tunnel", "service", "detail", "orig_proto", "retried", "pool_key")
 
     def __init__(self, server, head: RequestHead):
         self.server = server
@@ -79,6 +79,8 @@ class Exchange:
         self.tunnel = False
         self.service = None
         self.detail = ""
+        self.retried = False
+        self.pool_key = None
         self.orig_proto: bytes | None = None
         """The app-side protocol a peer sidecar carried over HTTP/2 (``ORIG_PROTO`` header)."""
 
@@ -146,7 +148,7 @@ class Exchange:
         if head.upgrade is not None and proto == "http2":
             proto = "http1"  # WebSocket/CONNECT: an HTTP/1.1 tunnel (extended CONNECT is not spoken)
         self.upstream_host = f"{host}:{port}"
-        key = Key(host, port, proto, ids)
+        key = self.pool_key = Key(host, port, proto, ids)
         pool = ctx.pool if self.cluster is None else ctx.pools[self.cluster.name]
         conn = pool.get(key)
         if conn is not None:
@@ -161,12 +163,8 @@ class Exchange:
                 conn.pool.release(conn)
             return
         if err is not None:
-            if self.endpoint is not None:
-                self.endpoint.cx_connect_fail += 1
             self.fail(UPSTREAM_CONNECT_FAILURE, str(err) or type(err).__name__)
             return
-        if self.endpoint is not None:
-            self.endpoint.cx_total += 1
         if conn.available():
             self._bind(conn)
         else:  # HTTP/2 connection already full: ask again
@@ -330,6 +328,19 @@ class Exchange:
         self.fail(kind, message)
 
     def on_upstream_reset(self, error_code: int) -> None:
+        if (error_code == REFUSED_STREAM and not self.resp_started and not self.retried
+                and self.req_bytes == 0 and self.req_done):
+            # RFC 9113 8.7: a refused stream was not processed; send it again, once, on a fresh stream.
+            self.retried = True
+            self.up = None
+            conn_pool = self.server.ctx.pool if self.cluster is None else self.server.ctx.pools[self.cluster.name]
+            key = self.pool_key
+            conn = conn_pool.get(key)
+            if conn is not None:
+                self._bind(conn)
+            else:
+                conn_pool.connect(key, self.server.ctx.connect_timeout, self._connected)
+            return
         self.fail(UPSTREAM_RESET, f"upstream reset the stream (error code {error_code})")
 
     # === errors, timeout, end ===========================================

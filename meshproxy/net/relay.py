@@ -137,6 +137,7 @@ def _plain_tcp_types() -> tuple[type, ...]:
 
 
 _PLAIN_TCP = _plain_tcp_types()
+_INET = (socket.AF_INET, socket.AF_INET6)
 
 
 def _reset(transport: asyncio.BaseTransport) -> None:
@@ -251,7 +252,7 @@ def _splice(side: _Side, other: asyncio.Transport) -> None:
     if transport.get_extra_info("sslcontext") is not None or transport.get_extra_info("ssl_object") is not None:
         return
     sock = transport.get_extra_info("socket")
-    if sock is None or not _kernel_counts_ok(sock):
+    if sock is None or sock.family not in _INET or not _kernel_counts_ok(sock):
         return
     side.sock = sock
     transport.set_protocol(_Splice(side, other.write))

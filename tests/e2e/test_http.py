@@ -143,6 +143,7 @@ async def test_routes_to_clusters_round_robin_and_by_path(proxy, upstreams):
             dump = await resp.json()
     eps = {e["address"]: e for e in dump["cluster_statuses"][0]["endpoints"]}
     assert eps[f"127.0.0.1:{a.port}"]["rq_total"] == 2 and eps[f"127.0.0.1:{b.port}"]["rq_success"] == 2
+    assert eps[f"127.0.0.1:{a.port}"]["cx_total"] == 1 and eps[f"127.0.0.1:{b.port}"]["cx_total"] == 1
     text = await metrics_text(r)
     assert metric_value(text, "istio_requests_total", destination_service="ab") == 4
 

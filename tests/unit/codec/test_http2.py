@@ -458,3 +458,18 @@ def test_connect_request_lifts_authority_as_target():
     srv = RawServer()
     (head,) = srv.feed(srv.ff.headers(1, [(b":method", b"CONNECT"), (b":authority", b"db:5432")]))
     assert (head.target, head.authority, head.upgrade) == (b"db:5432", b"db:5432", b"connect")
+
+
+def test_client_assumes_our_stream_limit_until_the_server_settings_arrive():
+    """h2 treats the peer's limit as unlimited before its SETTINGS; a fresh upstream
+    connection must not open more streams than our own limit (REFUSED_STREAM floods)."""
+    from meshproxy.codec.events import RequestHead
+    from meshproxy.codec.http2 import Http2Codec
+
+    client = Http2Codec("client")
+    client.initiate()
+    opened = 0
+    while client.can_open_stream() and opened < 1000:
+        client.send_head(RequestHead(0, b"GET", b"/", b"up", [], "2", end_stream=True))
+        opened += 1
+    assert opened == client.limits.max_concurrent_streams == 100
