@@ -133,9 +133,17 @@ class Router:
         self._needs_headers = any(c.headers for c in self._routes)
         self._default = RouteResult("default", PASSTHROUGH, passthrough_timeout)
         self._rand = rand or (lambda n: random.randrange(n))
+        first = self._routes[0] if self._routes else None
+        self._catch_all = (RouteResult(first.route.name, first.route.cluster, first.route.timeout)
+                           if first is not None and first.domains is None and first.path is None
+                           and first.methods is None and not first.headers and first.route.cluster is not None
+                           else None)
+        """The first route matches everything and names one cluster: no request needs looking at."""
 
     def route(self, method: bytes, authority: bytes | None, path: bytes,
               headers: Sequence[tuple[bytes, bytes]] = ()) -> RouteResult:
+        if self._catch_all is not None:
+            return self._catch_all
         if not self._routes:
             return self._default
         full = (authority or b"").decode("latin-1").lower()
