@@ -118,3 +118,10 @@ def test_route_config_errors(routes, path, msg):
     with pytest.raises(ConfigError) as e:
         from_dict({"clusters": [{"name": "a", "endpoints": ["127.0.0.1:1"]}], "routes": routes}, "f.yaml")
     assert f"f.yaml: {path}: " in str(e.value) and msg in str(e.value)
+
+
+def test_catch_all_first_route_answers_every_request():
+    r = router([{"name": "all", "cluster": "a", "timeout": "3s"}, {"name": "never", "cluster": "b"}])
+    for method, authority, path in ((b"GET", b"x", b"/"), (b"POST", None, b"/y?z"), (b"PUT", b"[::1]:80", b"*")):
+        res = r.route(method, authority, path)
+        assert (res.name, res.cluster, res.timeout) == ("all", "a", 3.0)
