@@ -204,6 +204,8 @@ def test_reset_is_not_counted_as_a_byte(pair):
 class ShortInfoSocket:
     """A kernel older than 4.1: TCP_INFO stops before tcpi_bytes_received."""
 
+    family = socket.AF_INET
+
     def getsockopt(self, level, opt, buflen=0):
         return bytes(120)
 
@@ -266,6 +268,16 @@ def test_only_plain_tcp_transports_are_spliced(monkeypatch):
     relay, down, up, _ = spliceable()
     down.sock = object()
     _splice(relay.down, up)
+    assert down.protocol is None and relay.down.sock is None
+
+
+def test_a_unix_socket_is_not_spliced(monkeypatch):
+    relay, down, up, _ = spliceable()
+    monkeypatch.setattr(relay_mod, "_PLAIN_TCP", (SockTransport,))
+    a, b = socket.socketpair()
+    with a, b:
+        down.sock = a
+        _splice(relay.down, up)
     assert down.protocol is None and relay.down.sock is None
 
 
