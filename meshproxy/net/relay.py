@@ -349,12 +349,17 @@ class Relay:
         self.up.other = down  # a server-first upstream may send before we resume
         try:
             local = (source, 0) if source else None
-            await asyncio.wait_for(
-                self.loop.create_connection(lambda: self.up, host, port, local_addr=local, ssl=ssl_ctx,
-                                            server_hostname="" if ssl_ctx is not None else None),
-                self.connect_timeout)
-            if verify is not None:
-                verify(self.up.transport.get_extra_info("ssl_object"))
+            if ssl_ctx is None:
+                await asyncio.wait_for(
+                    self.loop.create_connection(lambda: self.up, host, port, local_addr=local),
+                    self.connect_timeout)
+            else:  # a mesh peer: our own TLS layer (identity checked before our Finished; half-close works)
+                from .tls_layer import connect_tls
+
+                layer = await asyncio.wait_for(
+                    connect_tls(self.loop, host, port, ssl_ctx, verify or (lambda sslobj: None), local),
+                    self.connect_timeout)
+                layer.attach(self.up)
         except Exception as e:  # refused, unreachable, timeout, TLS or peer identity failure: all UF
             if self.up.transport is not None:
                 self.up.transport.abort()
