@@ -93,7 +93,9 @@ def cmd_wait_ready(args) -> int:
         time.sleep(0.1)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(tools: bool = True) -> argparse.ArgumentParser:
+    """The whole CLI; ``tools=False`` leaves out ``iptables`` and ``ca`` (and their
+    imports), which ``run`` never needs: a sidecar's resident memory is a target."""
     p = argparse.ArgumentParser(prog="meshproxy", description="A transparent L4/L7 sidecar proxy.")
     p.add_argument("--version", action="version", version=f"meshproxy {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
@@ -114,24 +116,21 @@ def build_parser() -> argparse.ArgumentParser:
     wr.add_argument("--timeout", type=float, default=60.0, help="seconds to wait (default 60)")
     wr.set_defaults(func=cmd_wait_ready)
 
-    try:
+    if tools:
         from .intercept import cli as intercept_cli
-    except ImportError:  # pragma: no cover - the module ships with the package
-        intercept_cli = None
-    if intercept_cli is not None and hasattr(intercept_cli, "add_parser"):
-        intercept_cli.add_parser(sub)
-
-    try:
         from .tls import cli as tls_cli
-    except ImportError:  # pragma: no cover - the module ships with the package
-        tls_cli = None
-    if tls_cli is not None and hasattr(tls_cli, "add_parser"):
+
+        intercept_cli.add_parser(sub)
         tls_cli.add_parser(sub)
     return p
 
 
+_CORE = ("run", "validate", "wait-ready")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(tools=not argv or argv[0] not in _CORE).parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -18,7 +18,6 @@ from ..detect.peek import Peeker
 from ..detect.sniff import Kind, PortProtocol
 from ..errors import RBAC_DENIED
 from ..observe.metrics import UNKNOWN, Metrics, istio_labels, tcp_labels
-from .inbound_mtls import terminate_mtls
 from .mesh_alpn import ALPN_TCP, MESH_ALPNS
 from .addrs import Direction, OrigDst, Peer, SockAddr, Upstream
 from .decide import Forward, Plan, decide
@@ -231,6 +230,8 @@ class Listener:
         if ctx.mesh_mode is not None:
             if kind is Kind.TLS and any(a in MESH_ALPNS for a in result.alpn):
                 self._count("mtls")
+                from .inbound_mtls import terminate_mtls  # TLS code loads only where mTLS is configured
+
                 terminate_mtls(self, ctx, verdict, transport, peeked)
                 return
             if ctx.mesh_mode == "STRICT":
