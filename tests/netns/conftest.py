@@ -104,3 +104,42 @@ def node(make_netns, request):
     if failed:
         print(n.dump_logs())
     n.close()
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _proxy_user_can_run(path: str) -> bool:
+    probe = subprocess.run(["setpriv", "--reuid", "1337", "--regid", "1337", "--clear-groups",
+                            "test", "-x", path], capture_output=True, timeout=10)
+    return probe.returncode == 0
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _proxy_user_reaches_the_checkout():
+    """The sidecar runs as uid/gid 1337, so the checkout and its venv must be readable by
+    others. A fresh clone in a 0700 directory (``mktemp -d``) is not: open up the checkout
+    itself (never anything above it), or fail with the directory to fix."""
+    if _netns_unavailable() is not None:
+        yield
+        return
+    target = os.path.join(REPO, ".venv", "bin", "meshproxy")
+    if not _proxy_user_can_run(target):
+        subprocess.run(["chmod", "-R", "o+rX", REPO], check=False, timeout=60)
+    if not _proxy_user_can_run(target):
+        blocked = next((d for d in _ancestors(REPO) if not os.stat(d).st_mode & 0o001), None)
+        raise pytest.UsageError(
+            f"uid 1337 (the sidecar's user) cannot run {target}: directory {blocked or REPO} is not "
+            f"traversable by others; clone the project where uid 1337 can read it")
+    yield
+
+
+def _ancestors(path: str):
+    parts = []
+    while True:
+        parts.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return reversed(parts)
