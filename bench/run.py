@@ -409,6 +409,8 @@ class Scenario:
         self.ports: dict[str, int] = {}      # "http" -> port the HTTP client hits, "bulk" -> iperf3 port
         self.cpu_roots: list[int] = []       # PIDs whose process trees count as proxy CPU / RSS
         self.procs: list[subprocess.Popen] = []
+        self.parts: dict[str, int] = {}      # a chain's members ("A", "B") -> PID, for per-proxy RSS
+        self.tls: dict | None = None         # mTLS server for the handshake measurement (host, port, alpn, roots)
 
     def start(self, env: Env, up: Upstream, args: argparse.Namespace) -> None:
         raise NotImplementedError
@@ -677,12 +679,264 @@ class NginxProxy(Scenario):
         self.ports = {"http": port}
 
 
-# Future scenarios (mesh: two sidecars with mTLS vs a two-HAProxy mTLS chain) subclass Scenario the same way: a
-# chain puts both PIDs in cpu_roots, both pinned to CPU 1.
+# --- mesh (two sidecars with mTLS vs two HAProxys with mTLS) ---------------------------------------------------
+
+MESH_NS_PREFIX = "mpbench-"
+MESH_POD_IP = "198.18.0.2"       # the namespace's "pod IP" (on lo): A's upstream, redirected to B's inbound
+MESH_INBOUND_PORT = 15006
+PROXY_UID = 1337
+TRUST_DOMAIN = "cluster.local"
+CLIENT_ID = f"spiffe://{TRUST_DOMAIN}/ns/bench/sa/client"
+SERVER_ID = f"spiffe://{TRUST_DOMAIN}/ns/bench/sa/server"
+CLONE_NEWNET = 0x40000000
+
+
+def _setns(fd: int) -> None:
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, CLONE_NEWNET) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f"setns: {os.strerror(e)}")
+
+
+@contextlib.contextmanager
+def mesh_netns(env: "Env", args):
+    """One network namespace holding the whole mesh benchmark (client, both sidecars, nginx), like one pod whose
+    app calls itself through its pod IP: lo up, MESH_POD_IP/32 on lo, meshproxy's own iptables rules
+    (`meshproxy iptables apply`, IPv4). The harness moves itself into it (setns), so everything it starts runs
+    there; on exit it moves back and deletes the namespace (after env.cleanup() has killed every process)."""
+    if os.geteuid() != 0:
+        raise RuntimeError("the mesh suite needs root (network namespace, iptables, uid 1337)")
+    for tool in ("ip", "iptables", "setpriv"):
+        if not shutil.which(tool):
+            raise RuntimeError(f"the mesh suite needs `{tool}`")
+    name = f"{MESH_NS_PREFIX}{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", name], check=True, timeout=10)
+    home = os.open("/proc/self/ns/net", os.O_RDONLY)
+    entered = False
+    try:
+        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True, timeout=10)
+        subprocess.run(["ip", "-n", name, "addr", "add", f"{MESH_POD_IP}/32", "dev", "lo"], check=True, timeout=10)
+        fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
+        try:
+            _setns(fd)
+        finally:
+            os.close(fd)
+        entered = True
+        ienv = dict(os.environ, MESHPROXY_IPV6="false", MESHPROXY_PROXY_UID=str(PROXY_UID),
+                    MESHPROXY_PROXY_GID=str(PROXY_UID), MESHPROXY_INBOUND_PORT=str(MESH_INBOUND_PORT),
+                    MESHPROXY_BIN=args.meshproxy)
+        r = subprocess.run(["sh", os.path.join(REPO, "iptables", "meshproxy-init.sh")], env=ienv, timeout=30,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        if r.returncode != 0:
+            raise RuntimeError(f"meshproxy-init.sh failed: {r.stdout.decode(errors='replace')}")
+        log(f"network namespace {name}: lo up, {MESH_POD_IP}/32 on lo, meshproxy iptables rules applied")
+        os.chmod(env.tmp, 0o711)          # uid 1337 reads its config and certificates below the temp dir
+        yield name
+    finally:
+        if entered:
+            _setns(home)
+        os.close(home)
+        subprocess.run(["ip", "netns", "del", name], timeout=10)
+        log(f"deleted network namespace {name}")
+
+
+@dataclasses.dataclass
+class Pki:
+    ca: str
+    client: str      # dirs with cert.pem key.pem bundle.pem (+ haproxy.pem = cert + key)
+    server: str
+
+
+def mesh_pki(env: Env, args) -> Pki:
+    """One mesh CA and two workload certificates (`meshproxy ca init/issue`), shared by both chains."""
+    if getattr(env, "pki", None):
+        return env.pki
+    base = env.path("pki")
+    os.makedirs(base, exist_ok=True)
+    ca = os.path.join(base, "ca")
+
+    def mp(*a: str) -> None:
+        r = subprocess.run([args.meshproxy, "ca", *a], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60)
+        if r.returncode != 0:
+            raise RuntimeError(f"meshproxy ca {a[0]}: {r.stdout.decode(errors='replace')}")
+    mp("init", "--trust-domain", TRUST_DOMAIN, "--out", ca)
+    dirs = {}
+    for who, sid in (("client", CLIENT_ID), ("server", SERVER_ID)):
+        d = os.path.join(base, who)
+        mp("issue", "--ca", ca, "--spiffe-id", sid, "--ttl", "24h", "--out", d)
+        with open(os.path.join(d, "haproxy.pem"), "w") as out:
+            for part in ("cert.pem", "key.pem"):
+                with open(os.path.join(d, part)) as f:
+                    out.write(f.read())
+        dirs[who] = d
+    for root, ds, fs in os.walk(base):                    # like a mounted Secret: readable by the proxy's uid
+        for n in ds + fs:
+            os.chown(os.path.join(root, n), PROXY_UID, PROXY_UID)
+    os.chown(base, PROXY_UID, PROXY_UID)
+    os.chmod(base, 0o755)
+    env.pki = Pki(ca, dirs["client"], dirs["server"])
+    return env.pki
+
+
+def as_proxy_uid(argv: list[str]) -> list[str]:
+    return ["setpriv", f"--reuid={PROXY_UID}", f"--regid={PROXY_UID}", "--clear-groups"] + argv
+
+
+def prom_text(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats/prometheus", timeout=5) as r:
+        return r.read().decode()
+
+
+MESH_A_CONF = """\
+listeners:
+  - name: app-out
+    address: 127.0.0.1
+    port: {port}
+    protocol: http
+    upstream: "{pod_ip}:{app_port}"
+clusters:
+  - name: server
+    endpoints: ["{pod_ip}:{app_port}"]
+    mtls: {{enabled: true, identities: ["{server_id}"]}}
+routes:
+  - name: all
+    cluster: server
+security:
+  trust_domain: {td}
+  tls: {{cert_file: {d}/cert.pem, key_file: {d}/key.pem, bundle_file: {d}/bundle.pem}}
+"""
+
+MESH_B_CONF = """\
+listeners: []
+inbound: {{enabled: true, port: {inbound}, addresses: ["0.0.0.0"]}}
+outbound: {{enabled: false}}
+security:
+  trust_domain: {td}
+  tls: {{cert_file: {d}/cert.pem, key_file: {d}/key.pem, bundle_file: {d}/bundle.pem}}
+  peer_authentication: {{mode: STRICT}}
+admin: {{enabled: true, address: 127.0.0.1, port: {admin}}}
+health: {{enabled: true, address: 127.0.0.1, port: {health}}}
+prometheus: {{enabled: true, address: 127.0.0.1, port: {prom}}}
+log: {{level: warning}}
+"""
+
+
+class MeshproxyMesh(Scenario):
+    name = "meshproxy-mesh"
+    description = ("client → sidecar A (uid 1337; explicit listener `protocol: http` → cluster `mtls` to the pod IP) "
+                   "→ iptables → mTLS, HTTP/2 (ALPN meshproxy-h2) → sidecar B (uid 1337; inbound listener, STRICT) "
+                   "→ nginx; both meshproxy, both on CPU 1")
+
+    def start(self, env, up, args):
+        pki = mesh_pki(env, args)
+        # B first: the inbound side (SO_ORIGINAL_DST of the redirected connection → app port on 127.0.0.1)
+        b_admin, b_health, b_prom = env.port(), env.port(), env.port()
+        conf_b = MESH_B_CONF.format(inbound=MESH_INBOUND_PORT, td=TRUST_DOMAIN, d=pki.server,
+                                    admin=b_admin, health=b_health, prom=b_prom)
+        cfg_b = env.path(f"{self.name}-b.yaml")
+        with open(cfg_b, "w") as f:
+            f.write(conf_b)
+        pb = env.spawn(f"{self.name}-b", as_proxy_uid([args.meshproxy, "run", "--config", cfg_b]), cpu=PROXY_CPU)
+        wait_http_ok(f"http://127.0.0.1:{b_health}/healthz/ready", pb, timeout=30)
+        wait_port(MESH_INBOUND_PORT, pb)
+        port = env.port()
+        a_admin, a_health, a_prom = env.port(), env.port(), env.port()
+        conf_a = MESH_A_CONF.format(port=port, pod_ip=MESH_POD_IP, app_port=up.http_port, server_id=SERVER_ID,
+                                    td=TRUST_DOMAIN, d=pki.client) + MESHPROXY_COMMON.format(
+            admin=a_admin, health=a_health, prom=a_prom)
+        cfg_a = env.path(f"{self.name}-a.yaml")
+        with open(cfg_a, "w") as f:
+            f.write(conf_a)
+        pa = env.spawn(f"{self.name}-a", as_proxy_uid([args.meshproxy, "run", "--config", cfg_a]), cpu=PROXY_CPU)
+        wait_http_ok(f"http://127.0.0.1:{a_health}/healthz/ready", pa, timeout=30)
+        wait_port(port, pa)
+        self.procs, self.cpu_roots = [pa, pb], [pa.pid, pb.pid]
+        self.parts = {"A": pa.pid, "B": pb.pid}
+        self.ports = {"http": port}
+        self.b_prom = b_prom
+        # new handshakes go to B the way A's do: to the pod IP as uid 1337, redirected to the inbound listener
+        self.tls = {"host": MESH_POD_IP, "port": up.http_port, "alpn": "meshproxy-h2", "roots": [pb.pid]}
+
+    def check(self):
+        super().check()
+        text = prom_text(self.b_prom)
+        want = [line for line in text.splitlines() if line.startswith("istio_requests_total{")
+                and 'connection_security_policy="mutual_tls"' in line and f'source_principal="{CLIENT_ID}"' in line
+                and 'reporter="destination"' in line]
+        if not want or sum(float(line.rsplit(None, 1)[1]) for line in want) < 2:
+            raise RuntimeError(f"{self.name}: B's metrics show no mutual_tls requests from {CLIENT_ID}:\n"
+                               + "\n".join(x for x in text.splitlines() if x.startswith("istio_requests_total")))
+        log(f"{self.name}: B counts the check requests as mutual_tls from {CLIENT_ID}")
+
+
+HAPROXY_MTLS_A_CONF = """\
+global
+    nbthread 1
+    maxconn 4096
+    ssl-default-server-options ssl-min-ver TLSv1.3
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 5m
+    timeout server 5m
+    http-reuse always
+frontend app_out
+    bind 127.0.0.1:{port}
+    # B's answer arrives over HTTP/2, which has no reason phrase; HAProxy then sends `HTTP/1.1 200 ` and h2load
+    # counts such a response as failed. Put the phrase back (meshproxy's A sends `200 OK`).
+    http-response set-status 200 reason OK if {{ status 200 }}
+    default_backend server_b
+backend server_b
+    server b 127.0.0.1:{b_port} ssl crt {client}/haproxy.pem ca-file {client}/bundle.pem verify required alpn h2
+"""
+
+HAPROXY_MTLS_B_CONF = """\
+global
+    nbthread 1
+    maxconn 4096
+    ssl-default-bind-options ssl-min-ver TLSv1.3
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 5m
+    timeout server 5m
+    http-reuse always
+frontend mtls_in
+    bind 127.0.0.1:{b_port} ssl crt {server}/haproxy.pem ca-file {server}/bundle.pem verify required alpn h2,http/1.1
+    default_backend app
+backend app
+    server nginx 127.0.0.1:{up_port}
+"""
+
+
+class HaproxyMtlsChain(Scenario):
+    name = "haproxy-mtls-chain"
+    description = ("client → HAProxy A (mode http, `server … ssl crt ca-file verify required alpn h2`, "
+                   "`http-reuse always`) → mTLS, HTTP/2 → HAProxy B (`bind … ssl crt ca-file verify required "
+                   "alpn h2,http/1.1`) → nginx; TLS ≥ 1.3, nbthread 1 each, both on CPU 1")
+
+    def start(self, env, up, args):
+        pki = mesh_pki(env, args)
+        port, b_port = env.port(), env.port()
+        cfg_a, cfg_b = env.path(f"{self.name}-a.cfg"), env.path(f"{self.name}-b.cfg")
+        with open(cfg_b, "w") as f:
+            f.write(HAPROXY_MTLS_B_CONF.format(b_port=b_port, server=pki.server, up_port=up.http_port))
+        with open(cfg_a, "w") as f:
+            f.write(HAPROXY_MTLS_A_CONF.format(port=port, b_port=b_port, client=pki.client))
+        pb = env.spawn(f"{self.name}-b", ["haproxy", "-db", "-f", cfg_b], cpu=PROXY_CPU)
+        wait_port(b_port, pb)
+        pa = env.spawn(f"{self.name}-a", ["haproxy", "-db", "-f", cfg_a], cpu=PROXY_CPU)
+        wait_port(port, pa)
+        self.procs, self.cpu_roots = [pa, pb], [pa.pid, pb.pid]
+        self.parts = {"A": pa.pid, "B": pb.pid}
+        self.ports = {"http": port}
+        self.tls = {"host": "127.0.0.1", "port": b_port, "alpn": "h2", "roots": [pb.pid]}
 
 SCENARIOS: dict[str, type[Scenario]] = {c.name: c for c in (
     Direct, MeshproxyL4, HaproxyTcp,
-    DirectH2c, MeshproxyHttp, HaproxyHttp, NginxProxy, MeshproxyH2c, HaproxyH2c)}
+    DirectH2c, MeshproxyHttp, HaproxyHttp, NginxProxy, MeshproxyH2c, HaproxyH2c,
+    MeshproxyMesh, HaproxyMtlsChain)}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -718,15 +972,17 @@ class Measurement:
 
     # shared accounting around a client run ------------------------------------------------------------------
     @staticmethod
-    def timed(sc: Scenario, fn: Callable[[], tuple[str, float]]) -> tuple[str, dict[str, float]]:
+    def timed(sc: Scenario, fn: Callable[[], tuple[str, float]],
+              roots: list[int] | None = None) -> tuple[str, dict[str, float]]:
+        roots = sc.cpu_roots if roots is None else roots
         sc.alive()
-        cpu0 = tree_cpu_ms(sc.cpu_roots)
+        cpu0 = tree_cpu_ms(roots)
         st0 = CpuStat.read()
         t0 = time.monotonic()
         out, client_ms = fn()
         wall = time.monotonic() - t0
         st1 = CpuStat.read()
-        cpu1 = tree_cpu_ms(sc.cpu_roots)
+        cpu1 = tree_cpu_ms(roots)
         sc.alive()
         info = {
             "wall_s": wall,
@@ -895,6 +1151,36 @@ class FixedRate(Measurement):
         return vals, info
 
 
+class Handshakes(Measurement):
+    """New mTLS handshakes per second against the chain's server side (B) alone: bench/mtls_handshakes.py, N
+    threads each opening fresh connections with the client certificate (no resumption), the scenario's ALPN, and
+    waiting for B's first HTTP/2 frame. Metrics: handshakes/s and B's CPU per 1000 handshakes."""
+    port = "tls"
+
+    def __init__(self, tag: str = "hs", threads: int = 8):
+        self.tag, self.threads = tag, threads
+        self.name = f"mTLS handshakes t{threads}"
+        self.metrics = [Metric(f"rate_{tag}", f"new mTLS handshakes/s (B alone, {threads} client threads)", "/s",
+                               True, "{:,.0f}"),
+                        Metric(f"cpu_{tag}", "B's CPU per 1000 new mTLS handshakes", "ms", False, "{:.0f}")]
+
+    def run(self, ctx, sc):
+        t, pki = sc.tls, mesh_pki(ctx.env, ctx.args)
+        # as uid 1337, like sidecar A: for meshproxy that is what sends a pod-IP connection to the inbound listener
+        argv = as_proxy_uid([sys.executable, os.path.join(HERE, "mtls_handshakes.py"), "--host", t["host"],
+                             "--port", str(t["port"]), "--alpn", t["alpn"], "--cert", f"{pki.client}/cert.pem",
+                             "--key", f"{pki.client}/key.pem", "--ca", f"{pki.client}/bundle.pem",
+                             "--duration", f"{ctx.dur:g}", "--threads", str(self.threads)])
+        out, info = self.timed(sc, lambda: run_client(argv, timeout=ctx.dur + 60), roots=t["roots"])
+        r = parse_kv(out, "BENCH")
+        n = r["handshakes"]
+        info["errors"] = r["errors"] + r["alpn_mismatch"]
+        if n <= 0:
+            raise RuntimeError(f"{sc.name}: no handshake completed:\n{out[-2000:]}")
+        return {f"rate_{self.tag}": n / (r["duration_us"] / 1e6),
+                f"cpu_{self.tag}": info["proxy_cpu_ms"] / n * 1000.0}, info
+
+
 def quantiles(xs: list[float]) -> Callable[[float], float]:
     s = sorted(xs)
 
@@ -964,6 +1250,7 @@ class Table:
     measurements: Callable[[argparse.Namespace], list[Measurement]]
     targets: list[Target]
     added: list[tuple[str, str]]  # (derived key, from key): added latency vs baseline
+    extra_single: list[str] = dataclasses.field(default_factory=list)   # more once-per-scenario rows (RSS parts)
 
 
 @dataclasses.dataclass
@@ -972,11 +1259,17 @@ class Suite:
     title: str
     tables: list[Table]           # all measured in one run, rounds interleaved across every table
     duration: float = 8.0         # default seconds per timed run (3 with --quick)
+    setup: Callable | None = None  # context manager (env, args) around the whole suite, e.g. a network namespace
 
 
 def l4_measurements(args) -> list[Measurement]:
     return [Wrk("1k_c16", "/1k", 16), Wrk("1k_c64", "/1k", 64), Wrk("1m_c16", "/1m", 16, latency=False),
             FixedRate("fixed", "/1k", 1000, 16), Iperf("bulk")]
+
+
+def mesh_measurements(args) -> list[Measurement]:
+    return [Wrk("mesh_c16", "/1k", 16), Wrk("mesh_c64", "/1k", 64), FixedRate("fixed", "/1k", 1000, 16),
+            Handshakes("hs", 8)]
 
 
 def l7_h1_measurements(args) -> list[Measurement]:
@@ -1026,9 +1319,22 @@ SUITES = {
                 added=[("added_p50_fixed_h2c", "p50_fixed_h2c"), ("added_p99_fixed_h2c", "p99_fixed_h2c")]),
         ],
     ),
-    # "mesh": Suite(... one Table: ["direct", "meshproxy-mesh", "haproxy-mtls-chain"], ...)
+    "mesh": Suite(
+        key="mesh", title="Mesh path (two sidecars, mTLS between them, 1 KiB body)", duration=6.0,
+        setup=mesh_netns,
+        tables=[Table(
+            title="",
+            scenarios=["direct", "meshproxy-mesh", "haproxy-mtls-chain"], subject="meshproxy-mesh",
+            references=["direct", "haproxy-mtls-chain"], baseline="direct",
+            measurements=mesh_measurements,
+            targets=[Target("cpu_mesh_c16", "ratio_le", 1.5, "haproxy-mtls-chain"),
+                     Target("cpu_mesh_c64", "ratio_le", 1.5, "haproxy-mtls-chain"),
+                     Target("added_p99_fixed", "le_ref", 1.0, "haproxy-mtls-chain")],
+            added=[("added_p50_fixed", "p50_fixed"), ("added_p99_fixed", "p99_fixed")],
+            extra_single=["idle_rss_A", "idle_rss_B", "peak_rss_A", "peak_rss_B"])],
+    ),
 }
-SUITE_ORDER = ["l4", "l7"]       # --suite all
+SUITE_ORDER = ["l4", "l7", "mesh"]       # --suite all
 
 EXTRA_METRICS = {
     "added_p50_fixed": Metric("added_p50_fixed", "added p50 vs direct at 1000 req/s", "ms", False, "{:.3f}"),
@@ -1038,6 +1344,10 @@ EXTRA_METRICS = {
     "added_p99_fixed_h2c": Metric("added_p99_fixed_h2c", "added p99 vs direct-h2c at 1000 req/s, h2c", "ms", False,
                                   "{:.3f}"),
     "idle_rss": Metric("idle_rss", "idle RSS (VmRSS after start)", "MiB", False, "{:.1f}"),
+    "idle_rss_A": Metric("idle_rss_A", "idle RSS, proxy A (client side)", "MiB", False, "{:.1f}"),
+    "idle_rss_B": Metric("idle_rss_B", "idle RSS, proxy B (server side)", "MiB", False, "{:.1f}"),
+    "peak_rss_A": Metric("peak_rss_A", "peak RSS, proxy A (client side)", "MiB", False, "{:.1f}"),
+    "peak_rss_B": Metric("peak_rss_B", "peak RSS, proxy B (server side)", "MiB", False, "{:.1f}"),
     "peak_rss": Metric("peak_rss", "peak RSS (VmHWM at end)", "MiB", False, "{:.1f}"),
 }
 
@@ -1088,6 +1398,8 @@ def run_suite(suite: Suite, args, env: Env, up: Upstream) -> Results:
         time.sleep(0.5)
         if sc.cpu_roots:
             single[n] = {"idle_rss": tree_kib(sc.cpu_roots, "VmRSS") / 1024.0}
+            for part, pid in sc.parts.items():
+                single[n][f"idle_rss_{part}"] = tree_kib([pid], "VmRSS") / 1024.0
         scs[n] = sc
     values: dict[str, dict[str, list[float]]] = {n: {} for n in names}
     infos: list[dict] = []
@@ -1103,6 +1415,8 @@ def run_suite(suite: Suite, args, env: Env, up: Upstream) -> Results:
             for m in meas:
                 for n in tnames:
                     sc = scs[n]
+                    if m.port == "tls" and not sc.tls or m.port != "tls" and m.port not in sc.ports:
+                        continue                           # e.g. `direct` has no mTLS server to shake hands with
                     limit = args.strict_noise_limit if m.strict else args.noise_limit
                     retries = args.retries + (1 if m.strict else 0)
                     for attempt in range(retries + 1):
@@ -1127,6 +1441,8 @@ def run_suite(suite: Suite, args, env: Env, up: Upstream) -> Results:
     for n, sc in scs.items():
         if sc.cpu_roots:
             single[n]["peak_rss"] = tree_kib(sc.cpu_roots, "VmHWM") / 1024.0
+        for part, pid in sc.parts.items():
+            single[n][f"peak_rss_{part}"] = tree_kib([pid], "VmHWM") / 1024.0
     # derived: added latency vs the table's baseline, per round
     for table, tnames, _ in plan:
         if table.baseline not in values:
@@ -1216,10 +1532,11 @@ def render_table(table: Table, tnames: list[str], res: Results, args,
         if dk in have:
             metrics.append(EXTRA_METRICS[dk])
     metrics += [EXTRA_METRICS["idle_rss"], EXTRA_METRICS["peak_rss"]]
+    metrics += [EXTRA_METRICS[k] for k in table.extra_single]
     targets = {t.key: t for t in table.targets}
 
     def series(n: str, k: str) -> list[float]:
-        if k in ("idle_rss", "peak_rss"):
+        if k in ("idle_rss", "peak_rss") or k in table.extra_single:
             v = res.single.get(n, {}).get(k)
             return [] if v is None else [v]
         return res.values[n].get(k, [])
@@ -1397,11 +1714,12 @@ def main(argv: list[str] | None = None) -> int:
         facts = machine_facts(sargs)         # before the run: the commit meshproxy is started from
         env = Env(keep_tmp=args.keep_tmp)
         t0 = time.monotonic()
-        try:
-            up = start_upstream(env)
-            res = run_suite(suite, sargs, env, up)
-        finally:
-            env.cleanup()
+        with (suite.setup(env, sargs) if suite.setup else contextlib.nullcontext()):
+            try:                             # processes are killed (by PID) before the namespace goes away
+                up = start_upstream(env)
+                res = run_suite(suite, sargs, env, up)
+            finally:
+                env.cleanup()
         log(f"suite {key} done in {time.monotonic() - t0:.0f} s")
         body, verdicts = render(suite, res, facts, sargs)
         if args.no_write:
