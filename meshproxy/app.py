@@ -32,6 +32,20 @@ FLUSH_INTERVAL = 5.0
 """Seconds between moves of live byte counts into Prometheus counters (also done before every scrape)."""
 
 
+def _changed_sections(old, new, reloadable) -> list[str]:
+    """Top-level (and ``security.*``) sections that differ and cannot be swapped live."""
+    out = []
+    for name in type(old).model_fields:
+        a, b = getattr(old, name), getattr(new, name)
+        if name == "security":
+            for sub in type(a).model_fields:
+                if getattr(a, sub) != getattr(b, sub) and f"security.{sub}" not in reloadable:
+                    out.append(f"security.{sub}")
+        elif a != b and name not in reloadable:
+            out.append(name)
+    return out
+
+
 class App:
     def __init__(self, snapshot: Snapshot, *, origdst=original_dst):
         self.snapshot = snapshot
@@ -54,6 +68,8 @@ class App:
         """``net.mesh.Mesh`` when ``security.tls`` names a workload certificate."""
         self.authorizer = None
         """``authz.engine.Authorizer`` when authorization policies are configured."""
+        self.watcher = None
+        """``config.watch.ConfigWatcher`` when started from a file."""
 
     def _build_listeners(self) -> None:
         cfg = self.snapshot.config
@@ -108,6 +124,11 @@ class App:
         self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
         if self.mesh is not None:
             self.mesh.start()
+        if self.snapshot.source != "<defaults>":
+            from .config.watch import ConfigWatcher
+
+            self.watcher = ConfigWatcher(self.snapshot.source, cfg.reload.interval, self.apply, self._reload_failed)
+            self.watcher.start()
         self.state = "LIVE"
         self.metrics.server_state.set(1)
         gc.freeze()  # start-up objects never change: keep them out of every later collection
@@ -120,6 +141,41 @@ class App:
         while True:
             await asyncio.sleep(FLUSH_INTERVAL)
             self.connections.flush()
+
+    # -- hot reload -----------------------------------------------------------
+    RELOADABLE = ("routes", "clusters", "security.authorization_policies", "reload")
+
+    def apply(self, cfg) -> None:
+        """Take a new, valid config: routes, clusters and authorization policies apply to new
+        requests and connections at once (in-flight work keeps the old ones); anything else
+        is reported as needing a restart and keeps its running value."""
+        old = self.snapshot.config
+        self.snapshot = self.snapshot.successor(cfg, self.snapshot.source)
+        authorizer = None
+        if cfg.security.authorization_policies:
+            from .authz.engine import Authorizer
+
+            authorizer = Authorizer(cfg.security.authorization_policies)
+        self.authorizer = authorizer
+        for lst in self.listeners:
+            if lst.spec.plan.direction is Direction.INBOUND:
+                lst.authorizer = authorizer
+        if self.http is not None:
+            self.http.set_authorizer(authorizer)
+            self.http.set_routing(cfg)
+        self.metrics.config_reloads.inc()
+        stale = _changed_sections(old, cfg, self.RELOADABLE)
+        log.info("config version %d loaded from %s%s", self.snapshot.version, self.snapshot.source,
+                 f"; changes to {', '.join(stale)} take effect after a restart" if stale else "")
+
+    def _reload_failed(self, message: str) -> None:
+        self.metrics.config_errors.inc()
+        log.error("config reload refused, keeping version %d:\n%s", self.snapshot.version, message)
+
+    def reload_now(self) -> None:
+        """SIGHUP: check the file at once."""
+        if self.watcher is not None:
+            self.watcher.check_now(force=True)
 
     def request_shutdown(self, reason: str) -> None:
         if not self._stop.is_set():
@@ -148,9 +204,13 @@ class App:
             except (NotImplementedError, RuntimeError, ValueError):
                 pass  # not the main thread (tests): shutdown comes from request_shutdown
         try:
+            loop.add_signal_handler(signal.SIGHUP, self.reload_now)
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass
+        try:
             await self.serve_until_stopped()
         finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 try:
                     loop.remove_signal_handler(sig)
                 except (NotImplementedError, RuntimeError, ValueError):
@@ -199,4 +259,6 @@ class App:
             self.http.close()
         if self.mesh is not None:
             self.mesh.stop()
+        if self.watcher is not None:
+            self.watcher.stop()
         await self.admin.stop()

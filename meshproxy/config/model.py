@@ -157,6 +157,15 @@ class Drain(_Model):
     whole duration (Istio's EXIT_ON_ZERO_ACTIVE_CONNECTIONS)."""
 
 
+class Reload(_Model):
+    """Hot reload of the config file (started with ``--config``)."""
+
+    interval: Duration = 2.0
+    """How often the file is checked (0 = only on SIGHUP). Routes, clusters and
+    authorization policies take effect for new requests and connections; other
+    changes are reported as needing a restart."""
+
+
 class Log(_Model):
     level: str = "info"
 
@@ -183,6 +192,7 @@ class Config(_Model):
     tcp: Tcp = Field(default_factory=Tcp)
     drain: Drain = Field(default_factory=Drain)
     log: Log = Field(default_factory=Log)
+    reload: Reload = Field(default_factory=Reload)
     http: Http = Field(default_factory=Http)
     detection: Detection = Field(default_factory=Detection)
     ports: list[PortDecl] = Field(default_factory=list)

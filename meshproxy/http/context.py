@@ -33,6 +33,7 @@ class HttpContext:
         self.me = metrics.me
         self.requests = metrics.requests
         self.connect_timeout = cfg.tcp.connect_timeout
+        self.metrics = metrics
         self.router = Router(cfg.routes, cfg.http.passthrough_timeout)
         self.clusters = {c.name: Cluster.from_config(c, cfg.tcp.connect_timeout) for c in cfg.clusters}
         self.h1_limits = Http1Limits(
@@ -46,17 +47,11 @@ class HttpContext:
                                      max_headers_count=cfg.http.max_headers)
         self.pool = Pool(self.loop, self.flusher, mesh=mesh)
         """Connections for passthrough traffic (to original destinations)."""
-        self.pools = {c.name: Pool(self.loop, self.flusher, c.pool, mesh=mesh,
-                                   on_connect=self._connect_counter(self.clusters[c.name]))
-                      for c in cfg.clusters}
+        self.cluster_configs = list(cfg.clusters)
+        self.pools = {c.name: self._pool(c) for c in cfg.clusters}
         """One pool per cluster, with that cluster's pool settings."""
         self.chains = {d: FilterChain([HeaderHygiene(d)]) for d in ("outbound", "explicit")}
-        inbound = [HeaderHygiene("inbound")]
-        if authorizer is not None:
-            from ..authz.filter import AuthzFilter
-
-            inbound.append(AuthzFilter(authorizer, lambda decision: metrics.count_authz(decision, "http")))
-        self.chains["inbound"] = FilterChain(inbound)
+        self.set_authorizer(authorizer)
         """One filter chain per direction; later filters (authz, faults, Python filters) append here."""
         self.tracer = None
         if cfg.tracing.exporter != "none":
@@ -75,6 +70,37 @@ class HttpContext:
             self.access_log = make_access_log(cfg.access_log)
         self.connections: set = set()
         self.draining = False
+
+    def _pool(self, c) -> Pool:
+        return Pool(self.loop, self.flusher, c.pool, mesh=self.mesh,
+                    on_connect=self._connect_counter(self.clusters[c.name]))
+
+    def set_authorizer(self, authorizer) -> None:
+        """(Re)build the inbound chain; requests already running keep the chain they started with."""
+        inbound = [HeaderHygiene("inbound")]
+        if authorizer is not None:
+            from ..authz.filter import AuthzFilter
+
+            metrics = self.metrics
+            inbound.append(AuthzFilter(authorizer, lambda decision: metrics.count_authz(decision, "http")))
+        self.chains["inbound"] = FilterChain(inbound)
+
+    def set_routing(self, cfg: Config) -> None:
+        """Take new routes and clusters: new requests use them, requests in flight keep theirs.
+        Pools of clusters whose settings did not change are kept (their connections too)."""
+        old = {c.name: c for c in self.cluster_configs}
+        self.clusters = {c.name: Cluster.from_config(c, cfg.tcp.connect_timeout) for c in cfg.clusters}
+        pools = {}
+        for c in cfg.clusters:
+            pools[c.name] = self.pools[c.name] if old.get(c.name) == c and c.name in self.pools else self._pool(c)
+            if pools[c.name] is self.pools.get(c.name):
+                pools[c.name].on_connect = self._connect_counter(self.clusters[c.name])
+        for name, pool in self.pools.items():
+            if pools.get(name) is not pool:
+                pool.close_idle()
+        self.pools = pools
+        self.cluster_configs = list(cfg.clusters)
+        self.router = Router(cfg.routes, cfg.http.passthrough_timeout)
 
     @staticmethod
     def _connect_counter(cluster: Cluster):

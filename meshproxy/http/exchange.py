@@ -46,7 +46,7 @@ class Exchange:
     __slots__ = ("server", "sid", "head", "started", "wall", "up", "parts", "buffered", "unacked", "req_paused",
                  "req_done", "resp_started", "resp_done", "finished", "status", "flag", "req_bytes", "resp_bytes",
                  "route", "cluster", "endpoint", "upstream_host", "timer", "fctx", "grpc_status", "span",
-                 "tunnel", "service", "detail", "orig_proto", "retried", "pool_key")
+                 "tunnel", "service", "detail", "orig_proto", "retried", "pool_key", "up_pool")
 
     def __init__(self, server, head: RequestHead):
         self.server = server
@@ -81,6 +81,7 @@ class Exchange:
         self.detail = ""
         self.retried = False
         self.pool_key = None
+        self.up_pool = None
         self.orig_proto: bytes | None = None
         """The app-side protocol a peer sidecar carried over HTTP/2 (``ORIG_PROTO`` header)."""
 
@@ -149,7 +150,7 @@ class Exchange:
             proto = "http1"  # WebSocket/CONNECT: an HTTP/1.1 tunnel (extended CONNECT is not spoken)
         self.upstream_host = f"{host}:{port}"
         key = self.pool_key = Key(host, port, proto, ids)
-        pool = ctx.pool if self.cluster is None else ctx.pools[self.cluster.name]
+        pool = self.up_pool = ctx.pool if self.cluster is None else ctx.pools[self.cluster.name]
         conn = pool.get(key)
         if conn is not None:
             self._bind(conn)
@@ -333,7 +334,7 @@ class Exchange:
             # RFC 9113 8.7: a refused stream was not processed; send it again, once, on a fresh stream.
             self.retried = True
             self.up = None
-            conn_pool = self.server.ctx.pool if self.cluster is None else self.server.ctx.pools[self.cluster.name]
+            conn_pool = self.up_pool
             key = self.pool_key
             conn = conn_pool.get(key)
             if conn is not None:

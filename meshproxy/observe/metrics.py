@@ -154,7 +154,10 @@ class Metrics:
         self.server_state = Gauge(
             "meshproxy_server_state", "0 starting, 1 live, 2 draining", registry=self.registry)
         self.config_errors = Counter(
-            "meshproxy_config_errors", "Config loads that failed validation", registry=self.registry)
+            "meshproxy_config_errors", "Config reloads refused (invalid file; the running config was kept)",
+            registry=self.registry)
+        self.config_reloads = Counter(
+            "meshproxy_config_reloads", "Config reloads taken", registry=self.registry)
         from .requests import RequestMetrics
 
         self.requests = RequestMetrics()

@@ -178,6 +178,19 @@ class Pool:
         if self.all:
             self._ensure_sweeper()
 
+    def close_idle(self) -> None:
+        """The pool is being replaced (config reload): close idle connections now and
+        every busy one when its exchange ends."""
+        self.closed = True
+        for conns in list(self.idle.values()):
+            for conn in list(conns):
+                conn.close()
+        for conns in list(self.h2.values()):
+            for conn in list(conns):
+                conn.goaway = True
+                if not conn.streams:
+                    conn.close()
+
     def close(self) -> None:
         """Close every connection (shutdown)."""
         self.closed = True
