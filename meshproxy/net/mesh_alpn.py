@@ -11,4 +11,4 @@ ALPN_TCP = "meshproxy-tcp"
 MESH_ALPNS = (ALPN_H2, ALPN_HTTP1, ALPN_TCP)
 
 # tls/context.py defines ALPN_H2 and ALPN_TCP too (it needs them without importing net/);
-# tests/unit/net/test_mesh_alpn.py pins that the two agree.
+# tests/unit/net/test_mesh_tls.py pins that the two agree.

@@ -59,6 +59,8 @@ class TlsLayer(asyncio.Protocol):
         self.eof_seen = False
         """The peer sent close_notify (or the socket hit EOF)."""
         self.eof_sent = False
+        self.lost: tuple | None = None
+        """``(exc,)`` once the raw connection is gone before a protocol was attached."""
         self.loop = loop or asyncio.get_running_loop()
         self._timer = self.loop.call_later(handshake_timeout, self._handshake_timeout) if handshake_timeout else None
 
@@ -98,6 +100,8 @@ class TlsLayer(asyncio.Protocol):
             self.inner.connection_lost(exc)
         elif not self.handshaken:
             self._fail(f"connection closed during the TLS handshake{f' ({exc})' if exc else ''}")
+        else:
+            self.lost = (exc,)  # gone between the handshake and ``attach``: tell the protocol then
 
     def pause_writing(self) -> None:
         if self.inner is not None:
@@ -188,12 +192,12 @@ class TlsLayer(asyncio.Protocol):
         protocol.connection_made(self)
         backlog, self.backlog = self.backlog, []
         for chunk in backlog:
-            if self.closing:
-                return
             protocol.data_received(chunk)
-        if self.eof_seen and not self.closing:
+        if self.eof_seen:
             self.eof_seen = False
             self._peer_eof()
+        if self.lost is not None:
+            protocol.connection_lost(self.lost[0])
 
     def set_protocol(self, protocol: asyncio.Protocol) -> None:
         self.inner = protocol
