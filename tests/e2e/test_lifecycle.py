@@ -44,9 +44,12 @@ class SlowServer(threading.Thread):
 
     def serve(self, conn):
         with conn:
-            for i in range(self.chunks):
-                conn.sendall(bytes([i % 256]) * 65536)
-                time.sleep(self.interval)
+            try:
+                for i in range(self.chunks):
+                    conn.sendall(bytes([i % 256]) * 65536)
+                    time.sleep(self.interval)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the proxy cut the transfer (drain timeout test): expected
 
 
 @pytest.fixture
