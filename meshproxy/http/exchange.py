@@ -45,7 +45,7 @@ ORIG_PROTO = b"x-meshproxy-orig-proto"
 class Exchange:
     __slots__ = ("server", "sid", "head", "started", "wall", "up", "parts", "buffered", "unacked", "req_paused",
                  "req_done", "resp_started", "resp_done", "finished", "status", "flag", "req_bytes", "resp_bytes",
-                 "route", "cluster", "endpoint", "upstream_host", "timer", "fctx", "grpc_status", "span",
+                 "route", "cluster", "endpoint", "timer", "fctx", "grpc_status", "span",
                  "tunnel", "service", "detail", "orig_proto", "retried", "pool_key", "up_pool")
 
     def __init__(self, server, head: RequestHead):
@@ -71,7 +71,6 @@ class Exchange:
         self.route = None
         self.cluster = None
         self.endpoint = None
-        self.upstream_host = None
         self.timer = None
         self.fctx = None
         self.grpc_status = "-"
@@ -103,9 +102,8 @@ class Exchange:
             self.orig_proto = hdr.get_header(head.headers, ORIG_PROTO)
         if ctx.access_log is not None:
             self.wall = time.time()
-        fctx = self.fctx = FilterContext(srv.direction, srv.conn.peer, srv.scheme)
-        fctx.principal = srv.principal
-        fctx.destination_port = srv.destination_port
+        fctx = self.fctx = FilterContext(srv.direction, srv.conn.peer, srv.scheme, principal=srv.principal,
+                                         destination_port=srv.destination_port)
         verdict = srv.chain.run_request(fctx, head)
         if verdict is Verdict.RESPOND:
             reply = fctx.local_reply
@@ -128,7 +126,7 @@ class Exchange:
         ids = None
         if route.cluster == PASSTHROUGH:
             target = srv.target
-            host, port, source = target.upstream.host, target.upstream.port, target.source
+            host, port = target.upstream.host, target.upstream.port
             self.service = srv.passthrough_service
             proto = srv.protocol
             if self.orig_proto == b"HTTP/1.1":
@@ -140,7 +138,7 @@ class Exchange:
             ep = self.endpoint = cluster.pick()
             ep.rq_total += 1
             ep.rq_active += 1
-            host, port, source = ep.host, ep.port, None
+            host, port = ep.host, ep.port
             self.service = cluster.name
             proto = srv.protocol if cluster.protocol == "auto" else cluster.protocol
             ids = cluster.mtls_identities
@@ -148,15 +146,26 @@ class Exchange:
             proto = "http2"  # between sidecars: HTTP/2 streams over one mTLS connection
         if head.upgrade is not None and proto == "http2":
             proto = "http1"  # WebSocket/CONNECT: an HTTP/1.1 tunnel (extended CONNECT is not spoken)
-        self.upstream_host = f"{host}:{port}"
-        key = self.pool_key = Key(host, port, proto, ids)
-        pool = self.up_pool = ctx.pool if self.cluster is None else ctx.pools[self.cluster.name]
-        conn = pool.get(key)
+        self.pool_key = Key(host, port, proto, ids)
+        self.up_pool = ctx.pool if self.cluster is None else ctx.pools[self.cluster.name]
+        self._acquire()
+
+    def _acquire(self) -> None:
+        """Bind to a ready upstream connection from the pool, or ask the pool for one."""
+        conn = self.up_pool.get(self.pool_key)
         if conn is not None:
             self._bind(conn)
+        elif self.cluster is not None:
+            self.up_pool.connect(self.pool_key, self.cluster.connect_timeout, self._connected)
         else:
-            timeout = self.cluster.connect_timeout if self.cluster is not None else ctx.connect_timeout
-            pool.connect(key, timeout, self._connected, source)
+            srv = self.server
+            self.up_pool.connect(self.pool_key, srv.ctx.connect_timeout, self._connected, srv.target.source)
+
+    @property
+    def upstream_host(self) -> str | None:
+        """``host:port`` of the upstream chosen (for the access log and the span)."""
+        key = self.pool_key
+        return f"{key.host}:{key.port}" if key is not None else None
 
     def _connected(self, conn, err) -> None:
         if self.finished:
@@ -169,7 +178,7 @@ class Exchange:
         if conn.available():
             self._bind(conn)
         else:  # HTTP/2 connection already full: ask again
-            conn.pool.connect(conn.key, self.server.ctx.connect_timeout, self._connected)
+            self._acquire()
 
     def _bind(self, conn) -> None:
         up = self.up = conn.open_stream(self)
@@ -285,7 +294,7 @@ class Exchange:
         self.server.chain.run_response(self.fctx, head)
         if head.end_stream:
             self.grpc_status = _grpc_status(head.headers, self.grpc_status)
-        self.server.send_head(head)
+        self.server.send_head(head, self.head.upgrade is not None)
 
     def on_response_data(self, data: bytes, flow: int) -> None:
         if self.finished:
@@ -334,13 +343,7 @@ class Exchange:
             # RFC 9113 8.7: a refused stream was not processed; send it again, once, on a fresh stream.
             self.retried = True
             self.up = None
-            conn_pool = self.up_pool
-            key = self.pool_key
-            conn = conn_pool.get(key)
-            if conn is not None:
-                self._bind(conn)
-            else:
-                conn_pool.connect(key, self.server.ctx.connect_timeout, self._connected)
+            self._acquire()
             return
         self.fail(UPSTREAM_RESET, f"upstream reset the stream (error code {error_code})")
 
@@ -377,7 +380,7 @@ class Exchange:
                                      keep_alive=self.req_done or self.head.end_stream)
         self.resp_started = True
         self.status = status
-        srv.send_head(head)
+        srv.send_head(head, self.head.upgrade is not None)
         srv.send_data(self.sid, body, True)
         self.resp_bytes += len(body)
         self.resp_done = True

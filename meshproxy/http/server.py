@@ -197,16 +197,15 @@ class HttpServerConnection(asyncio.Protocol):
             self.codec.send_continue(sid)
         self.mark()
 
-    def send_head(self, head: ResponseHead) -> None:
+    def send_head(self, head: ResponseHead, upgrade: bool = False) -> None:
+        """``upgrade``: the answer to an Upgrade/CONNECT request; the HTTP/1 codec decides
+        tunnel-or-not on it, and what it held back is collected here."""
         if self.ctx.draining and not self.h2:
             head.keep_alive = False
         self.codec.send_head(head)
         self.mark()
-        if not self.h2:
-            ex = self.exchanges.get(head.stream_id)
-            if ex is not None and ex.head.upgrade is not None:
-                # The codec decided tunnel-or-not on this head: collect what it held back.
-                self._handle(self.codec.receive_data(b""))
+        if upgrade and not self.h2:
+            self._handle(self.codec.receive_data(b""))
 
     def send_data(self, sid: int, data: bytes, end: bool = False) -> None:
         self.codec.send_data(sid, data, end)

@@ -179,14 +179,8 @@ class Listener:
             orig = self.origdst(transport.get_extra_info("socket"), family)
         verdict = decide(spec.plan, local, orig)
         if not isinstance(verdict, Forward):
-            ctx = ConnContext(spec.name, spec.plan.direction, peer, local, orig, None,
-                              tcp_labels(self.metrics.me, self._reporter, str(orig) if orig else "unknown",
-                                         self._policy))
-            log.warning("listener %s: refused %s → %s: %s", spec.name, peer, orig, verdict.reason)
-            self._refused.labels(spec.plan.direction.value, "loop").inc()
-            relay = self._relay(ctx)
-            relay.attach(transport)
-            relay.refuse(verdict.flag)
+            ctx = ConnContext(spec.name, spec.plan.direction, peer, local, orig)
+            self._refuse(ctx, transport, f"→ {orig}: {verdict.reason}", verdict.flag, "loop", logging.WARNING)
             return
         ctx = ConnContext(spec.name, spec.plan.direction, peer, local, orig, verdict.upstream)
         port = orig.port if orig is not None else verdict.upstream.port
@@ -237,7 +231,7 @@ class Listener:
             if ctx.mesh_mode == "STRICT":
                 self._count("refused_plaintext")
                 self.metrics.mtls_failures.labels("inbound", "not_mtls_in_strict").inc()
-                self._refuse(ctx, transport, "not mTLS on a STRICT port", "NR")
+                self._refuse(ctx, transport, "not mTLS on a STRICT port", "NR", "not_mtls")
                 return
         if kind is Kind.H1 or kind is Kind.H2:
             self._count("http2" if kind is Kind.H2 else "http1")
@@ -257,10 +251,14 @@ class Listener:
         self.connections.add(relay)
         return relay
 
-    def _refuse(self, ctx: ConnContext, transport, reason: str, flag: str) -> None:
+    def _refuse(self, ctx: ConnContext, transport, reason: str, flag: str, why: str,
+                level: int = logging.INFO) -> None:
+        """Close without forwarding, counted as a TCP connection with ``flag`` and in
+        ``meshproxy_listener_refused_connections_total{reason=why}``."""
         service = str(ctx.orig) if ctx.orig is not None else "unknown"
         ctx.labels = ctx.labels or tcp_labels(self.metrics.me, self._reporter, service, self._policy)
-        log.info("listener %s: refused %s: %s", self.spec.name, ctx.peer, reason)
+        log.log(level, "listener %s: refused %s %s", self.spec.name, ctx.peer, reason)
+        self._refused.labels(self.spec.plan.direction.value, why).inc()
         relay = self._relay(ctx)
         relay.attach(transport)
         relay.refuse(flag)
@@ -279,7 +277,8 @@ class Listener:
                                  ctx.peer.host, ctx.orig.port if ctx.orig is not None else verdict.upstream.port)
             self.metrics.count_authz(decision, "tcp")
             if not decision.allowed:
-                self._refuse(ctx, transport, f"denied by authorization policy {decision.policy}", RBAC_DENIED.flag)
+                self._refuse(ctx, transport, f"denied by authorization policy {decision.policy}", RBAC_DENIED.flag,
+                             "rbac")
                 return
         relay = self._relay(ctx)
         relay.attach(transport, peeked, eof)
