@@ -20,6 +20,8 @@ class EchoH1:
         self.name = name
         self.requests: list[dict] = []
         self.port = 0
+        self.delay = 0.0
+        """Seconds to wait before answering (timeout tests)."""
         self.runner: web.AppRunner | None = None
 
     async def handle(self, req: web.Request) -> web.StreamResponse:
@@ -28,6 +30,8 @@ class EchoH1:
         self.requests.append({"method": req.method, "path": req.path_qs, "body": body,
                               "headers": {k.lower(): v for k, v in req.headers.items()},
                               "peer": peer[0], "peer_port": peer[1]})
+        if self.delay:
+            await asyncio.sleep(self.delay)
         if req.path.startswith("/big"):
             return web.Response(body=b"z" * int(req.query.get("n", 1 << 20)))
         return web.json_response({"upstream": self.name, "method": req.method, "path": req.path_qs,
@@ -197,3 +201,21 @@ http {{
             self.proc.kill()
         if self.proc is not None:
             self.proc.wait(timeout=5)
+
+
+async def start_ws_echo() -> tuple[web.AppRunner, int]:
+    """An aiohttp WebSocket origin on ``/ws`` answering ``echo:<text>``; returns (runner, port)."""
+    async def ws_handler(request):
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for msg in ws:
+            await ws.send_str("echo:" + msg.data)
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/ws", ws_handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, site._server.sockets[0].getsockname()[1]

@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from e2e_support import metric_value, metrics_text
+from l7_peers import start_ws_echo
 
 from meshproxy.net.addrs import OrigDst
 from meshproxy.tls.ca import CertificateAuthority
@@ -278,20 +279,7 @@ async def test_websocket_and_trailers_over_mtls(proxy, origdst, pki):
     server = await asyncio.start_server(chunked_app, "127.0.0.1", 0)
     raw_port = server.sockets[0].getsockname()[1]
 
-    async def ws_handler(request):
-        ws = web.WebSocketResponse()
-        await ws.prepare(request)
-        async for msg in ws:
-            await ws.send_str("echo:" + msg.data)
-        return ws
-
-    wsapp = web.Application()
-    wsapp.router.add_get("/ws", ws_handler)
-    runner = web.AppRunner(wsapp)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    ws_port = site._server.sockets[0].getsockname()[1]
+    runner, ws_port = await start_ws_echo()
 
     app = App()
     app.port = raw_port
