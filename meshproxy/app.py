@@ -70,6 +70,7 @@ class App:
         """``authz.engine.Authorizer`` when authorization policies are configured."""
         self.watcher = None
         """``config.watch.ConfigWatcher`` when started from a file."""
+        self._flusher: asyncio.Task | None = None
 
     def _build_listeners(self) -> None:
         cfg = self.snapshot.config
@@ -250,9 +251,8 @@ class App:
         return len(self.connections.active) + (len(self.http.connections) if self.http is not None else 0)
 
     async def _close_all(self) -> None:
-        flusher = getattr(self, "_flusher", None)
-        if flusher is not None:
-            flusher.cancel()
+        if self._flusher is not None:
+            self._flusher.cancel()
         for lst in self.listeners:
             lst.close()
         if self.http is not None:

@@ -168,10 +168,10 @@ class Metrics:
         """Count an authorization decision that denied, would have denied, or was audited."""
         if not decision.allowed:
             self.authz.labels(decision.policy or "default", decision.action, "true", protocol).inc()
-        if getattr(decision, "dry_run_denied", False):
-            self.authz.labels(getattr(decision, "dry_run_policy", None) or decision.policy or "default",
-                              "DENY", "false", protocol).inc()
-        for name in getattr(decision, "audited", ()) or ():
+        if decision.dry_run_denied:
+            self.authz.labels(decision.dry_run_policy or decision.policy or "default", "DENY", "false",
+                              protocol).inc()
+        for name in decision.audited:
             self.authz.labels(name, "AUDIT", "false", protocol).inc()
 
     def add_flusher(self, fn) -> None:
