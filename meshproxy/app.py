@@ -35,10 +35,12 @@ FLUSH_INTERVAL = 5.0
 def _changed_sections(old, new, reloadable) -> list[str]:
     """Top-level (and ``security.*``) sections that differ and cannot be swapped live."""
     out = []
-    for name in type(old).model_fields:
+    from .config.frozen import fields_of
+
+    for name in fields_of(old):
         a, b = getattr(old, name), getattr(new, name)
         if name == "security":
-            for sub in type(a).model_fields:
+            for sub in fields_of(a):
                 if getattr(a, sub) != getattr(b, sub) and f"security.{sub}" not in reloadable:
                     out.append(f"security.{sub}")
         elif a != b and name not in reloadable:
@@ -128,7 +130,10 @@ class App:
         if self.snapshot.source != "<defaults>":
             from .config.watch import ConfigWatcher
 
-            self.watcher = ConfigWatcher(self.snapshot.source, cfg.reload.interval, self.apply, self._reload_failed)
+            from .config.frozen import Record
+
+            self.watcher = ConfigWatcher(self.snapshot.source, cfg.reload.interval, self.apply, self._reload_failed,
+                                         isolated=isinstance(cfg, Record))
             self.watcher.start()
         self.state = "LIVE"
         self.metrics.server_state.set(1)
@@ -176,7 +181,7 @@ class App:
     def reload_now(self) -> None:
         """SIGHUP: check the file at once."""
         if self.watcher is not None:
-            self.watcher.check_now(force=True)
+            self.watcher.check_soon()
 
     def request_shutdown(self, reason: str) -> None:
         if not self._stop.is_set():

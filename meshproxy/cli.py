@@ -31,6 +31,22 @@ def _load_snapshot(path: str | None):
     return Snapshot(cfg, source=path or "<defaults>")
 
 
+def _compile_snapshot(path: str | None):
+    """``run``: the config validated in a child process, as frozen records (see config/frozen.py)."""
+    from .config.frozen import CompileError, compile_config
+    from .config.snapshot import Snapshot
+
+    try:
+        cfg = compile_config(path)
+    except CompileError as e:
+        if e.config_error:
+            print(f"meshproxy: invalid config\n{e}", file=sys.stderr)
+            raise SystemExit(EXIT_CONFIG) from None
+        print(f"meshproxy: cannot start: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+    return Snapshot(cfg, source=path or "<defaults>")
+
+
 def _config_path(args) -> str | None:
     return args.config or os.environ.get("MESHPROXY_CONFIG") or None
 
@@ -41,7 +57,7 @@ def cmd_run(args) -> int:
     from .errors import StartupError
     from .observe import log as logsetup
 
-    snapshot = _load_snapshot(_config_path(args))
+    snapshot = _compile_snapshot(_config_path(args))
     logsetup.setup(args.log_level or snapshot.config.log.level)
 
     async def main() -> int:

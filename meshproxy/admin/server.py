@@ -24,6 +24,7 @@ import json
 import logging
 from typing import TYPE_CHECKING, Any
 
+from ..config.frozen import dump
 from ..observe import log as logsetup
 from .httpd import Request, Response, Routes, Site
 
@@ -71,7 +72,7 @@ class Admin:
     def config_dump(self, request: Request) -> Response:
         snap = self.app.snapshot
         return _json({"version": snap.version, "loaded_at": snap.loaded_at, "source": snap.source,
-                      "config": redact(snap.config.model_dump(mode="json"))})
+                      "config": redact(dump(snap.config))})
 
     def listeners(self, request: Request) -> Response:
         info = self.app.listener_info()

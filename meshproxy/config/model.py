@@ -13,28 +13,21 @@ Models are frozen: a loaded config never changes, a reload builds a new one.
 from __future__ import annotations
 
 import os
-import re
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .model_types import Duration, IPAddr, Port, parse_duration, parse_hostport  # noqa: F401 (re-exported)
 from .routing import AccessLog, Cluster, Detection, Http, PortDecl, Protocol, Route, Tracing
+from .props import ExplicitListenerProps, NodeProps
 from .security import Security
+from .values import workload_from_pod  # noqa: F401 (re-exported)
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-_POD_HASH = re.compile(r"^(.*?)(?:-[a-z0-9]{6,10})?-[a-z0-9]{5}$")
 
-
-def workload_from_pod(pod_name: str) -> str:
-    """``reviews-v1-5b7c8d9f4-abcde`` → ``reviews-v1`` (Deployment → ReplicaSet → Pod naming)."""
-    m = _POD_HASH.match(pod_name)
-    return m.group(1) if m and m.group(1) else pod_name
-
-
-class Node(_Model):
+class Node(NodeProps, _Model):
     """Who this sidecar serves; feeds metric labels. Defaults come from the
     Kubernetes downward-API environment variables."""
 
@@ -49,10 +42,6 @@ class Node(_Model):
     """The pod's ``app`` label (Istio's ``source_app``/``destination_app``)."""
     version: str = Field(default_factory=lambda: os.environ.get("APP_VERSION", ""))
     """The pod's ``version`` label."""
-
-    @property
-    def workload(self) -> str:
-        return self.workload_name or (workload_from_pod(self.pod_name) if self.pod_name else "unknown")
 
 
 class ProxyIdentity(_Model):
@@ -88,7 +77,7 @@ class Outbound(_Model):
     addresses: list[IPAddr] = Field(default_factory=_default_addresses)
 
 
-class ExplicitListener(_Model):
+class ExplicitListener(ExplicitListenerProps, _Model):
     """A local address:port bound to a fixed upstream: no iptables, no root."""
 
     name: str = Field(min_length=1)
@@ -104,10 +93,6 @@ class ExplicitListener(_Model):
     def _upstream(cls, v: str) -> str:
         parse_hostport(v)
         return v
-
-    @property
-    def upstream_addr(self) -> tuple[str, int]:
-        return parse_hostport(self.upstream)
 
 
 class Endpoint(_Model):

@@ -14,13 +14,14 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .model_types import Duration, Port
+from .props import TlsProps
 
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class Tls(_Model):
+class Tls(TlsProps, _Model):
     """The workload's identity: files as a mounted Secret, cert-manager's CSI driver or
     a SPIRE helper deliver them. All three or none."""
 
@@ -39,10 +40,6 @@ class Tls(_Model):
         if given and len(given) != 3:
             raise ValueError("expected cert_file, key_file and bundle_file together (or none)")
         return self
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.cert_file)
 
 
 class MeshDestination(_Model):

@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from .model import Config
+if TYPE_CHECKING:
+    from .model import Config
 
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    config: Config
+    config: "Config"
+    """The validated ``model.Config``, or its frozen copy (``config/frozen.py``) in ``meshproxy run``."""
     version: int = 1
     source: str = "<defaults>"
     """The file it came from, or ``<defaults>``."""
     loaded_at: float = field(default_factory=time.time)
 
-    def successor(self, config: Config, source: str) -> "Snapshot":
+    def successor(self, config: "Config", source: str) -> "Snapshot":
         return Snapshot(config, self.version + 1, source)

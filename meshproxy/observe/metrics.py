@@ -12,11 +12,14 @@ in one test process.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics
 from prometheus_client.exposition import generate_latest
 
-from ..config.model import Node
+if TYPE_CHECKING:
+    from ..config.model import Node
+
 
 # Istio's standard labels (https://istio.io/latest/docs/reference/config/metrics/), in order.
 ISTIO_LABELS = (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import socket
 
 from meshproxy.net.addrs import OrigDst
 
@@ -80,3 +81,12 @@ def metric_value(text: str, name: str, **labels: str) -> float:
                 total += s.value
                 found = True
     return total if found else 0.0
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on (bound, read, released)."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port

@@ -9,7 +9,7 @@ import random
 import socket
 
 import pytest
-from e2e_support import metric_value, metrics_text
+from e2e_support import free_port, metric_value, metrics_text
 
 from meshproxy.net.addrs import OrigDst
 
@@ -200,13 +200,7 @@ async def test_active_connection_is_not_idle(proxy):
     server.close()
 
 
-def closed_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
+closed_port = free_port
 
 async def test_upstream_refused_resets_downstream_with_UF(proxy):
     r = await proxy(explicit(closed_port()))

@@ -11,16 +11,9 @@ import threading
 import time
 
 import pytest
+from e2e_support import free_port
 
 MESHPROXY = [sys.executable, "-m", "meshproxy"]
-
-
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 class SlowServer(threading.Thread):
