@@ -1,6 +1,6 @@
 """The h2 connection object ``codec/http2.py`` drives, with four patches.
 
-Where this sits: private to ``codec/http2.py``; nothing else imports it. It is
+Where this sits: private to ``codec/_h2_codec.py`` (the h2 backend); nothing else imports it. It is
 sans-IO like h2 itself: no asyncio, no sockets.
 
 h2 (4.x) is a good frame engine, but four of its policies do not fit a proxy.

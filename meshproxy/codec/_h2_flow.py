@@ -1,6 +1,6 @@
 """Outbound flow control: per-stream send queues released as windows open.
 
-Where this sits: private to ``codec/http2.py``. ``flush`` moves queued body bytes
+Where this sits: private to ``codec/_h2_codec.py`` (the h2 backend). ``flush`` moves queued body bytes
 into h2 as far as the peer's stream and connection windows (and its
 MAX_FRAME_SIZE) allow, then the deferred END_STREAM or trailers once nothing is
 left. It never calls ``send_data`` beyond the window, so h2 never raises

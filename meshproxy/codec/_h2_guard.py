@@ -1,16 +1,21 @@
 """Abuse protections for one HTTP/2 connection: the limits and their counters.
 
-Where this sits: private to ``codec/http2.py``, which reports what the peer did
-(``Guard.control_frame`` ...) and turns a returned reason into GOAWAY
-ENHANCE_YOUR_CALM. Pure counting: no h2, no I/O, no clock. Defaults and
-semantics follow Envoy (``envoy.config.core.v3.Http2ProtocolOptions`` and the
-1.27.1 premature-reset overload rule); ``Http2Limits`` is re-exported by
-``codec/http2.py``.
+Where this sits: private to the HTTP/2 backends (``_h2_codec``, ``_ng_codec``),
+which report what the peer did (``Guard.control_frame`` ...) and turn a returned
+reason into GOAWAY ENHANCE_YOUR_CALM. Pure counting: no h2, no I/O, no clock.
+Defaults and semantics follow Envoy (``envoy.config.core.v3.Http2ProtocolOptions``
+and the 1.27.1 premature-reset overload rule). ``Http2Limits`` and
+``StreamUnavailable`` are re-exported by ``codec/http2.py``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+
+class StreamUnavailable(RuntimeError):
+    """``send_head`` (client role) on a connection that cannot open a stream now:
+    check ``can_open_stream()`` first and use another connection."""
 
 
 @dataclass(frozen=True, slots=True)

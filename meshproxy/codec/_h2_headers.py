@@ -1,11 +1,12 @@
 """Header translation at the HTTP/2 codec boundary, in one pass each way.
 
-Where this sits: private to ``codec/http2.py``. Inbound, h2 hands us the decoded
-header list (h2's own validation is off, see ``_h2_conn``); ``lift_request`` /
+Where this sits: private to the HTTP/2 backends (``_h2_codec``, ``_ng_codec``).
+Inbound, h2 or nghttp2 hands us the decoded header list (their own validation is
+off, see ``_h2_conn`` and ``_ng_codec``); ``lift_request`` /
 ``lift_response`` / ``check_trailers`` validate it against RFC 9113 section 8.2
 and 8.3 and lift pseudo-headers into the event's fields. Outbound,
 ``request_block`` / ``response_block`` / ``trailer_block`` build the header list
-h2 encodes, stripping what HTTP/2 forbids. Together they make HTTP/2 <->
+the backend encodes, stripping what HTTP/2 forbids. Together they make HTTP/2 <->
 HTTP/1.1 translation possible above the codec:
 
 - received heads never carry pseudo-headers, connection-specific headers or

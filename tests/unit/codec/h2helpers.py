@@ -8,7 +8,8 @@ from hpack import Decoder, Encoder
 from hyperframe.frame import (ContinuationFrame, DataFrame, Frame, GoAwayFrame, HeadersFrame,
                               PingFrame, RstStreamFrame, SettingsFrame, WindowUpdateFrame)
 
-from meshproxy.codec.http2 import Http2Codec, Http2Limits
+from meshproxy.codec import http2
+from meshproxy.codec.http2 import Http2Limits
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -108,12 +109,14 @@ class RawServer:
     """A server-role codec driven by hand-built client frames."""
 
     def __init__(self, limits: Http2Limits = Http2Limits(), handshake: bool = True) -> None:
-        self.codec = Http2Codec("server", limits)
+        self.codec = http2.Http2Codec("server", limits)
         self.codec.initiate()
         self.ff = FrameFactory()
         self.decoder = Decoder()
         if handshake:  # else the test feeds a real client's preface
-            self.codec.receive_data(self.ff.preamble())
+            # Like a real client: our SETTINGS are acknowledged at once, so the
+            # windows and limits they announce are in force on both backends.
+            self.codec.receive_data(self.ff.preamble() + self.ff.settings(ack=True))
             self.drain()
 
     def feed(self, data: bytes) -> list:
@@ -132,8 +135,8 @@ class ConnectionPair:
 
     def __init__(self, limits: Http2Limits = Http2Limits(),
                  client_limits: Http2Limits | None = None) -> None:
-        self.client = Http2Codec("client", client_limits or limits)
-        self.server = Http2Codec("server", limits)
+        self.client = http2.Http2Codec("client", client_limits or limits)
+        self.server = http2.Http2Codec("server", limits)
         self.client.initiate()
         self.server.initiate()
         self.pump()

@@ -1,0 +1,779 @@
+"""HTTP/2 codec backend on libnghttp2: one connection's bytes <-> events, natively.
+
+Where this sits: ``codec/http2.py`` exports ``NgHttp2Codec`` as ``Http2Codec``
+when ``_ng_ffi.load()`` succeeds (importing this module loads the library). The
+public interface and every event it emits are those of ``_h2_codec.H2Codec``,
+whose module docstring states the invariants both keep; ``http/server.py`` and
+``upstream/client.py`` cannot tell the two apart. Pure like it: no asyncio, no
+sockets, no clock.
+
+How it drives nghttp2:
+
+- Input goes through ``nghttp2_session_mem_recv``; output comes out of
+  ``nghttp2_session_mem_send`` into ``_out`` (no send callback). Every Python <->
+  C crossing costs about a microsecond, so per request there are only: one
+  ``on_header`` per field (collected into ``_fields``), one ``on_frame_recv`` per
+  frame (which emits the events), one ``on_data_chunk_recv`` per DATA chunk,
+  ``on_stream_close`` once per stream, and one read callback per DATA frame sent.
+- nghttp2's HTTP messaging checks are off: ``_h2_headers`` validates exactly as
+  for the h2 backend (a malformed request is a stream error, 431 is local), and
+  content-length is checked here, per stream (RFC 9113 section 8.1.1).
+- Flow control is manual (``no_auto_window_update``): ``ack`` calls
+  ``nghttp2_session_consume``. nghttp2 consumes padding and DATA it ignores by
+  itself, so a padded frame's padding is remembered in ``_credit`` and not
+  consumed twice when the layer above acks the full ``flow_controlled_length``.
+- Bodies wait in a per-stream queue; a data provider's read callback copies from
+  it into nghttp2's frame buffer as the windows allow (``pending()`` is what is
+  still queued).
+- Our SETTINGS advertise MAX_CONCURRENT_STREAMS without telling nghttp2 (the
+  entry is added to the serialised frame): after the peer's ACK nghttp2 would
+  make an excess stream a connection error, RFC 9113 section 5.1.2 and Envoy
+  make it REFUSED_STREAM, which the codec sends itself. A graceful GOAWAY is
+  likewise written by the codec, so streams above its last id get REFUSED_STREAM
+  instead of being silently ignored.
+- Connection errors nghttp2 finds itself queue its GOAWAY; the codec sees the
+  frame leave (``mem_send`` right after ``mem_recv``) and reports it. Abuse the
+  codec detects (``Guard``) and nghttp2's fatal returns (flood, CONTINUATION
+  flood, bad preface) stop the session: the codec writes the GOAWAY, dropping
+  queued output when the peer was flooding us, and frees the session.
+
+Invariants (besides ``_h2_codec``'s): callbacks only run inside ``mem_recv`` and
+``mem_send``, never free the session and never raise into C (a failure is
+returned as NGHTTP2_ERR_CALLBACK_FAILURE and turned into a connection error);
+the session is deleted exactly once (``_free``; ``ffi.gc`` if the codec is
+dropped unclosed).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import deque
+
+from . import _ng_ffi
+from ._h2_guard import Guard, Http2Limits, StreamUnavailable
+from ._h2_headers import check_trailers, lift_request, lift_response, request_block
+from ._h2_headers import response_block, trailer_block
+from .events import (CANCEL, ENHANCE_YOUR_CALM, INTERNAL_ERROR, NO_ERROR, PROTOCOL_ERROR,
+                     REFUSED_STREAM, ConnectionEnded, Data, EndStream, Event, Headers,
+                     ProtocolError, Reset, RequestHead, ResponseHead, Trailers, WindowOpened)
+
+__all__ = ["NgHttp2Codec"]
+
+ffi, lib = _ng_ffi.load()
+
+_MAX_STREAM_ID = 2**31 - 1
+_DEFAULT_WINDOW = 65535
+_NULL = ffi.NULL
+
+# nghttp2.h constants
+_ERR_DEFERRED = -508
+_ERR_CALLBACK_FAILURE = -902
+_ERR_BAD_CLIENT_MAGIC = -903
+_ERR_FLOODED = -904
+_ERR_TOO_MANY_CONTINUATIONS = -905
+_FLAG_END_STREAM = 0x1
+_FLAG_ACK = 0x1
+_DATA_EOF = 0x1
+_DATA_NO_END_STREAM = 0x2
+_HCAT_REQUEST = 0
+_HCAT_RESPONSE = 1
+_DATA, _HEADERS, _RST_STREAM, _SETTINGS, _PING, _GOAWAY = 0, 1, 3, 4, 6, 7
+_SETTINGS_ENABLE_PUSH = 0x2
+_SETTINGS_MAX_CONCURRENT_STREAMS = 0x3
+_SETTINGS_INITIAL_WINDOW_SIZE = 0x4
+_SETTINGS_MAX_HEADER_LIST_SIZE = 0x6
+_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+_from_handle = ffi.from_handle
+_unpack = ffi.unpack
+_memmove = ffi.memmove
+
+
+# === header lists -> nghttp2_nv[] ===
+
+_NV_PACKED = ffi.sizeof("nghttp2_nv") == struct.calcsize("PPNNB") + 7 == 40
+
+
+def _nva(fields: list) -> tuple:
+    """``(nghttp2_nv[] cdata, count, keepalive)`` for ``fields`` (name, value)
+    tuples; a tuple subclass (hpack's ``NeverIndexedHeaderTuple``) is sent with
+    NGHTTP2_NV_FLAG_NO_INDEX. nghttp2 copies the fields during ``submit_*``, so
+    ``keepalive`` only has to outlive that call.
+
+    On LP64 the array is packed in one ``struct.pack`` pointing into one joined
+    blob: far fewer crossings than setting cdata fields one by one."""
+    n = len(fields)
+    if _NV_PACKED:
+        blob = b"".join([b"".join(f) for f in fields])
+        addr = int(ffi.cast("uintptr_t", ffi.from_buffer(blob)))
+        args: list = []
+        for f in fields:
+            ln, lv = len(f[0]), len(f[1])
+            args += (addr, addr + ln, ln, lv, 0 if f.__class__ is tuple else 1)
+            addr += ln + lv
+        packed = struct.pack("PPNNB7x" * n, *args)
+        return ffi.from_buffer("nghttp2_nv[]", packed), n, (blob, packed)
+    arr = ffi.new("nghttp2_nv[]", n)
+    keep = []
+    for i, f in enumerate(fields):
+        name, value = ffi.from_buffer(f[0]), ffi.from_buffer(f[1])
+        keep += (name, value)
+        nv = arr[i]
+        nv.name, nv.value, nv.namelen, nv.valuelen = name, value, len(f[0]), len(f[1])
+        nv.flags = 0 if f.__class__ is tuple else 1
+    return arr, n, keep
+
+
+def _goaway_frame(last_stream_id: int, error_code: int) -> bytes:
+    return struct.pack(">I B B I I I", 8, 7, 0, 0, last_stream_id & _MAX_STREAM_ID, error_code)[1:]
+
+
+# === callbacks (module-level: one set for every session) ===
+
+_callback_error: list = [None]
+
+
+def _onerror(exc_type, exc_value, tb) -> None:  # noqa: ANN001 - cffi's signature
+    _callback_error[0] = exc_value
+
+
+@ffi.callback("nghttp2_on_header_callback", error=_ERR_CALLBACK_FAILURE, onerror=_onerror)
+def _on_header(session, frame, name, namelen, value, valuelen, flags, ud):  # noqa: ANN001
+    c = _from_handle(ud)
+    c._fields.append((_unpack(name, namelen), _unpack(value, valuelen)))
+    c._fsize += namelen + valuelen + 32
+    if c._fsize > c._hard_limit:
+        c._fatal = (ENHANCE_YOUR_CALM, "header list larger than %d bytes" % c._hard_limit)
+        return _ERR_CALLBACK_FAILURE
+    return 0
+
+
+@ffi.callback("nghttp2_on_data_chunk_recv_callback", error=_ERR_CALLBACK_FAILURE, onerror=_onerror)
+def _on_chunk(session, flags, stream_id, data, length, ud):  # noqa: ANN001
+    _from_handle(ud)._chunks.append(_unpack(data, length))
+    return 0
+
+
+@ffi.callback("nghttp2_on_frame_recv_callback", error=_ERR_CALLBACK_FAILURE, onerror=_onerror)
+def _on_frame(session, frame, ud):  # noqa: ANN001
+    c = _from_handle(ud)
+    hd = frame.hd
+    t = hd.type
+    if t == _HEADERS:
+        c._on_headers(hd.stream_id, hd.flags, frame.headers.cat)
+    elif t == _DATA:
+        c._on_data(hd.stream_id, hd.flags, hd.length)
+    elif t == _RST_STREAM:
+        c._on_reset(hd.stream_id, frame.rst_stream.error_code)
+    elif t == _SETTINGS or t == _PING:
+        if not hd.flags & _FLAG_ACK:
+            if t == _SETTINGS and c._client:
+                c._peer_streams = lib.nghttp2_session_get_remote_settings(
+                    session, _SETTINGS_MAX_CONCURRENT_STREAMS)
+            c._count_control()
+    elif t == _GOAWAY:
+        g = frame.goaway
+        debug = _unpack(g.opaque_data, g.opaque_data_len) if g.opaque_data_len else b""
+        c._on_goaway(g.last_stream_id, g.error_code, debug)
+    if c._fatal is not None or c._dead:
+        return _ERR_CALLBACK_FAILURE  # stop reading: the connection is over
+    return 0
+
+
+@ffi.callback("nghttp2_on_stream_close_callback", error=_ERR_CALLBACK_FAILURE, onerror=_onerror)
+def _on_close(session, stream_id, error_code, ud):  # noqa: ANN001
+    c = _from_handle(ud)
+    st = c._streams.pop(stream_id, None)
+    if st is not None:  # closed by nghttp2 itself: a stream error it found, or a
+        c._guard.closed += 1  # request it may no longer start after the peer's GOAWAY
+        remote = error_code == REFUSED_STREAM and c._goaway_received
+        c._ev.append(Reset(stream_id, error_code, remote))
+    return 0
+
+
+@ffi.callback("nghttp2_data_source_read_callback", error=_ERR_CALLBACK_FAILURE, onerror=_onerror)
+def _on_read(session, stream_id, buf, length, data_flags, source, ud):  # noqa: ANN001
+    c = _from_handle(ud)
+    st = c._streams.get(stream_id)
+    if st is None:
+        return _ERR_DEFERRED  # forgotten: nghttp2 drops the provider when it closes
+    if st.blocked:
+        st.blocked = False
+        if c._opened is not None:
+            c._opened[stream_id] = None
+    q = st.queue
+    n = 0
+    while q and n < length:
+        chunk = q[0]
+        size = len(chunk)
+        room = length - n
+        if size <= room:
+            _memmove(buf + n if n else buf, chunk, size)
+            q.popleft()
+            n += size
+        else:
+            _memmove(buf + n if n else buf, chunk, room)
+            q[0] = memoryview(chunk)[room:]
+            n += room
+    st.pending -= n
+    if q:
+        st.blocked = True
+        return n
+    if st.end_requested:
+        if st.trailers is not None:
+            data_flags[0] = _DATA_EOF | _DATA_NO_END_STREAM
+            nva, k, _keep = _nva(st.trailers)
+            lib.nghttp2_submit_trailer(session, stream_id, nva, k)
+        else:
+            data_flags[0] = _DATA_EOF
+        st.attached = False
+        c._local_end(st)
+        return n
+    if n:
+        return n
+    st.deferred = True
+    return _ERR_DEFERRED
+
+
+_callbacks = ffi.new("nghttp2_session_callbacks **")
+lib.nghttp2_session_callbacks_new(_callbacks)
+_callbacks = ffi.gc(_callbacks[0], lib.nghttp2_session_callbacks_del)
+lib.nghttp2_session_callbacks_set_on_header_callback(_callbacks, _on_header)
+lib.nghttp2_session_callbacks_set_on_data_chunk_recv_callback(_callbacks, _on_chunk)
+lib.nghttp2_session_callbacks_set_on_frame_recv_callback(_callbacks, _on_frame)
+lib.nghttp2_session_callbacks_set_on_stream_close_callback(_callbacks, _on_close)
+_provider = ffi.new("nghttp2_data_provider *")
+_provider.read_callback = _on_read
+
+
+class _Stream:
+    """One stream's send queue and lifecycle flags, as the codec sees them."""
+
+    __slots__ = ("id", "queue", "pending", "end_requested", "trailers", "local_ended",
+                 "remote_ended", "responded", "rejected", "attached", "deferred", "blocked",
+                 "final", "content_length", "received")
+
+    def __init__(self, stream_id: int) -> None:
+        self.id = stream_id
+        self.queue: deque = deque()
+        """Body chunks waiting for the read callback, in order."""
+        self.pending = 0
+        """Total bytes in ``queue``."""
+        self.end_requested = False
+        """The caller has ended its side; END_STREAM (or trailers) go after the queue."""
+        self.trailers: list | None = None
+        """Trailer fields to send instead of an empty END_STREAM."""
+        self.local_ended = False
+        """Our END_STREAM has been handed to nghttp2."""
+        self.remote_ended = False
+        """The peer's END_STREAM has been received."""
+        self.responded = False
+        """Server role: a final (>= 200) response head was sent."""
+        self.rejected = False
+        """Server role: refused with a local 431; its inbound events are swallowed."""
+        self.attached = False
+        """Our data provider is attached to the stream in nghttp2."""
+        self.deferred = False
+        """The read callback found nothing to send: ``resume_data`` when there is."""
+        self.blocked = False
+        """Bytes were left queued: the next read reports ``WindowOpened``."""
+        self.final = False
+        """Client role: a final (>= 200) response head was received."""
+        self.content_length: int | None = None
+        """The peer's declared body length."""
+        self.received = 0
+        """Body bytes received (content-length check)."""
+
+
+class NgHttp2Codec:
+    """Sans-IO HTTP/2 connection on libnghttp2 for ``role`` "server" or "client"."""
+
+    def __init__(self, role: str = "server", limits: Http2Limits = Http2Limits()) -> None:
+        if role not in ("server", "client"):
+            raise ValueError(f"role must be 'server' or 'client', not {role!r}")
+        self.role = role
+        self.limits = limits
+        self._client = client = role == "client"
+        self._handle = ffi.new_handle(self)
+        opt_p = ffi.new("nghttp2_option **")
+        lib.nghttp2_option_new(opt_p)
+        opt = opt_p[0]
+        try:
+            lib.nghttp2_option_set_no_auto_window_update(opt, 1)
+            lib.nghttp2_option_set_no_http_messaging(opt, 1)
+            lib.nghttp2_option_set_no_closed_streams(opt, 1)
+            lib.nghttp2_option_set_peer_max_concurrent_streams(opt, limits.max_concurrent_streams)
+            lib.nghttp2_option_set_max_outbound_ack(opt, limits.max_outbound_control_frames)
+            lib.nghttp2_option_set_max_send_header_block_length(opt, 4 * limits.max_header_list_size)
+            session_p = ffi.new("nghttp2_session **")
+            new = lib.nghttp2_session_client_new2 if client else lib.nghttp2_session_server_new2
+            rv = new(session_p, _callbacks, self._handle, opt)
+        finally:
+            lib.nghttp2_option_del(opt)
+        if rv != 0:
+            raise MemoryError(f"nghttp2 session: error {rv}")
+        self._s = ffi.gc(session_p[0], lib.nghttp2_session_del)
+        self._pp = ffi.new("const char **")
+        self._streams: dict[int, _Stream] = {}
+        self._out: list[bytes] = []
+        self._fields: list = []
+        self._fsize = 0
+        self._hard_limit = 2 * limits.max_header_list_size
+        self._chunks: list[bytes] = []
+        self._credit: dict[int, int] = {}  # stream -> padding nghttp2 consumed itself
+        self._late: list = []
+        self._ev: list = self._late  # where callbacks put events
+        self._opened: dict | None = None  # WindowOpened, collected during receive_data
+        self._fatal: tuple | None = None
+        self._dead = False
+        self._drain_last = _MAX_STREAM_ID
+        self._goaway_sent = False
+        self._goaway_received = False
+        self._peer_streams = limits.max_concurrent_streams
+        self._next_id = 1
+        self._guard = Guard(limits)
+
+    # === connection ===
+
+    def initiate(self) -> None:
+        """Queue the preface (client) and SETTINGS, then open the connection window."""
+        lim = self.limits
+        iv = [(_SETTINGS_INITIAL_WINDOW_SIZE, lim.initial_stream_window),
+              (_SETTINGS_MAX_HEADER_LIST_SIZE, lim.max_header_list_size)]
+        if self._client:
+            iv.append((_SETTINGS_ENABLE_PUSH, 0))
+        lib.nghttp2_submit_settings(self._s, 0, ffi.new("nghttp2_settings_entry[]", iv), len(iv))
+        if lim.initial_connection_window > _DEFAULT_WINDOW:
+            lib.nghttp2_session_set_local_window_size(self._s, 0, 0, lim.initial_connection_window)
+        self._send()
+        data = b"".join(self._out)
+        at = len(_PREFACE) if data.startswith(_PREFACE) else 0
+        size = int.from_bytes(data[at:at + 3], "big")
+        if data[at + 3] != _SETTINGS:
+            raise RuntimeError("nghttp2 did not start with SETTINGS")
+        end = at + 9 + size
+        entry = struct.pack(">HI", _SETTINGS_MAX_CONCURRENT_STREAMS, lim.max_concurrent_streams)
+        self._out = [data[:at] + (size + 6).to_bytes(3, "big") + data[at + 3:end] + entry
+                     + data[end:]]
+
+    def data_to_send(self) -> bytes:
+        """Bytes to write to the transport now (drains the outbound buffer)."""
+        self._guard.control_queued = 0
+        if not self._dead:
+            self._send()
+        out = self._out
+        if not out:
+            return b""
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        return data
+
+    @property
+    def open_streams(self) -> int:
+        """Streams not yet closed in both directions."""
+        return len(self._streams)
+
+    def can_open_stream(self) -> bool:
+        """Client role: whether ``send_head`` may open a stream now (no GOAWAY either
+        way, the peer's MAX_CONCURRENT_STREAMS not reached, ids left). Until the
+        peer's SETTINGS arrive we assume our own limit."""
+        return (not self._dead and not self._goaway_received and not self._goaway_sent
+                and len(self._streams) < min(self._peer_streams, self.limits.max_concurrent_streams)
+                and self._next_id < _MAX_STREAM_ID - 2)
+
+    def start_drain(self) -> None:
+        """Graceful GOAWAY: the server refuses streams above the highest one it has
+        seen and finishes the rest; the client stops opening streams."""
+        if self._goaway_sent or self._dead:
+            return
+        self._goaway_sent = True
+        last = 0
+        if not self._client:
+            last = self._drain_last = lib.nghttp2_session_get_last_proc_stream_id(self._s)
+        self._send()
+        self._out.append(_goaway_frame(last, NO_ERROR))
+
+    def close(self, error_code: int = NO_ERROR) -> None:
+        """Queue a final GOAWAY; the caller flushes ``data_to_send()`` and closes.
+        No events follow; the caller ends its own streams."""
+        if self._dead:
+            return
+        self._dead = True
+        lib.nghttp2_session_terminate_session(self._s, error_code)
+        self._send()
+        self._free()
+
+    # === receiving ===
+
+    def receive_data(self, data: bytes) -> list[Event]:
+        """Feed bytes read from the transport; return the events they complete."""
+        if self._dead:  # events of a failure found while sending, if any
+            out, self._late = self._late, []
+            return out
+        out = self._ev = self._late
+        self._late = []
+        try:
+            rv = lib.nghttp2_session_mem_recv(
+                self._s, data if data.__class__ is bytes else ffi.from_buffer(data), len(data))
+            if self._dead:  # a GOAWAY with an error: events are out, nothing more
+                self._free()
+                return out
+            if rv < 0:
+                self._recv_failed(rv, out)
+                return out
+            self._opened = {}
+            start = len(self._out)
+            self._send()
+            if self._dead:
+                return out
+            if self._opened:
+                out += [WindowOpened(sid) for sid in self._opened]
+            if not lib.nghttp2_session_want_read(self._s):
+                self._check_terminated(start, out)
+        finally:
+            self._opened = None
+            self._ev = self._late
+        return out
+
+    def receive_eof(self) -> list[Event]:
+        """The transport hit EOF: open streams are reset, then ``ConnectionEnded``."""
+        out, self._late = self._late, []
+        if self._dead:
+            return out
+        self._dead = True
+        self._reset_all(out, CANCEL)
+        out.append(ConnectionEnded())
+        self._free()
+        return out
+
+    def _on_headers(self, sid: int, flags: int, cat: int) -> None:
+        fields = self._fields
+        self._fields = []
+        self._fsize = 0
+        self._guard.empty_frames = 0
+        end = flags & _FLAG_END_STREAM
+        if cat == _HCAT_REQUEST:
+            if not self._client:
+                self._on_request(sid, fields, end)
+            return
+        st = self._streams.get(sid)
+        if st is None:
+            return
+        if self._client and (cat == _HCAT_RESPONSE or not st.final):
+            lim = self.limits
+            head = lift_response(sid, fields, bool(end), lim.max_header_list_size,
+                                 lim.max_headers_count)
+            if head.__class__ is ResponseHead:
+                if head.status >= 200:
+                    st.final = True
+                    st.content_length = head.content_length
+                self._ev.append(head)
+                if end:
+                    self._on_end(st)
+            else:
+                self._malformed(st)
+            return
+        if st.rejected:
+            if end:
+                self._on_end(st)
+            return
+        lim = self.limits
+        trailers = check_trailers(fields, lim.max_header_list_size, lim.max_headers_count)
+        if not end or trailers.__class__ is str:  # trailers must end the stream (RFC 9113 8.1)
+            self._malformed(st)
+            return
+        self._ev.append(Trailers(sid, trailers))
+        self._on_end(st)
+
+    def _on_request(self, sid: int, fields: list, end: int) -> None:
+        lim = self.limits
+        if len(self._streams) >= lim.max_concurrent_streams or sid > self._drain_last:
+            self._send_rst(sid, REFUSED_STREAM, True)
+            return
+        head = lift_request(sid, fields, bool(end), lim.max_header_list_size,
+                            lim.max_headers_count)
+        if head.__class__ is RequestHead:
+            st = self._streams[sid] = _Stream(sid)
+            st.content_length = head.content_length
+            self._ev.append(head)
+            if end:
+                self._on_end(st)
+        elif head == 431:
+            st = self._streams[sid] = _Stream(sid)
+            st.rejected = True
+            self._ev.append(ProtocolError(sid, 431, "request header fields too large", False,
+                                          NO_ERROR))
+            if end:
+                self._on_end(st)
+        else:
+            self._send_rst(sid, PROTOCOL_ERROR, True)
+            self._ev.append(Reset(sid, PROTOCOL_ERROR, False))
+
+    def _on_data(self, sid: int, flags: int, length: int) -> None:
+        chunks = self._chunks
+        if chunks:
+            data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            chunks.clear()
+        else:
+            data = b""
+        end = flags & _FLAG_END_STREAM
+        st = self._streams.get(sid)
+        if not data:
+            if not end:
+                reason = self._guard.empty_frame()
+                if reason is not None:
+                    self._fatal = (ENHANCE_YOUR_CALM, reason)
+                    return
+        else:
+            self._guard.empty_frames = 0
+            n = len(data)
+            if st is None or st.rejected:
+                lib.nghttp2_session_consume(self._s, sid, n)  # the layer never sees it
+            else:
+                st.received += n
+                cl = st.content_length
+                if cl is not None and (st.received > cl or (end and st.received != cl)):
+                    lib.nghttp2_session_consume(self._s, sid, n)
+                    self._malformed(st)
+                    return
+                if length > n:  # padding: nghttp2 has consumed it already
+                    self._credit[sid] = self._credit.get(sid, 0) + length - n
+                self._ev.append(Data(sid, data, length))
+        if end and st is not None:
+            self._on_end(st)
+
+    def _on_end(self, st: _Stream) -> None:
+        """The peer's END_STREAM (on DATA, a head or trailers)."""
+        if not st.rejected and st.content_length is not None and st.received != st.content_length:
+            self._malformed(st)
+            return
+        st.remote_ended = True
+        if not st.rejected:
+            self._ev.append(EndStream(st.id))
+        if st.local_ended:
+            self._forget(st)
+
+    def _malformed(self, st: _Stream) -> None:
+        """A malformed message is a stream error (RFC 9113 section 8.1.1)."""
+        self._reset_stream(st, PROTOCOL_ERROR, True)
+        self._ev.append(Reset(st.id, PROTOCOL_ERROR, False))
+
+    def _on_reset(self, sid: int, code: int) -> None:
+        st = self._streams.pop(sid, None)
+        if st is None:
+            return
+        self._guard.closed += 1
+        self._ev.append(Reset(sid, code, True))
+        if not self._client and not st.responded:
+            reason = self._guard.premature_reset()
+            if reason is not None:
+                self._fatal = (ENHANCE_YOUR_CALM, reason)
+
+    def _on_goaway(self, last: int, code: int, debug: bytes) -> None:
+        self._goaway_received = True
+        extra = {"additional_data": debug} if debug else {}
+        out = self._ev
+        if code == NO_ERROR:
+            if self._client:  # streams above `last` were never processed: safe to retry
+                for st in [s for s in self._streams.values() if s.id > last]:
+                    self._forget(st)
+                    out.append(Reset(st.id, REFUSED_STREAM, True))
+            out.append(ConnectionEnded(last, code, extra))
+            return
+        self._dead = True
+        self._reset_all(out, code)
+        out.append(ConnectionEnded(last, code, extra))
+
+    def _count_control(self) -> None:
+        reason = self._guard.control_frame()
+        if reason is not None:
+            self._fatal = (ENHANCE_YOUR_CALM, reason)
+
+    def _recv_failed(self, rv: int, out: list) -> None:
+        """``mem_recv`` returned a fatal error: ours (``_fatal``) or nghttp2's."""
+        if self._fatal is not None:
+            code, message = self._fatal
+        elif rv == _ERR_BAD_CLIENT_MAGIC:
+            code, message = PROTOCOL_ERROR, "invalid HTTP/2 connection preface"
+        elif rv == _ERR_FLOODED:
+            code, message = ENHANCE_YOUR_CALM, "outbound control frame flood"
+        elif rv == _ERR_TOO_MANY_CONTINUATIONS:
+            code, message = ENHANCE_YOUR_CALM, "too many CONTINUATION frames"
+        elif rv == _ERR_CALLBACK_FAILURE:
+            exc, _callback_error[0] = _callback_error[0], None
+            code, message = INTERNAL_ERROR, f"internal error: {exc.__class__.__name__}"
+        else:
+            code, message = INTERNAL_ERROR, f"nghttp2 error {rv}"
+        self._die(out, message, code)
+
+    def _check_terminated(self, start: int, out: list) -> None:
+        """nghttp2 wants no more input: if it just sent a GOAWAY with an error (a
+        connection error it found itself), report it like the h2 backend does."""
+        for frame in self._out[start:]:
+            if len(frame) >= 17 and frame[3] == _GOAWAY:
+                code = int.from_bytes(frame[13:17], "big")
+                if code != NO_ERROR:
+                    reason = frame[17:].decode("latin-1") or f"HTTP/2 error {code}"
+                    self._die(out, reason, code, queued=True)
+                return
+
+    # === sending ===
+
+    def send_head(self, head: RequestHead | ResponseHead) -> int:
+        """Send a head: a ``RequestHead`` (client role; a new stream, whose id is
+        allocated and returned) or a ``ResponseHead`` (server role, 1xx or final)."""
+        if self._client:
+            if not self.can_open_stream():
+                raise StreamUnavailable("connection cannot open another stream")
+            nva, n, _keep = _nva(request_block(head))
+            end = head.end_stream
+            sid = lib.nghttp2_submit_request(self._s, _NULL, nva, n,
+                                             _NULL if end else _provider, _NULL)
+            if sid < 0:
+                raise StreamUnavailable(f"nghttp2 cannot open a stream: error {sid}")
+            self._next_id = sid + 2
+            st = self._streams[sid] = _Stream(sid)
+            if end:
+                st.end_requested = True
+                self._local_end(st)
+            else:
+                st.attached = True
+            return sid
+        sid = head.stream_id
+        st = self._streams.get(sid)
+        if st is None or st.end_requested or self._dead:
+            return sid
+        nva, n, _keep = _nva(response_block(head))
+        if head.end_stream:
+            lib.nghttp2_submit_response(self._s, sid, nva, n, _NULL)
+        else:
+            lib.nghttp2_submit_headers(self._s, 0, sid, _NULL, nva, n, _NULL)
+        if head.status >= 200:
+            st.responded = True
+        if head.end_stream:
+            st.end_requested = True
+            self._local_end(st)
+        return sid
+
+    def send_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
+        """Send body bytes as the peer's window allows; queue the rest (``pending``)."""
+        st = self._streams.get(stream_id)
+        if st is None or st.end_requested or self._dead:
+            return
+        if data:
+            st.queue.append(data)
+            st.pending += len(data)
+            st.blocked = True
+        elif not end_stream:
+            return
+        if end_stream:
+            st.end_requested = True
+        self._wake(st)
+
+    def send_trailers(self, stream_id: int, headers: Headers) -> None:
+        """End the stream with trailers, after any queued data."""
+        st = self._streams.get(stream_id)
+        if st is None or st.end_requested or self._dead:
+            return
+        st.trailers = trailer_block(headers)
+        st.end_requested = True
+        self._wake(st)
+
+    def send_end(self, stream_id: int) -> None:
+        """End the stream (empty DATA with END_STREAM), after any queued data."""
+        self.send_data(stream_id, b"", True)
+
+    def send_reset(self, stream_id: int, error_code: int = CANCEL) -> None:
+        """Reset the stream now; queued data is dropped."""
+        st = self._streams.get(stream_id)
+        if st is not None and not self._dead:
+            self._reset_stream(st, error_code, False)
+
+    def ack(self, stream_id: int, n: int) -> None:
+        """``n`` flow-controlled bytes of ``Data`` on ``stream_id`` were passed on;
+        hand the window back to the peer (nghttp2 batches WINDOW_UPDATEs)."""
+        if n <= 0 or self._dead:
+            return
+        if self._credit:
+            credit = self._credit.pop(stream_id, 0)
+            if credit > n:
+                self._credit[stream_id] = credit - n
+                return
+            n -= credit
+        if n:
+            lib.nghttp2_session_consume(self._s, stream_id, n)
+
+    def pending(self, stream_id: int) -> int:
+        """Bytes queued on ``stream_id`` waiting for the peer's window."""
+        st = self._streams.get(stream_id)
+        return st.pending if st is not None else 0
+
+    # === internals ===
+
+    def _wake(self, st: _Stream) -> None:
+        """Make nghttp2 ask the read callback for ``st``'s queue."""
+        if st.deferred:
+            st.deferred = False
+            lib.nghttp2_session_resume_data(self._s, st.id)
+        elif not st.attached:
+            st.attached = True
+            lib.nghttp2_submit_data(self._s, _FLAG_END_STREAM, st.id, _provider)
+
+    def _send(self) -> None:
+        """Move everything nghttp2 can send now into ``_out``."""
+        s, pp, out = self._s, self._pp, self._out
+        send = lib.nghttp2_session_mem_send
+        while True:
+            n = send(s, pp)
+            if n <= 0:
+                break
+            out.append(_unpack(pp[0], n))
+        if n < 0:  # fatal (an exception in the read callback, out of memory)
+            exc, _callback_error[0] = _callback_error[0], None
+            self._die(self._ev, f"internal error: {exc.__class__.__name__ if exc else n}",
+                      INTERNAL_ERROR)
+
+    def _local_end(self, st: _Stream) -> None:
+        st.local_ended = True
+        if st.remote_ended:
+            self._forget(st)
+        elif st.rejected:  # answered locally; the rest of the request is unwanted
+            self._reset_stream(st, NO_ERROR, True)
+
+    def _forget(self, st: _Stream) -> None:
+        if self._streams.pop(st.id, None) is not None:
+            self._guard.closed += 1
+
+    def _reset_stream(self, st: _Stream, code: int, provoked: bool) -> None:
+        self._forget(st)
+        self._send_rst(st.id, code, provoked)
+
+    def _send_rst(self, sid: int, code: int, provoked: bool) -> None:
+        """RST_STREAM; counted as a control frame when the peer provoked it."""
+        lib.nghttp2_submit_rst_stream(self._s, 0, sid, code)
+        if provoked:
+            self._count_control()
+
+    def _reset_all(self, out: list, code: int, remote: bool = True) -> None:
+        for sid in list(self._streams):
+            out.append(Reset(sid, code, remote))
+        self._streams.clear()
+
+    def _die(self, out: list, message: str, code: int, queued: bool = False) -> None:
+        """Fatal connection error: GOAWAY (already sent by nghttp2 when ``queued``),
+        ``ProtocolError``, then a ``Reset`` per open stream; the session is freed."""
+        self._dead = True
+        if not queued:
+            if code == ENHANCE_YOUR_CALM:  # abuse: do not write the flood back out
+                self._out.clear()
+            last = lib.nghttp2_session_get_last_proc_stream_id(self._s) if self._s is not None else 0
+            self._out.append(_goaway_frame(last, code))
+        out.append(ProtocolError(None, 400, message, True, code))
+        self._reset_all(out, code, remote=False)
+        self._free()
+
+    def _free(self) -> None:
+        """Delete the nghttp2 session now (once); later calls are no-ops."""
+        s, self._s = self._s, None
+        if s is not None:
+            ffi.release(s)
