@@ -105,12 +105,16 @@ _HOST = re.compile(rb"[A-Za-z0-9\-._~%!$&'()*+;=]*(?::[0-9]*)?|\[[0-9A-Fa-f:.]+\
 _AUTHORITY_FORM = re.compile(rb"(?:[A-Za-z0-9\-._~%]+|\[[0-9A-Fa-f:.]+\]):[0-9]+")
 _TOKEN_LIST = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+(?:[ \t]*,[ \t]*[!#$%&'*+\-.^_`|~0-9A-Za-z]+)*")
 _DEFAULT_PORT = {b"http": b":80", b"https": b":443"}
+_GOOD_HOSTS: dict[bytes, bool] = {}
+"""Host values that passed ``_HOST`` (a sidecar sees the same few over and over); bounded."""
 
 
 def _framing(special: list[tuple[bytes, bytes]], version: str, status: int) -> tuple[int | None, bool]:
     """(content_length, chunked) from Content-Length / Transfer-Encoding."""
     cl: bytes | None = None
     te: bytes | None = None
+    if len(special) == 1 and special[0][0] == b"host":
+        return None, False
     for name, value in special:
         if name == b"content-length":
             if cl is not None and value != cl:
@@ -140,10 +144,14 @@ def _framing(special: list[tuple[bytes, bytes]], version: str, status: int) -> t
 
 def keep_alive(version: str, special: list[tuple[bytes, bytes]]) -> bool:
     """Whether the Connection field and the version allow another message after this one."""
-    tokens: list[bytes] = []
+    tokens: list[bytes] | None = None
     for name, value in special:
         if name == b"connection":
+            if tokens is None:
+                tokens = []
             tokens += (t.strip(b" \t") for t in value.lower().split(b","))
+    if tokens is None:
+        return version == "1.1"
     if version == "1.1":
         return b"close" not in tokens
     return b"keep-alive" in tokens and b"close" not in tokens
@@ -176,8 +184,12 @@ def inspect_request(
             upgrade = value
         elif name == b"expect":
             expect = value
-    if host is not None and not _HOST.fullmatch(host):
-        raise Reject(400, "invalid Host")
+    if host is not None and host not in _GOOD_HOSTS:
+        if not _HOST.fullmatch(host):
+            raise Reject(400, "invalid Host")
+        if len(_GOOD_HOSTS) >= 1024:
+            _GOOD_HOSTS.clear()
+        _GOOD_HOSTS[host] = True
     content_length, chunked = _framing(special, version, 400)
     authority, scheme = host, b"http"
     if method == b"CONNECT":

@@ -90,6 +90,8 @@ class Http1Codec(Http1Sender):
         self._eof = False
         self._events: list[Event] = []
         self._parser: HttpRequestParser | HttpResponseParser | None = None
+        self._reuse = False
+        """``_parser`` finished its last message inside the head it was fed: it can parse the next head."""
         # Scratch filled by the httptools callbacks for the current message.
         self._url = self._reason = b""
         self._fields: list[tuple[bytes, bytes]] = []
@@ -213,7 +215,10 @@ class Http1Codec(Http1Sender):
         self._url = self._reason = b""
         self._fields, self._special = [], []
         self._complete, self._begins = False, 0
-        parser = self._parser = HttpRequestParser(self) if self._server else HttpResponseParser(self)
+        parser = self._parser
+        if not self._reuse:
+            parser = self._parser = HttpRequestParser(self) if self._server else HttpResponseParser(self)
+        self._reuse = False
         try:
             parser.feed_data(head)
         except HttpParserUpgrade:
@@ -221,6 +226,10 @@ class Http1Codec(Http1Sender):
         except HttpParserError as e:
             if not self._complete:  # after completion: llhttp's upgrade pause, not an error
                 return self._fail(400, f"malformed message head: {e}")
+        else:
+            # llhttp ended the message with the head and waits for the next one: keep the parser
+            # (it resets itself per message) unless it would refuse more (its own close rules).
+            self._reuse = self._complete and parser.should_keep_alive()
         if self._server:
             return self._request_head(parser, head)  # type: ignore[arg-type]
         return self._response_head(parser, head)  # type: ignore[arg-type]
@@ -302,6 +311,7 @@ class Http1Codec(Http1Sender):
             self._tail = b""
             self._meta = 0
             if self._complete:  # llhttp skipped the body (httptools does for Upgrade requests)
+                self._reuse = False
                 self._parser = HttpRequestParser(self) if self._server else HttpResponseParser(self)
                 self._parser.feed_data(PRIME_REQUEST if self._server else PRIME_RESPONSE)
                 self._url = self._reason = b""

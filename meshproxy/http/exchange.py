@@ -45,7 +45,7 @@ ORIG_PROTO = b"x-meshproxy-orig-proto"
 class Exchange:
     __slots__ = ("server", "sid", "head", "started", "wall", "up", "parts", "buffered", "unacked", "req_paused",
                  "req_done", "resp_started", "resp_done", "finished", "status", "flag", "req_bytes", "resp_bytes",
-                 "route", "cluster", "endpoint", "timer", "fctx", "grpc_status", "span",
+                 "route", "cluster", "endpoint", "deadline", "fctx", "grpc_status", "span",
                  "tunnel", "service", "detail", "orig_proto", "retried", "pool_key", "up_pool")
 
     def __init__(self, server, head: RequestHead):
@@ -71,7 +71,9 @@ class Exchange:
         self.route = None
         self.cluster = None
         self.endpoint = None
-        self.timer = None
+        self.deadline = 0.0
+        """``loop.time()`` by which the response must have ended (0: no timeout running);
+        the server's deadline timer checks it (``HttpServerConnection.watch_deadline``)."""
         self.fctx = None
         self.grpc_status = "-"
         self.span = None
@@ -285,9 +287,8 @@ class Exchange:
             return  # 100-continue was answered locally; other 1xx are dropped
         self.resp_started = True
         self.status = status
-        if self.timer is not None and (status == 101 or (self.head.method == b"CONNECT" and status < 300)):
-            self.timer.cancel()
-            self.timer = None
+        if self.deadline and (status == 101 or (self.head.method == b"CONNECT" and status < 300)):
+            self.deadline = 0.0
             self.tunnel = True
         head.stream_id = self.sid
         head.keep_alive = True
@@ -350,11 +351,14 @@ class Exchange:
     # === errors, timeout, end ===========================================
     def _arm_timer(self) -> None:
         timeout = self.route.timeout if self.route is not None else 0
-        if timeout > 0 and self.timer is None and not self.resp_done and not self.tunnel:
-            self.timer = self.server.loop.call_later(timeout, self._timed_out)
+        if timeout > 0 and not self.deadline and not self.resp_done and not self.tunnel:
+            srv = self.server
+            self.deadline = srv.loop.time() + timeout
+            srv.watch_deadline(self.deadline)
 
-    def _timed_out(self) -> None:
-        self.timer = None
+    def timed_out(self) -> None:
+        """The server's deadline timer found ``deadline`` passed."""
+        self.deadline = 0.0
         if not self.finished:
             self.fail(UPSTREAM_REQUEST_TIMEOUT, f"no response within {self.route.timeout:g}s")
 
@@ -392,9 +396,7 @@ class Exchange:
         if self.finished:
             return
         self.finished = True
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self.deadline = 0.0
         ep = self.endpoint
         if ep is not None:
             ep.rq_active -= 1

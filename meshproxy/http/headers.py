@@ -119,17 +119,17 @@ def _offers_trailers(value: bytes) -> bool:
 # === request ids ===
 
 _getrandbits = random.getrandbits  # the module's instance is reseeded in each forked worker
-_V4_MASK = ~((0xF000 << 64) | (0xC000 << 48))
-_V4_BITS = (0x4000 << 64) | (0x8000 << 48)
 
 
 def new_request_id() -> bytes:
     """A random UUID version 4 in its 36-character text form.
 
-    Four times cheaper than ``str(uuid.uuid4())`` (no ``os.urandom`` syscall, no
-    ``UUID`` object). Not a secret, so Mersenne Twister randomness is enough."""
-    s = "%032x" % (_getrandbits(128) & _V4_MASK | _V4_BITS)
-    return f"{s[:8]}-{s[8:12]}-{s[12:16]}-{s[16:20]}-{s[20:]}".encode()
+    122 random bits formatted straight into the text (version nibble ``4``, variant
+    bits ``10``): several times cheaper than ``str(uuid.uuid4())`` (no ``os.urandom``
+    syscall, no ``UUID`` object). Not a secret, so Mersenne Twister randomness is enough."""
+    r = _getrandbits(122)
+    return b"%08x-%04x-4%03x-%04x-%012x" % (
+        r >> 90, (r >> 74) & 0xFFFF, (r >> 62) & 0xFFF, 0x8000 | ((r >> 48) & 0x3FFF), r & 0xFFFFFFFFFFFF)
 
 
 # === requests ===
@@ -239,14 +239,22 @@ def to_http1_request(head: RequestHead) -> None:
     if authority is None:
         return
     headers = head.headers
-    for i, (name, value) in enumerate(headers):
-        if name == b"host":
-            if value != authority:
-                headers[i] = (b"host", authority)
-            if any(n == b"host" for n, _ in headers[i + 1:]):
-                headers[i + 1:] = [h for h in headers[i + 1:] if h[0] != b"host"]
-            return
-    headers.insert(0, (b"host", authority))
+    at = -1
+    more = False
+    for i, item in enumerate(headers):
+        if item[0] == b"host":
+            if at < 0:
+                at = i
+            else:
+                more = True
+                break
+    if at < 0:
+        headers.insert(0, (b"host", authority))
+        return
+    if headers[at][1] != authority:
+        headers[at] = (b"host", authority)
+    if more:
+        headers[at + 1:] = [h for h in headers[at + 1:] if h[0] != b"host"]
 
 
 def to_http2_request(head: RequestHead) -> None:

@@ -32,6 +32,8 @@ from .exchange import _CODES, Exchange
 log = logging.getLogger("meshproxy.http")
 
 HIGH_WATER = 1024 * 1024
+DEADLINE_SLACK = 0.001
+"""Timers may fire this early (the loop's clock resolution): a deadline within it has passed."""
 MAX_PIPELINED = 16
 """HTTP/1 requests in flight on one connection before reading pauses."""
 
@@ -69,7 +71,14 @@ class HttpServerConnection(asyncio.Protocol):
         self.head_since: float | None = None
         self.last_active = self.loop.time()
         self._labels: dict[tuple[str, str], tuple[str, ...]] = {}
+        self._series: dict[tuple, object] = {}
+        """(service, grpc, status, grpc status, flags) → its ``observe.requests.Series``: recording
+        a request on this connection is one small tuple lookup (bounded)."""
         self._tick: asyncio.TimerHandle | None = None
+        self._deadline_timer: asyncio.TimerHandle | None = None
+        """One timer for every exchange's response deadline: armed for the earliest, never
+        cancelled per request (an exchange that ends just clears its ``deadline``)."""
+        self._deadline_at = 0.0
 
     # === transport callbacks =============================================
     def connection_made(self, transport) -> None:
@@ -86,11 +95,17 @@ class HttpServerConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.head_since is None and not self.exchanges:
             self.head_since = self.loop.time()
+        f = self.flusher
         try:
-            with self.flusher:
+            f.depth += 1  # ``with self.flusher``, without two method calls per read
+            try:
                 self._handle(self.codec.receive_data(data))
                 if self.h2:
                     self.mark()
+            finally:
+                f.depth -= 1
+                if not f.depth and f.dirty:
+                    f.run()
         except Exception:  # the per-connection boundary: a bug closes this connection only
             log.exception("internal error on HTTP connection from %s; closing it", self.conn.peer)
             self.closed = True
@@ -109,6 +124,9 @@ class HttpServerConnection(asyncio.Protocol):
         self.ctx.connections.discard(self)
         if self._tick is not None:
             self._tick.cancel()
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
         with self.flusher:
             for ex in list(self.exchanges.values()):
                 ex.on_downstream_reset()
@@ -181,7 +199,8 @@ class HttpServerConnection(asyncio.Protocol):
 
     # === what exchanges call ============================================
     def mark(self) -> None:
-        self.flusher.mark(self)
+        if not self.dirty:
+            self.flusher.mark(self)
 
     def flush(self) -> None:
         data = self.codec.data_to_send()
@@ -265,11 +284,17 @@ class HttpServerConnection(asyncio.Protocol):
             self.resume_request(ex.sid)
         ctx = self.ctx
         now = self.loop.time()
-        proto = "grpc" if ex.grpc_status != "-" or _is_grpc(ex.head) else "http"
-        labels = self._request_labels(ex.service, proto) + (_CODES.get(ex.status, str(ex.status)),
-                                                            ex.grpc_status, ex.flag)
+        grpc = ex.grpc_status != "-" or _is_grpc(ex.head)
+        key = (ex.service, grpc, ex.status, ex.grpc_status, ex.flag)
+        series = self._series.get(key)
+        if series is None:
+            labels = self._request_labels(ex.service, "grpc" if grpc else "http") + (
+                _CODES.get(ex.status, str(ex.status)), ex.grpc_status, ex.flag)
+            if len(self._series) >= 64:
+                self._series.clear()
+            series = self._series[key] = ctx.requests.series_for(labels)
         duration = (now - ex.started) * 1000.0
-        ctx.requests.record(labels, duration, ex.req_bytes, ex.resp_bytes)
+        series.observe(duration, ex.req_bytes, ex.resp_bytes)
         if ex.span is not None:
             ex.span.end(ex.status, ex.flag, ex.upstream_host, ex.req_bytes, ex.resp_bytes,
                         None if ex.grpc_status == "-" else ex.grpc_status)
@@ -317,6 +342,32 @@ class HttpServerConnection(asyncio.Protocol):
         }
 
     # === timeouts, drain, close ==========================================
+    def watch_deadline(self, when: float) -> None:
+        """An exchange's response must end by ``when`` (``loop.time()``)."""
+        t = self._deadline_timer
+        if t is None or when < self._deadline_at:
+            if t is not None:
+                t.cancel()
+            self._deadline_at = when
+            self._deadline_timer = self.loop.call_at(when, self._check_deadlines)
+
+    def _check_deadlines(self) -> None:
+        self._deadline_timer = None
+        if self.closed:
+            return
+        now = self.loop.time() + DEADLINE_SLACK
+        later = 0.0
+        with self.flusher:
+            for ex in list(self.exchanges.values()):
+                d = ex.deadline
+                if d:
+                    if d <= now:
+                        ex.timed_out()
+                    elif not later or d < later:
+                        later = d
+        if later and not self.closed:
+            self.watch_deadline(later)
+
     def _arm_tick(self) -> None:
         cfg = self.ctx.http
         periods = [t for t in (cfg.headers_timeout, cfg.idle_timeout) if t > 0]
@@ -365,8 +416,10 @@ class HttpServerConnection(asyncio.Protocol):
 
 
 def _is_grpc(head: RequestHead) -> bool:
-    ct = _get(head.headers, b"content-type")
-    return ct is not None and ct.startswith("application/grpc")
+    for k, v in head.headers:
+        if k == b"content-type":
+            return v.startswith(b"application/grpc")
+    return False
 
 
 def _get(headers, name: bytes) -> str | None:

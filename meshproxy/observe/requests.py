@@ -1,7 +1,8 @@
 """Istio's request metrics, recorded in plain Python and rendered on scrape.
 
 Where this sits: beside the HTTP path. ``http/server.py`` calls
-``RequestMetrics.record()`` once per finished request; ``Metrics.render()``
+``RequestMetrics.record()`` once per finished request (or keeps the ``Series``
+of a label set it sees again and calls ``observe``); ``Metrics.render()``
 collects. Recording is a tuple hash, a dict lookup, three ``bisect``s and a few
 integer additions — no locks and no Prometheus client objects per request —
 because this runs for every request on the byte path.
@@ -29,7 +30,10 @@ SIZE_BUCKETS = (1, 10, 100, 1000, 10000, 100000, 1000000, 10000000, 100000000)
 REQUEST_LABELS = ISTIO_LABELS + ("response_code", "grpc_response_status", "response_flags")
 
 
-class _Series:
+class Series:
+    """One label set's counter and histograms. ``RequestMetrics.series(labels)`` hands one
+    out so a caller that sees the same labels again (a connection) can keep it."""
+
     __slots__ = ("count", "dur", "dur_sum", "req", "req_sum", "resp", "resp_sum")
 
     def __init__(self):
@@ -41,26 +45,34 @@ class _Series:
         self.resp = [0] * (len(SIZE_BUCKETS) + 1)
         self.resp_sum = 0
 
+    def observe(self, duration_ms: float, request_bytes: int, response_bytes: int) -> None:
+        self.count += 1
+        self.dur[bisect_left(DURATION_BUCKETS_MS, duration_ms)] += 1
+        self.dur_sum += duration_ms
+        self.req[bisect_left(SIZE_BUCKETS, request_bytes)] += 1
+        self.req_sum += request_bytes
+        self.resp[bisect_left(SIZE_BUCKETS, response_bytes)] += 1
+        self.resp_sum += response_bytes
+
 
 class RequestMetrics:
     """Accumulates request series; is itself a Prometheus collector. Labels are
     ``observe.metrics.istio_labels(...)`` plus (code, grpc status, flags)."""
 
     def __init__(self):
-        self.series: dict[tuple[str, ...], _Series] = {}
+        self.series: dict[tuple[str, ...], Series] = {}
+        """Every label set seen; a series, once made, stays for the process's life."""
+
+    def series_for(self, labels: tuple[str, ...]) -> Series:
+        """The series of ``labels`` (the full ``REQUEST_LABELS`` tuple), made on first use."""
+        s = self.series.get(labels)
+        if s is None:
+            s = self.series[labels] = Series()
+        return s
 
     def record(self, labels: tuple[str, ...], duration_ms: float, request_bytes: int, response_bytes: int) -> None:
         """``labels`` is the full ``REQUEST_LABELS`` tuple."""
-        s = self.series.get(labels)
-        if s is None:
-            s = self.series[labels] = _Series()
-        s.count += 1
-        s.dur[bisect_left(DURATION_BUCKETS_MS, duration_ms)] += 1
-        s.dur_sum += duration_ms
-        s.req[bisect_left(SIZE_BUCKETS, request_bytes)] += 1
-        s.req_sum += request_bytes
-        s.resp[bisect_left(SIZE_BUCKETS, response_bytes)] += 1
-        s.resp_sum += response_bytes
+        self.series_for(labels).observe(duration_ms, request_bytes, response_bytes)
 
     def describe(self):
         return []

@@ -20,8 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from ..config.routing import Pool as PoolConfig
 from ..net.flush import Flusher
@@ -30,8 +29,10 @@ from .client import Http1Connection, Http2Connection, UpstreamConnection
 log = logging.getLogger("meshproxy.pool")
 
 
-@dataclass(frozen=True, slots=True)
-class Key:
+class Key(NamedTuple):
+    """Which connections may carry a request. A tuple, so the pool's dict lookups hash and
+    compare it in C (a frozen dataclass runs Python ``__hash__``/``__eq__`` per request)."""
+
     host: str
     port: int
     protocol: str
