@@ -22,6 +22,7 @@ from .mesh_alpn import ALPN_TCP, MESH_ALPNS
 from .addrs import Direction, OrigDst, Peer, SockAddr, Upstream
 from .decide import Forward, Plan, decide
 from .origdst import original_dst
+from .kpipe import BulkSplice
 from .relay import Relay
 from .sockets import ipv6_unavailable, listen_socket
 
@@ -106,6 +107,8 @@ class ListenerSpec:
     """Declared port protocols, by destination port."""
     server_first: frozenset[int] = frozenset()
     detect_timeout: float = 5.0
+    bulk: BulkSplice | None = None
+    """When relayed bulk transfers move to splice(2) (None: never)."""
 
 
 class _Accepted(asyncio.Protocol):
@@ -246,7 +249,7 @@ class Listener:
     def _relay(self, ctx: ConnContext) -> Relay:
         spec = self.spec
         relay = Relay(self._loop, on_close=self.connections.remove, buffer_limit=spec.buffer_limit,
-                      connect_timeout=spec.connect_timeout, idle_timeout=spec.idle_timeout)
+                      connect_timeout=spec.connect_timeout, idle_timeout=spec.idle_timeout, bulk=spec.bulk)
         relay.ctx = ctx
         self.connections.add(relay)
         return relay
@@ -308,8 +311,11 @@ class Listener:
 
 def _detection(cfg) -> dict:
     declared = tuple((d.port, PortProtocol.parse(d.protocol)) for d in cfg.ports)
+    tcp = cfg.tcp
+    bulk = (BulkSplice(tcp.bulk_splice_rate_bytes, tcp.bulk_splice_probe_interval,
+                       min(tcp.buffer_limit_bytes, 1 << 20)) if tcp.bulk_splice else None)
     return {"declared": declared, "server_first": frozenset(cfg.detection.server_first_ports),
-            "detect_timeout": cfg.detection.timeout}
+            "detect_timeout": cfg.detection.timeout, "bulk": bulk}
 
 
 def transparent_spec(name: str, direction: Direction, addresses, port: int, own_ports, cfg) -> ListenerSpec:

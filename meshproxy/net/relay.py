@@ -33,6 +33,12 @@ metrics flush, the idle check) and in ``connection_lost``, while the fd is still
 open. The kernel counts every byte ever received on the socket, so bytes read
 before the splice (peeked by detection, ``early``) are in it already and are
 not added again.
+
+Bulk transfers go one step further: a joined pair of plain sides is probed every
+``BulkSplice.interval``; one that moved ``rate_bytes`` in a direction since the
+last probe is handed to ``net/kpipe.py``, which moves both directions with
+splice(2) in the kernel (no read buffer, no copy into Python). Small request/
+response traffic stays on the transport fast path, where a read costs the least.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ import struct
 import sys
 from typing import Callable
 
+from . import kpipe
 from ..errors import (DOWNSTREAM_CONNECTION_TERMINATION as _DC, IDLE_TIMEOUT as _SI,
                       UPSTREAM_CONNECT_FAILURE as _UF, UPSTREAM_CONNECTION_TERMINATION as _UC)
 
@@ -137,6 +144,9 @@ def _plain_tcp_types() -> tuple[type, ...]:
 
 
 _PLAIN_TCP = _plain_tcp_types()
+_PUMP_TRIES = 20
+_PUMP_RETRY = 0.001
+"""A bulk pair whose write buffers are not empty is looked at again this often (s), this many times."""
 _INET = (socket.AF_INET, socket.AF_INET6)
 
 
@@ -205,6 +215,8 @@ class _Side(asyncio.Protocol):
             self.other.pause_reading()
 
     def resume_writing(self) -> None:
+        if self.relay._engaging:
+            return  # reading stays paused until the pump starts (or the relay gives up waiting)
         if self.other is not None and not self.other.is_closing():
             self.other.resume_reading()
 
@@ -281,10 +293,12 @@ class Relay:
     __slots__ = ("loop", "down", "up", "flag", "on_close", "buffer_limit",
                  "connect_timeout", "idle_timeout", "ctx", "up_made", "lost",
                  "_idle_handle", "_idle_mark", "_idle_strikes", "_closed", "_connect_task",
-                 "flushed_rx", "flushed_tx")
+                 "flushed_rx", "flushed_tx", "bulk", "pump", "_probe_handle", "_probe_mark",
+                 "_engaging")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, *, on_close: Callable[["Relay"], None],
-                 buffer_limit: int, connect_timeout: float, idle_timeout: float):
+                 buffer_limit: int, connect_timeout: float, idle_timeout: float,
+                 bulk: kpipe.BulkSplice | None = None):
         self.loop = loop
         self.down = _Down(self, True)
         self.up = _Up(self, False)
@@ -306,6 +320,14 @@ class Relay:
         self.flushed_rx = 0
         self.flushed_tx = 0
         """Byte counts already moved into Prometheus counters (owned by the listener)."""
+        self.bulk = bulk if kpipe.AVAILABLE else None
+        """When a bulk transfer moves to splice(2) (None: never)."""
+        self.pump: kpipe.Pump | None = None
+        """The kernel pump, once a bulk transfer was moved to it."""
+        self._probe_handle: asyncio.TimerHandle | None = None
+        self._probe_mark = (0, 0)
+        self._engaging = False
+        """Waiting for both write buffers to empty before the pump starts (reading paused)."""
 
     @property
     def received(self) -> int:
@@ -387,6 +409,9 @@ class Relay:
         _splice(self.down, up)
         _splice(self.up, down)
         down.resume_reading()
+        if self.bulk is not None and self.down.sock is not None and self.up.sock is not None:
+            self._probe_mark = (self.down.nbytes, self.up.nbytes)
+            self._probe_handle = self.loop.call_later(self.bulk.interval, self._probe)
         if self.idle_timeout > 0:
             self._idle_handle = self.loop.call_later(self.idle_timeout / 2, self._idle_check)
 
@@ -407,8 +432,97 @@ class Relay:
             self._idle_strikes = 0
         self._idle_handle = self.loop.call_later(self.idle_timeout / 2, self._idle_check)
 
+    # -- bulk transfers: splice(2) ---------------------------------------------------
+    def _probe(self) -> None:
+        """Hand the pair to the kernel once one direction moved ``rate_bytes`` since the last probe."""
+        self._probe_handle = None
+        down, up = self.down, self.up
+        if self._closed or down.eof or up.eof or down.sock is None or up.sock is None:
+            return
+        mark = (down.count(), up.count())
+        moved = max(mark[0] - self._probe_mark[0], mark[1] - self._probe_mark[1])
+        self._probe_mark = mark
+        if moved >= self.bulk.rate_bytes:
+            self._try_pump(_PUMP_TRIES)
+        else:
+            self._probe_handle = self.loop.call_later(self.bulk.interval, self._probe)
+
+    def _try_pump(self, tries: int) -> None:
+        """Start the pump once both write buffers are empty (no byte may be left behind in
+        a transport). Until then reading is paused on both sides (``_engaging``: flow
+        control does not resume it) and the buffers are looked at every ``_PUMP_RETRY``
+        s; after ``tries`` reading resumes and probing goes on, so two peers that each
+        wait for the other to read cannot stall the pair for longer than that."""
+        self._probe_handle = None
+        down, up = self.down, self.up
+        dt, ut = down.transport, up.transport
+        if self._closed or down.eof or up.eof or dt.is_closing() or ut.is_closing():
+            self._engaging = False
+            return
+        if dt.get_write_buffer_size() == 0 and ut.get_write_buffer_size() == 0:
+            try:
+                pump = kpipe.Pump(self.loop, down.sock.fileno(), up.sock.fileno(), self.bulk.pipe_size,
+                                  self._pump_eof, self._pump_end)
+            except OSError as e:  # out of descriptors or pipes: stay on the transport path
+                log.debug("bulk splice not started: %r", e)
+            else:
+                dt.pause_reading()
+                ut.pause_reading()
+                self._engaging = False
+                self.pump = pump
+                pump.start()
+                return
+        elif tries > 1:
+            if not self._engaging:
+                self._engaging = True
+                dt.pause_reading()
+                ut.pause_reading()
+            self._probe_handle = self.loop.call_later(_PUMP_RETRY, self._try_pump, tries - 1)
+            return
+        if self._engaging:  # give up for now: back to the transport path, flow control intact
+            self._engaging = False
+            high = self.buffer_limit
+            if ut.get_write_buffer_size() < high:
+                dt.resume_reading()
+            if dt.get_write_buffer_size() < high:
+                ut.resume_reading()
+        self._probe_handle = self.loop.call_later(self.bulk.interval, self._probe)
+
+    def _pump_eof(self, from_down: bool) -> None:
+        (self.down if from_down else self.up).eof = True
+
+    def _pump_end(self, on_down: bool, exc: OSError | None) -> None:
+        """The pump stopped by itself: both directions ended, or one socket failed."""
+        if exc is None:
+            self.close()
+            return
+        failed, other = (self.down, self.up) if on_down else (self.up, self.down)
+        if not self.flag:
+            self.flag = _DC.flag if on_down else _UC.flag
+        for side in (failed, other):  # final counts now: the sockets' state is about to change
+            sock = side.sock
+            if sock is not None:
+                side.sock = None
+                n = _kernel_read(sock, side.eof, final=True, errored=side is failed)
+                if n is not None and n > side.nbytes:
+                    side.nbytes = n
+        if other.transport is not None and not other.transport.is_closing():
+            _reset(other.transport)  # mirror the reset
+        if failed.transport is not None:
+            failed.transport.abort()
+
+    @property
+    def pumped(self) -> bool:
+        """Whether this pair was moved to splice(2) (for tests and debugging)."""
+        return self.pump is not None
+
+    def _stop_pump(self) -> None:
+        if self.pump is not None and not self.pump.ended:
+            self.pump.stop()
+
     def close(self) -> None:
         """Close both sides, flushing what is buffered."""
+        self._stop_pump()
         for side in (self.down, self.up):
             if side.transport is not None and not side.transport.is_closing():
                 side.transport.close()
@@ -417,6 +531,7 @@ class Relay:
         """Close both sides now, dropping buffered bytes (end of drain)."""
         if self._connect_task is not None:
             self._connect_task.cancel()
+        self._stop_pump()
         for side in (self.down, self.up):
             if side.transport is not None:
                 side.transport.abort()
@@ -441,6 +556,10 @@ class Relay:
         if self.lost < (2 if self.up_made else 1):
             return
         self._closed = True
+        self._stop_pump()
+        if self._probe_handle is not None:
+            self._probe_handle.cancel()
+            self._probe_handle = None
         if self._idle_handle is not None:
             self._idle_handle.cancel()
             self._idle_handle = None
