@@ -270,7 +270,9 @@ class _Stream:
         self.responded = False
         """Server role: a final (>= 200) response head was sent."""
         self.rejected = False
-        """Server role: refused with a local 431; its inbound events are swallowed."""
+        """Server role: refused with a local 431, or abandoned (``send_reset``
+        NO_ERROR after our end): inbound events are swallowed, RST_STREAM NO_ERROR
+        follows our END_STREAM."""
         self.attached = False
         """Our data provider is attached to the stream in nghttp2."""
         self.deferred = False
@@ -684,10 +686,17 @@ class NgHttp2Codec:
         self.send_data(stream_id, b"", True)
 
     def send_reset(self, stream_id: int, error_code: int = CANCEL) -> None:
-        """Reset the stream now; queued data is dropped."""
+        """Reset the stream now; queued data is dropped. NO_ERROR once our side has
+        ended ("stop sending the request body") waits behind our END_STREAM, as it
+        would on the h2 backend, whose END_STREAM is already serialised by then."""
         st = self._streams.get(stream_id)
-        if st is not None and not self._dead:
-            self._reset_stream(st, error_code, False)
+        if st is None or self._dead:
+            return
+        if error_code == NO_ERROR and st.end_requested:
+            if not st.remote_ended:
+                st.rejected = True  # swallow the rest; RST_STREAM at our local end
+            return
+        self._reset_stream(st, error_code, False)
 
     def ack(self, stream_id: int, n: int) -> None:
         """``n`` flow-controlled bytes of ``Data`` on ``stream_id`` were passed on;
