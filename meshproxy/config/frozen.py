@@ -119,15 +119,25 @@ def dump(section: Any) -> Any:
     return section
 
 
+def _interpreter() -> str:
+    """This very interpreter: ``sys.executable``, or the binary behind ``/proc/self/exe`` when
+    that path is not executable for our uid (a venv whose link points into a private home)."""
+    exe = sys.executable
+    if exe and os.access(exe, os.X_OK):
+        return exe
+    return "/proc/self/exe" if os.path.exists("/proc/self/exe") else (exe or "python3")
+
+
 def _argv(path: str | None) -> list[str]:
-    return [sys.executable, "-m", "meshproxy.config.compile", "--json", *([path] if path else [])]
+    return [_interpreter(), "-m", "meshproxy.config.compile", "--json", *([path] if path else [])]
 
 
 def _env() -> dict[str, str]:
+    """The child imports exactly what we would: this package, pydantic and PyYAML from our own
+    ``sys.path`` (a venv, an editable checkout), however the interpreter was reached."""
     env = dict(os.environ)
-    # the child must import this very package, wherever it was loaded from
     pkg_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env["PYTHONPATH"] = os.pathsep.join([pkg_root, *(p for p in sys.path if p and p != pkg_root)])
     return env
 
 

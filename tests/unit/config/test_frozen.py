@@ -90,3 +90,12 @@ def test_compiler_cli_prints_tagged_json(rich_file):
 def test_thaw_keeps_plain_dicts_and_lists():
     v = thaw({"$model": "Thing", "labels": {"a": "1"}, "items": [{"$model": "Item", "n": 1}]})
     assert v.labels == {"a": "1"} and v.items[0].n == 1 and type(v).__name__ == "Thing"
+
+
+def test_compiles_when_sys_executable_is_not_executable_for_us(rich_file, monkeypatch, tmp_path):
+    # as uid 1337 a venv's python link may point into root's private home: fall back to /proc/self/exe
+    fake = tmp_path / "python3"
+    fake.write_text("")
+    fake.chmod(0o644)
+    monkeypatch.setattr(sys, "executable", str(fake))
+    assert dump(compile_config(str(rich_file))) == load(rich_file).model_dump(mode="json")
