@@ -34,7 +34,6 @@ __all__ = ["BACKEND", "Http2Codec", "Http2Limits", "StreamUnavailable", "codec_c
 log = logging.getLogger(__name__)
 
 BACKENDS = ("nghttp2", "h2")
-_PREFERRED = "h2"  # nghttp2 stays opt-in until it passes the whole HTTP/2 suite
 
 
 def codec_class(name: str) -> type:
@@ -53,8 +52,6 @@ def _choose() -> tuple[str, type]:
     forced = os.environ.get("MESHPROXY_H2_BACKEND", "").strip().lower()
     if forced:
         return forced, codec_class(forced)
-    if _PREFERRED == "h2":
-        return "h2", H2Codec
     try:
         return "nghttp2", codec_class("nghttp2")
     except _ng_ffi.Nghttp2Unavailable as exc:
