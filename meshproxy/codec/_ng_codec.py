@@ -36,6 +36,12 @@ How it drives nghttp2:
   codec detects (``Guard``) and nghttp2's fatal returns (flood, CONTINUATION
   flood, bad preface) stop the session: the codec writes the GOAWAY, dropping
   queued output when the peer was flooding us, and frees the session.
+- Limits are the h2 backend's (``Http2Limits``, ``Guard``). nghttp2's own
+  defences stay on where they agree (outbound ACK flood = our control-frame
+  limit, at most 8 CONTINUATION frames); its RST_STREAM token bucket (1000, then
+  33/s, counting every client reset) is switched off: Envoy's premature-reset
+  rule in ``Guard`` decides, so a client that cancels answered streams keeps
+  its connection on either backend.
 
 Invariants (besides ``_h2_codec``'s): callbacks only run inside ``mem_recv`` and
 ``mem_send``, never free the session and never raise into C (a failure is
@@ -48,6 +54,7 @@ from __future__ import annotations
 
 import struct
 from collections import deque
+from itertools import chain
 
 from . import _ng_ffi
 from ._h2_guard import Guard, Http2Limits, StreamUnavailable
@@ -62,6 +69,7 @@ __all__ = ["NgHttp2Codec"]
 ffi, lib = _ng_ffi.load()
 
 _MAX_STREAM_ID = 2**31 - 1
+_RESET_RATE_LIMIT = _ng_ffi.has(lib, "nghttp2_option_set_stream_reset_rate_limit")
 _DEFAULT_WINDOW = 65535
 _NULL = ffi.NULL
 
@@ -84,14 +92,22 @@ _SETTINGS_INITIAL_WINDOW_SIZE = 0x4
 _SETTINGS_MAX_HEADER_LIST_SIZE = 0x6
 _PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
-_from_handle = ffi.from_handle
-_unpack = ffi.unpack
+# cffi's backend functions, without the ``FFI`` method wrappers (hot paths)
+_backend = ffi._backend
+_from_handle = _backend.from_handle
+_unpack = _backend.unpack
 _memmove = ffi.memmove
+_from_buffer = _backend.from_buffer
+_cast = _backend.cast
+_char_array = ffi.typeof("char[]")
+_nv_array = ffi.typeof("nghttp2_nv[]")
+_uintptr = ffi.typeof("uintptr_t")
 
 
 # === header lists -> nghttp2_nv[] ===
 
-_NV_PACKED = ffi.sizeof("nghttp2_nv") == struct.calcsize("PPNNB") + 7 == 40
+_NV_PACKED = ffi.sizeof("nghttp2_nv") == struct.calcsize("PPNNB7x") == 40
+_nv_structs: dict[int, struct.Struct] = {}
 
 
 def _nva(fields: list) -> tuple:
@@ -100,19 +116,24 @@ def _nva(fields: list) -> tuple:
     NGHTTP2_NV_FLAG_NO_INDEX. nghttp2 copies the fields during ``submit_*``, so
     ``keepalive`` only has to outlive that call.
 
-    On LP64 the array is packed in one ``struct.pack`` pointing into one joined
-    blob: far fewer crossings than setting cdata fields one by one."""
+    Where ``nghttp2_nv`` has the usual LP64 layout the array is one
+    ``struct.pack`` of pointers into one joined blob: setting cdata fields one by
+    one costs several times more."""
     n = len(fields)
     if _NV_PACKED:
-        blob = b"".join([b"".join(f) for f in fields])
-        addr = int(ffi.cast("uintptr_t", ffi.from_buffer(blob)))
+        blob = b"".join(chain.from_iterable(fields))
+        addr = int(_cast(_uintptr, _from_buffer(_char_array, blob, False)))
         args: list = []
         for f in fields:
-            ln, lv = len(f[0]), len(f[1])
-            args += (addr, addr + ln, ln, lv, 0 if f.__class__ is tuple else 1)
+            name, value = f
+            ln, lv = len(name), len(value)
+            args += (addr, addr + ln, ln, lv, f.__class__ is not tuple)
             addr += ln + lv
-        packed = struct.pack("PPNNB7x" * n, *args)
-        return ffi.from_buffer("nghttp2_nv[]", packed), n, (blob, packed)
+        packer = _nv_structs.get(n)
+        if packer is None:
+            packer = _nv_structs[n] = struct.Struct("PPNNB7x" * n)
+        packed = packer.pack(*args)
+        return _from_buffer(_nv_array, packed, False), n, (blob, packed)
     arr = ffi.new("nghttp2_nv[]", n)
     keep = []
     for i, f in enumerate(fields):
@@ -307,6 +328,8 @@ class NgHttp2Codec:
             lib.nghttp2_option_set_peer_max_concurrent_streams(opt, limits.max_concurrent_streams)
             lib.nghttp2_option_set_max_outbound_ack(opt, limits.max_outbound_control_frames)
             lib.nghttp2_option_set_max_send_header_block_length(opt, 4 * limits.max_header_list_size)
+            if _RESET_RATE_LIMIT:  # premature resets are the Guard's, as on the h2 backend
+                lib.nghttp2_option_set_stream_reset_rate_limit(opt, 2**62, 2**62)
             session_p = ffi.new("nghttp2_session **")
             new = lib.nghttp2_session_client_new2 if client else lib.nghttp2_session_server_new2
             rv = new(session_p, _callbacks, self._handle, opt)
@@ -752,6 +775,8 @@ class NgHttp2Codec:
     def _forget(self, st: _Stream) -> None:
         if self._streams.pop(st.id, None) is not None:
             self._guard.closed += 1
+            if self._credit:
+                self._credit.pop(st.id, None)
 
     def _reset_stream(self, st: _Stream, code: int, provoked: bool) -> None:
         self._forget(st)

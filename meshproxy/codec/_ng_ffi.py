@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["Nghttp2Unavailable", "load", "available", "OPTIONAL"]
+__all__ = ["Nghttp2Unavailable", "load", "available", "has", "OPTIONAL"]
 
 _CDEF = """
 typedef long ssize_t;
@@ -137,6 +137,8 @@ void nghttp2_option_set_no_closed_streams(nghttp2_option *option, int val);
 void nghttp2_option_set_max_outbound_ack(nghttp2_option *option, size_t val);
 void nghttp2_option_set_max_settings(nghttp2_option *option, size_t val);
 void nghttp2_option_set_max_continuations(nghttp2_option *option, size_t val);
+void nghttp2_option_set_stream_reset_rate_limit(nghttp2_option *option, uint64_t burst,
+    uint64_t rate);
 
 int nghttp2_session_server_new2(nghttp2_session **session_ptr,
     const nghttp2_session_callbacks *callbacks, void *user_data, const nghttp2_option *option);
@@ -174,9 +176,10 @@ int nghttp2_submit_rst_stream(nghttp2_session *session, uint8_t flags, int32_t s
     uint32_t error_code);
 """
 
-OPTIONAL = frozenset(("nghttp2_option_set_max_continuations",))
-"""Functions a patched 1.52 may lack (the CONTINUATION fix without the option):
-the codec calls them only when present."""
+OPTIONAL = frozenset(("nghttp2_option_set_max_continuations",
+                      "nghttp2_option_set_stream_reset_rate_limit"))
+"""Functions an unpatched or differently patched 1.52 may lack: the codec calls
+them only when present (``has``)."""
 
 _REQUIRED = ("nghttp2_session_server_new2", "nghttp2_session_mem_recv",
              "nghttp2_session_mem_send", "nghttp2_session_consume",
@@ -209,6 +212,15 @@ def load() -> tuple:
     if isinstance(_cache, Nghttp2Unavailable):
         raise _cache
     return _cache
+
+
+def has(lib, name: str) -> bool:  # noqa: ANN001 - a cffi Lib
+    """Whether the loaded library exports ``name`` (one of ``OPTIONAL``)."""
+    try:
+        getattr(lib, name)
+    except AttributeError:
+        return False
+    return True
 
 
 def available() -> bool:
