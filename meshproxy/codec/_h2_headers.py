@@ -21,8 +21,6 @@ is a stream error, and raising costs more than returning on the hot path.
 
 from __future__ import annotations
 
-import re
-
 from hpack import NeverIndexedHeaderTuple
 
 from .events import Headers, RequestHead, ResponseHead
@@ -32,28 +30,29 @@ CONNECTION_SPECIFIC = frozenset(
 )
 _SPECIAL = CONNECTION_SPECIFIC | {b"te"}  # fields _connection_specific looks at
 _SENSITIVE = frozenset((b"authorization", b"proxy-authorization"))
-# RFC 9110 token characters, lower-case only (RFC 9113 section 8.2.1).
-_BAD_NAME = re.compile(rb"[^!#$%&'*+\-.^_`|~0-9a-z]")
-# RFC 9113 section 8.2.1: no NUL/CR/LF, no leading or trailing SP/HTAB (_bad_fields).
 _REQUEST_PSEUDO = frozenset((b":method", b":scheme", b":authority", b":path"))
 _OVERHEAD = 32  # per-field overhead in SETTINGS_MAX_HEADER_LIST_SIZE (RFC 9113 6.5.2)
 
 
-_EDGE_WS = re.compile(rb"(?:\A|\n)[ \t]|[ \t](?:\n|\Z)")
+# RFC 9110 token characters, lower-case only (RFC 9113 section 8.2.1); values may
+# not hold NUL/CR/LF nor start or end with SP/HTAB.
+_TOKEN = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz"
 
 
 def _bad_fields(fields: list) -> str | None:
     """Reason the regular (non-pseudo) received ``fields`` are malformed, else
-    None. One pass over all names and one over all values, joined: per-field
-    regular expressions cost several times more on the hot path."""
+    None. Bytes operations over all names and over all values joined, not a
+    regular expression per field: those cost several times more on the hot path.
+    Values are joined with LF between and around them, so an LF inside a value
+    shows in the count and leading/trailing SP/HTAB sit next to an LF."""
     if not fields:
         return None
     names, values = zip(*fields)
-    if b"" in names or _BAD_NAME.search(b"!".join(names)):  # "!" is a token char
+    if b"" in names or b"".join(names).translate(None, _TOKEN):
         return "invalid header name"
-    joined = b"\n".join(values)
-    if (joined.count(b"\n") != len(values) - 1 or b"\x00" in joined or b"\r" in joined
-            or _EDGE_WS.search(joined)):
+    joined = b"\n".join((b"", *values, b""))
+    if (joined.count(b"\n") != len(values) + 1 or b"\x00" in joined or b"\r" in joined
+            or b"\n " in joined or b" \n" in joined or b"\n\t" in joined or b"\t\n" in joined):
         return "invalid header value"
     return None
 

@@ -150,6 +150,8 @@ BAD_REQUESTS = [
     [(b"connection", b"keep-alive")], [(b"keep-alive", b"5")], [(b"proxy-connection", b"x")],
     [(b"transfer-encoding", b"chunked")], [(b"upgrade", b"websocket")], [(b"te", b"gzip")],
     [(b"X-Upper", b"1")], [(b"x", b" padded")], [(b"x", b"a\x00b")], [(b":custom", b"1")],
+    [(b"x", b"tab\t")], [(b"x", b"a\rb")], [(b"x", b"a\nb")], [(b"x-\xff", b"1")], [(b"a b", b"1")],
+    [(b"ok", b"1"), (b"x", b"trailing ")],
 ]
 
 
