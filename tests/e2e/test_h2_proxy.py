@@ -2,7 +2,8 @@
 client for what libraries will not do: h2c prior knowledge, H2 → HTTP/1.1
 translation, multiplexing, flow control with a reader that never acknowledges,
 REFUSED_STREAM beyond the stream limit, rapid-reset GOAWAY, GOAWAY on drain and
-connection-specific headers. Runs on asyncio and uvloop (conftest)."""
+connection-specific headers. Runs on asyncio and uvloop (conftest) and on both
+HTTP/2 codec backends (``h2_backend``)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,23 @@ import pytest
 from e2e_support import metric_value, metrics_text
 from h2_peers import CANCEL, ENHANCE_YOUR_CALM, PROTOCOL_ERROR, REFUSED_STREAM, H2Upstream, RawH2
 from l7_peers import EchoH1, RecorderH1, h1_cluster, listener, need_tool, run
+
+from meshproxy.codec import http2
+from meshproxy.http import server as server_module
+from meshproxy.upstream import client as client_module
+
+
+@pytest.fixture(autouse=True, params=["nghttp2", "h2"])
+def h2_backend(request, monkeypatch):
+    """Every test here runs the proxy on both HTTP/2 codec backends, downstream and
+    upstream (the other e2e suites use the default one)."""
+    try:
+        cls = http2.codec_class(request.param)
+    except ImportError as exc:
+        pytest.skip(f"{request.param} backend unavailable: {exc}")
+    monkeypatch.setattr(server_module, "Http2Codec", cls)
+    monkeypatch.setattr(client_module, "Http2Codec", cls)
+    return request.param
 
 
 @pytest.fixture

@@ -493,3 +493,17 @@ def test_client_assumes_our_stream_limit_until_the_server_settings_arrive():
         client.send_head(RequestHead(0, b"GET", b"/", b"up", [], "2", end_stream=True))
         opened += 1
     assert opened == client.limits.max_concurrent_streams == 100
+
+
+def test_hpack_amplification_is_bounded_by_the_decoded_size():
+    """A small block that references one large dynamic-table entry again and again
+    decodes to far more than it weighs: past twice the advertised list size the
+    connection is abused (GOAWAY ENHANCE_YOUR_CALM), whatever the compressed size."""
+    srv = RawServer()
+    value = b"v" * 4000
+    block = srv.ff.block(request_fields(extra=[(b"x-a", value)]))  # indexes x-a (entry 62)
+    block += b"\xbe" * 40  # 40 more references to it: ~160 KiB decoded from 40 bytes
+    events = srv.feed(srv.ff.headers(1, block, end_stream=True))
+    assert [(type(e), e.connection_fatal, e.error_code) for e in events] == [
+        (ProtocolError, True, ENHANCE_YOUR_CALM)]
+    assert goaways(srv.drain())[0].error_code == ENHANCE_YOUR_CALM
