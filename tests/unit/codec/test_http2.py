@@ -507,3 +507,21 @@ def test_hpack_amplification_is_bounded_by_the_decoded_size():
     assert [(type(e), e.connection_fatal, e.error_code) for e in events] == [
         (ProtocolError, True, ENHANCE_YOUR_CALM)]
     assert goaways(srv.drain())[0].error_code == ENHANCE_YOUR_CALM
+
+
+def test_trailers_without_end_stream_are_a_malformed_request(backend):
+    """RFC 9113 section 8.1: a second HEADERS without END_STREAM makes the request
+    malformed, a stream error (8.1.1); nghttp2 resets the stream and the connection
+    goes on. h2 raises a connection error from its state machine; the fallback
+    keeps that (pinned here so the difference stays known)."""
+    srv = RawServer()
+    srv.feed(srv.ff.headers(1, request_fields(method=b"POST")))
+    events = srv.feed(srv.ff.headers(1, [(b"x-t", b"1")], end_stream=False))
+    frames = srv.drain()
+    if backend == "h2":
+        assert [(type(e), e.stream_id) for e in events] == [(ProtocolError, None), (Reset, 1)]
+        assert [g.error_code for g in goaways(frames)] == [PROTOCOL_ERROR]
+        return
+    assert events == [Reset(1, PROTOCOL_ERROR, remote=False)]
+    assert rsts(frames) == [(1, PROTOCOL_ERROR)] and not goaways(frames)
+    assert kinds(srv.feed(srv.ff.headers(3, request_fields(), end_stream=True))) == ["RequestHead", "EndStream"]
