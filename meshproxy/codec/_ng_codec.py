@@ -268,44 +268,45 @@ _provider.read_callback = _on_read
 
 
 class _Stream:
-    """One stream's send queue and lifecycle flags, as the codec sees them."""
+    """One stream's send queue and lifecycle flags, as the codec sees them.
 
-    __slots__ = ("id", "queue", "pending", "end_requested", "trailers", "local_ended",
-                 "remote_ended", "responded", "rejected", "attached", "deferred", "blocked",
-                 "final", "content_length", "received")
+    Flags default at class level and only the ones that change are set on the
+    instance: a stream is created per request, and a dozen slot assignments in
+    ``__init__`` cost more than the few writes most streams see."""
+
+    queue: deque | None = None
+    """Body chunks waiting for the read callback, in order (created on first use)."""
+    pending = 0
+    """Total bytes in ``queue``."""
+    end_requested = False
+    """The caller has ended its side; END_STREAM (or trailers) go after the queue."""
+    trailers: list | None = None
+    """Trailer fields to send instead of an empty END_STREAM."""
+    local_ended = False
+    """Our END_STREAM has been handed to nghttp2."""
+    remote_ended = False
+    """The peer's END_STREAM has been received."""
+    responded = False
+    """Server role: a final (>= 200) response head was sent."""
+    rejected = False
+    """Server role: refused with a local 431, or abandoned (``send_reset``
+    NO_ERROR after our end): inbound events are swallowed, RST_STREAM NO_ERROR
+    follows our END_STREAM."""
+    attached = False
+    """Our data provider is attached to the stream in nghttp2."""
+    deferred = False
+    """The read callback found nothing to send: ``resume_data`` when there is."""
+    blocked = False
+    """Bytes were left queued: the next read reports ``WindowOpened``."""
+    final = False
+    """Client role: a final (>= 200) response head was received."""
+    content_length: int | None = None
+    """The peer's declared body length."""
+    received = 0
+    """Body bytes received (content-length check)."""
 
     def __init__(self, stream_id: int) -> None:
         self.id = stream_id
-        self.queue: deque = deque()
-        """Body chunks waiting for the read callback, in order."""
-        self.pending = 0
-        """Total bytes in ``queue``."""
-        self.end_requested = False
-        """The caller has ended its side; END_STREAM (or trailers) go after the queue."""
-        self.trailers: list | None = None
-        """Trailer fields to send instead of an empty END_STREAM."""
-        self.local_ended = False
-        """Our END_STREAM has been handed to nghttp2."""
-        self.remote_ended = False
-        """The peer's END_STREAM has been received."""
-        self.responded = False
-        """Server role: a final (>= 200) response head was sent."""
-        self.rejected = False
-        """Server role: refused with a local 431, or abandoned (``send_reset``
-        NO_ERROR after our end): inbound events are swallowed, RST_STREAM NO_ERROR
-        follows our END_STREAM."""
-        self.attached = False
-        """Our data provider is attached to the stream in nghttp2."""
-        self.deferred = False
-        """The read callback found nothing to send: ``resume_data`` when there is."""
-        self.blocked = False
-        """Bytes were left queued: the next read reports ``WindowOpened``."""
-        self.final = False
-        """Client role: a final (>= 200) response head was received."""
-        self.content_length: int | None = None
-        """The peer's declared body length."""
-        self.received = 0
-        """Body bytes received (content-length check)."""
 
 
 class NgHttp2Codec:
@@ -686,7 +687,10 @@ class NgHttp2Codec:
         if st is None or st.end_requested or self._dead:
             return
         if data:
-            st.queue.append(data)
+            q = st.queue
+            if q is None:
+                q = st.queue = deque()
+            q.append(data)
             st.pending += len(data)
             st.blocked = True
         elif not end_stream:
