@@ -207,6 +207,8 @@ def _on_close(session, stream_id, error_code, ud):  # noqa: ANN001
     st = c._streams.pop(stream_id, None)
     if st is not None:  # closed by nghttp2 itself: a stream error it found, or a
         c._guard.closed += 1  # request it may no longer start after the peer's GOAWAY
+        if c._credit:
+            c._credit.pop(stream_id, None)
         remote = error_code == REFUSED_STREAM and c._goaway_received
         c._ev.append(Reset(stream_id, error_code, remote))
     return 0

@@ -1,9 +1,10 @@
 """The one event vocabulary every codec speaks.
 
-Where this sits: ``codec/http1.py`` (httptools) and ``codec/http2.py`` (h2) turn
-bytes into these events and these events back into bytes. Everything above the
-codec (``http/server.py``, the filter chain, the router, ``upstream/client.py``)
-sees only these classes and never imports httptools or h2.
+Where this sits: ``codec/http1.py`` (httptools) and ``codec/http2.py`` (libnghttp2,
+or h2 as the fallback) turn bytes into these events and these events back into
+bytes. Everything above the codec (``http/server.py``, the filter chain, the
+router, ``upstream/client.py``) sees only these classes and never imports
+httptools, nghttp2 or h2.
 
 Rules:
 
