@@ -43,6 +43,8 @@ How it drives nghttp2:
   rule in ``Guard`` decides, so a client that cancels answered streams keeps
   its connection on either backend.
 
+The C boundary (constants, header-list packing, the callbacks) is ``_ng_wire``.
+
 Invariants (besides ``_h2_codec``'s): callbacks only run inside ``mem_recv`` and
 ``mem_send``, never free the session and never raise into C (a failure is
 returned as NGHTTP2_ERR_CALLBACK_FAILURE and turned into a connection error);
@@ -54,9 +56,14 @@ from __future__ import annotations
 
 import struct
 from collections import deque
-from itertools import chain
 
-from . import _ng_ffi
+from ._ng_wire import (CALLBACKS, DEFAULT_WINDOW, ERR_BAD_CLIENT_MAGIC, ERR_CALLBACK_FAILURE,
+                       ERR_FLOODED, ERR_TOO_MANY_CONTINUATIONS, FLAG_END_STREAM, GOAWAY,
+                       HCAT_REQUEST, HCAT_RESPONSE, MAX_STREAM_ID, NULL, PREFACE, PROVIDER,
+                       RESET_RATE_LIMIT, SETTINGS, SETTINGS_ENABLE_PUSH,
+                       SETTINGS_INITIAL_WINDOW_SIZE, SETTINGS_MAX_CONCURRENT_STREAMS,
+                       SETTINGS_MAX_HEADER_LIST_SIZE, callback_error, ffi, goaway_frame, lib, nva,
+                       unpack)
 from ._h2_guard import Guard, Http2Limits, StreamUnavailable
 from ._h2_headers import check_trailers, lift_request, lift_response, request_block
 from ._h2_headers import response_block, trailer_block
@@ -65,209 +72,6 @@ from .events import (CANCEL, ENHANCE_YOUR_CALM, INTERNAL_ERROR, NO_ERROR, PROTOC
                      ProtocolError, Reset, RequestHead, ResponseHead, Trailers, WindowOpened)
 
 __all__ = ["NgHttp2Codec"]
-
-ffi, lib = _ng_ffi.load()
-
-_MAX_STREAM_ID = 2**31 - 1
-_RESET_RATE_LIMIT = _ng_ffi.has(lib, "nghttp2_option_set_stream_reset_rate_limit")
-_DEFAULT_WINDOW = 65535
-_NULL = ffi.NULL
-
-# nghttp2.h constants
-_ERR_DEFERRED = -508
-_ERR_CALLBACK_FAILURE = -902
-_ERR_BAD_CLIENT_MAGIC = -903
-_ERR_FLOODED = -904
-_ERR_TOO_MANY_CONTINUATIONS = -905
-_FLAG_END_STREAM = 0x1
-_FLAG_ACK = 0x1
-_DATA_EOF = 0x1
-_DATA_NO_END_STREAM = 0x2
-_HCAT_REQUEST = 0
-_HCAT_RESPONSE = 1
-_DATA, _HEADERS, _RST_STREAM, _SETTINGS, _PING, _GOAWAY = 0, 1, 3, 4, 6, 7
-_SETTINGS_ENABLE_PUSH = 0x2
-_SETTINGS_MAX_CONCURRENT_STREAMS = 0x3
-_SETTINGS_INITIAL_WINDOW_SIZE = 0x4
-_SETTINGS_MAX_HEADER_LIST_SIZE = 0x6
-_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-
-# cffi's backend functions, without the ``FFI`` method wrappers (hot paths)
-_backend = ffi._backend
-_from_handle = _backend.from_handle
-_unpack = _backend.unpack
-_memmove = ffi.memmove
-_from_buffer = _backend.from_buffer
-_cast = _backend.cast
-_char_array = ffi.typeof("char[]")
-_nv_array = ffi.typeof("nghttp2_nv[]")
-_uintptr = ffi.typeof("uintptr_t")
-
-
-# === header lists -> nghttp2_nv[] ===
-
-_NV_PACKED = ffi.sizeof("nghttp2_nv") == struct.calcsize("PPNNB7x") == 40
-_nv_structs: dict[int, struct.Struct] = {}
-
-
-def _nva(fields: list) -> tuple:
-    """``(nghttp2_nv[] cdata, count, keepalive)`` for ``fields`` (name, value)
-    tuples; a tuple subclass (hpack's ``NeverIndexedHeaderTuple``) is sent with
-    NGHTTP2_NV_FLAG_NO_INDEX. nghttp2 copies the fields during ``submit_*``, so
-    ``keepalive`` only has to outlive that call.
-
-    Where ``nghttp2_nv`` has the usual LP64 layout the array is one
-    ``struct.pack`` of pointers into one joined blob: setting cdata fields one by
-    one costs several times more."""
-    n = len(fields)
-    if _NV_PACKED:
-        blob = b"".join(chain.from_iterable(fields))
-        addr = int(_cast(_uintptr, _from_buffer(_char_array, blob, False)))
-        args: list = []
-        for f in fields:
-            name, value = f
-            ln, lv = len(name), len(value)
-            args += (addr, addr + ln, ln, lv, f.__class__ is not tuple)
-            addr += ln + lv
-        packer = _nv_structs.get(n)
-        if packer is None:
-            packer = _nv_structs[n] = struct.Struct("PPNNB7x" * n)
-        packed = packer.pack(*args)
-        return _from_buffer(_nv_array, packed, False), n, (blob, packed)
-    arr = ffi.new("nghttp2_nv[]", n)
-    keep = []
-    for i, f in enumerate(fields):
-        name, value = ffi.from_buffer(f[0]), ffi.from_buffer(f[1])
-        keep += (name, value)
-        nv = arr[i]
-        nv.name, nv.value, nv.namelen, nv.valuelen = name, value, len(f[0]), len(f[1])
-        nv.flags = 0 if f.__class__ is tuple else 1
-    return arr, n, keep
-
-
-def _goaway_frame(last_stream_id: int, error_code: int) -> bytes:
-    return struct.pack(">I B B I I I", 8, 7, 0, 0, last_stream_id & _MAX_STREAM_ID, error_code)[1:]
-
-
-# === callbacks (module-level: one set for every session) ===
-
-_callback_error: list = [None]
-
-
-def _onerror(exc_type, exc_value, tb) -> None:  # noqa: ANN001 - cffi's signature
-    _callback_error[0] = exc_value
-
-
-@ffi.callback("nghttp2_on_header_callback", error=_ERR_CALLBACK_FAILURE, onerror=_onerror)
-def _on_header(session, frame, name, namelen, value, valuelen, flags, ud):  # noqa: ANN001
-    c = _from_handle(ud)
-    c._fields.append((_unpack(name, namelen), _unpack(value, valuelen)))
-    c._fsize += namelen + valuelen + 32
-    if c._fsize > c._hard_limit:
-        c._fatal = (ENHANCE_YOUR_CALM, "header list larger than %d bytes" % c._hard_limit)
-        return _ERR_CALLBACK_FAILURE
-    return 0
-
-
-@ffi.callback("nghttp2_on_data_chunk_recv_callback", error=_ERR_CALLBACK_FAILURE, onerror=_onerror)
-def _on_chunk(session, flags, stream_id, data, length, ud):  # noqa: ANN001
-    _from_handle(ud)._chunks.append(_unpack(data, length))
-    return 0
-
-
-@ffi.callback("nghttp2_on_frame_recv_callback", error=_ERR_CALLBACK_FAILURE, onerror=_onerror)
-def _on_frame(session, frame, ud):  # noqa: ANN001
-    c = _from_handle(ud)
-    hd = frame.hd
-    t = hd.type
-    if t == _HEADERS:
-        c._on_headers(hd.stream_id, hd.flags, frame.headers.cat)
-    elif t == _DATA:
-        c._on_data(hd.stream_id, hd.flags, hd.length)
-    elif t == _RST_STREAM:
-        c._on_reset(hd.stream_id, frame.rst_stream.error_code)
-    elif t == _SETTINGS or t == _PING:
-        if not hd.flags & _FLAG_ACK:
-            if t == _SETTINGS and c._client:
-                c._peer_streams = lib.nghttp2_session_get_remote_settings(
-                    session, _SETTINGS_MAX_CONCURRENT_STREAMS)
-            c._count_control()
-    elif t == _GOAWAY:
-        g = frame.goaway
-        debug = _unpack(g.opaque_data, g.opaque_data_len) if g.opaque_data_len else b""
-        c._on_goaway(g.last_stream_id, g.error_code, debug)
-    if c._fatal is not None or c._dead:
-        return _ERR_CALLBACK_FAILURE  # stop reading: the connection is over
-    return 0
-
-
-@ffi.callback("nghttp2_on_stream_close_callback", error=_ERR_CALLBACK_FAILURE, onerror=_onerror)
-def _on_close(session, stream_id, error_code, ud):  # noqa: ANN001
-    c = _from_handle(ud)
-    st = c._streams.pop(stream_id, None)
-    if st is not None:  # closed by nghttp2 itself: a stream error it found, or a
-        c._guard.closed += 1  # request it may no longer start after the peer's GOAWAY
-        if c._credit:
-            c._credit.pop(stream_id, None)
-        remote = error_code == REFUSED_STREAM and c._goaway_received
-        c._ev.append(Reset(stream_id, error_code, remote))
-    return 0
-
-
-@ffi.callback("nghttp2_data_source_read_callback", error=_ERR_CALLBACK_FAILURE, onerror=_onerror)
-def _on_read(session, stream_id, buf, length, data_flags, source, ud):  # noqa: ANN001
-    c = _from_handle(ud)
-    st = c._streams.get(stream_id)
-    if st is None:
-        return _ERR_DEFERRED  # forgotten: nghttp2 drops the provider when it closes
-    if st.blocked:
-        st.blocked = False
-        if c._opened is not None:
-            c._opened[stream_id] = None
-    q = st.queue
-    n = 0
-    while q and n < length:
-        chunk = q[0]
-        size = len(chunk)
-        room = length - n
-        if size <= room:
-            _memmove(buf + n if n else buf, chunk, size)
-            q.popleft()
-            n += size
-        else:
-            _memmove(buf + n if n else buf, chunk, room)
-            q[0] = memoryview(chunk)[room:]
-            n += room
-    st.pending -= n
-    if q:
-        st.blocked = True
-        return n
-    if st.end_requested:
-        if st.trailers is not None:
-            data_flags[0] = _DATA_EOF | _DATA_NO_END_STREAM
-            nva, k, _keep = _nva(st.trailers)
-            lib.nghttp2_submit_trailer(session, stream_id, nva, k)
-        else:
-            data_flags[0] = _DATA_EOF
-        st.attached = False
-        c._local_end(st)
-        return n
-    if n:
-        return n
-    st.deferred = True
-    return _ERR_DEFERRED
-
-
-_callbacks = ffi.new("nghttp2_session_callbacks **")
-lib.nghttp2_session_callbacks_new(_callbacks)
-_callbacks = ffi.gc(_callbacks[0], lib.nghttp2_session_callbacks_del)
-lib.nghttp2_session_callbacks_set_on_header_callback(_callbacks, _on_header)
-lib.nghttp2_session_callbacks_set_on_data_chunk_recv_callback(_callbacks, _on_chunk)
-lib.nghttp2_session_callbacks_set_on_frame_recv_callback(_callbacks, _on_frame)
-lib.nghttp2_session_callbacks_set_on_stream_close_callback(_callbacks, _on_close)
-_provider = ffi.new("nghttp2_data_provider *")
-_provider.read_callback = _on_read
-
 
 class _Stream:
     """One stream's send queue and lifecycle flags, as the codec sees them.
@@ -331,11 +135,11 @@ class NgHttp2Codec:
             lib.nghttp2_option_set_peer_max_concurrent_streams(opt, limits.max_concurrent_streams)
             lib.nghttp2_option_set_max_outbound_ack(opt, limits.max_outbound_control_frames)
             lib.nghttp2_option_set_max_send_header_block_length(opt, 4 * limits.max_header_list_size)
-            if _RESET_RATE_LIMIT:  # premature resets are the Guard's, as on the h2 backend
+            if RESET_RATE_LIMIT:  # premature resets are the Guard's, as on the h2 backend
                 lib.nghttp2_option_set_stream_reset_rate_limit(opt, 2**62, 2**62)
             session_p = ffi.new("nghttp2_session **")
             new = lib.nghttp2_session_client_new2 if client else lib.nghttp2_session_server_new2
-            rv = new(session_p, _callbacks, self._handle, opt)
+            rv = new(session_p, CALLBACKS, self._handle, opt)
         finally:
             lib.nghttp2_option_del(opt)
         if rv != 0:
@@ -354,7 +158,7 @@ class NgHttp2Codec:
         self._opened: dict | None = None  # WindowOpened, collected during receive_data
         self._fatal: tuple | None = None
         self._dead = False
-        self._drain_last = _MAX_STREAM_ID
+        self._drain_last = MAX_STREAM_ID
         self._goaway_sent = False
         self._goaway_received = False
         self._peer_streams = limits.max_concurrent_streams
@@ -366,21 +170,21 @@ class NgHttp2Codec:
     def initiate(self) -> None:
         """Queue the preface (client) and SETTINGS, then open the connection window."""
         lim = self.limits
-        iv = [(_SETTINGS_INITIAL_WINDOW_SIZE, lim.initial_stream_window),
-              (_SETTINGS_MAX_HEADER_LIST_SIZE, lim.max_header_list_size)]
+        iv = [(SETTINGS_INITIAL_WINDOW_SIZE, lim.initial_stream_window),
+              (SETTINGS_MAX_HEADER_LIST_SIZE, lim.max_header_list_size)]
         if self._client:
-            iv.append((_SETTINGS_ENABLE_PUSH, 0))
+            iv.append((SETTINGS_ENABLE_PUSH, 0))
         lib.nghttp2_submit_settings(self._s, 0, ffi.new("nghttp2_settings_entry[]", iv), len(iv))
-        if lim.initial_connection_window > _DEFAULT_WINDOW:
+        if lim.initial_connection_window > DEFAULT_WINDOW:
             lib.nghttp2_session_set_local_window_size(self._s, 0, 0, lim.initial_connection_window)
         self._send()
         data = b"".join(self._out)
-        at = len(_PREFACE) if data.startswith(_PREFACE) else 0
+        at = len(PREFACE) if data.startswith(PREFACE) else 0
         size = int.from_bytes(data[at:at + 3], "big")
-        if data[at + 3] != _SETTINGS:
+        if data[at + 3] != SETTINGS:
             raise RuntimeError("nghttp2 did not start with SETTINGS")
         end = at + 9 + size
-        entry = struct.pack(">HI", _SETTINGS_MAX_CONCURRENT_STREAMS, lim.max_concurrent_streams)
+        entry = struct.pack(">HI", SETTINGS_MAX_CONCURRENT_STREAMS, lim.max_concurrent_streams)
         self._out = [data[:at] + (size + 6).to_bytes(3, "big") + data[at + 3:end] + entry
                      + data[end:]]
 
@@ -407,7 +211,7 @@ class NgHttp2Codec:
         peer's SETTINGS arrive we assume our own limit."""
         return (not self._dead and not self._goaway_received and not self._goaway_sent
                 and len(self._streams) < min(self._peer_streams, self.limits.max_concurrent_streams)
-                and self._next_id < _MAX_STREAM_ID - 2)
+                and self._next_id < MAX_STREAM_ID - 2)
 
     def start_drain(self) -> None:
         """Graceful GOAWAY: the server refuses streams above the highest one it has
@@ -419,7 +223,7 @@ class NgHttp2Codec:
         if not self._client:
             last = self._drain_last = lib.nghttp2_session_get_last_proc_stream_id(self._s)
         self._send()
-        self._out.append(_goaway_frame(last, NO_ERROR))
+        self._out.append(goaway_frame(last, NO_ERROR))
 
     def close(self, error_code: int = NO_ERROR) -> None:
         """Queue a final GOAWAY; the caller flushes ``data_to_send()`` and closes.
@@ -479,15 +283,15 @@ class NgHttp2Codec:
         self._fields = []
         self._fsize = 0
         self._guard.empty_frames = 0
-        end = flags & _FLAG_END_STREAM
-        if cat == _HCAT_REQUEST:
+        end = flags & FLAG_END_STREAM
+        if cat == HCAT_REQUEST:
             if not self._client:
                 self._on_request(sid, fields, end)
             return
         st = self._streams.get(sid)
         if st is None:
             return
-        if self._client and (cat == _HCAT_RESPONSE or not st.final):
+        if self._client and (cat == HCAT_RESPONSE or not st.final):
             lim = self.limits
             head = lift_response(sid, fields, bool(end), lim.max_header_list_size,
                                  lim.max_headers_count)
@@ -544,7 +348,7 @@ class NgHttp2Codec:
             chunks.clear()
         else:
             data = b""
-        end = flags & _FLAG_END_STREAM
+        end = flags & FLAG_END_STREAM
         st = self._streams.get(sid)
         if not data:
             if not end:
@@ -621,14 +425,14 @@ class NgHttp2Codec:
         """``mem_recv`` returned a fatal error: ours (``_fatal``) or nghttp2's."""
         if self._fatal is not None:
             code, message = self._fatal
-        elif rv == _ERR_BAD_CLIENT_MAGIC:
+        elif rv == ERR_BAD_CLIENT_MAGIC:
             code, message = PROTOCOL_ERROR, "invalid HTTP/2 connection preface"
-        elif rv == _ERR_FLOODED:
+        elif rv == ERR_FLOODED:
             code, message = ENHANCE_YOUR_CALM, "outbound control frame flood"
-        elif rv == _ERR_TOO_MANY_CONTINUATIONS:
+        elif rv == ERR_TOO_MANY_CONTINUATIONS:
             code, message = ENHANCE_YOUR_CALM, "too many CONTINUATION frames"
-        elif rv == _ERR_CALLBACK_FAILURE:
-            exc, _callback_error[0] = _callback_error[0], None
+        elif rv == ERR_CALLBACK_FAILURE:
+            exc, callback_error[0] = callback_error[0], None
             code, message = INTERNAL_ERROR, f"internal error: {exc.__class__.__name__}"
         else:
             code, message = INTERNAL_ERROR, f"nghttp2 error {rv}"
@@ -638,7 +442,7 @@ class NgHttp2Codec:
         """nghttp2 wants no more input: if it just sent a GOAWAY with an error (a
         connection error it found itself), report it like the h2 backend does."""
         for frame in self._out[start:]:
-            if len(frame) >= 17 and frame[3] == _GOAWAY:
+            if len(frame) >= 17 and frame[3] == GOAWAY:
                 code = int.from_bytes(frame[13:17], "big")
                 if code != NO_ERROR:
                     reason = frame[17:].decode("latin-1") or f"HTTP/2 error {code}"
@@ -653,10 +457,10 @@ class NgHttp2Codec:
         if self._client:
             if not self.can_open_stream():
                 raise StreamUnavailable("connection cannot open another stream")
-            nva, n, _keep = _nva(request_block(head))
+            arr, n, _keep = nva(request_block(head))
             end = head.end_stream
-            sid = lib.nghttp2_submit_request(self._s, _NULL, nva, n,
-                                             _NULL if end else _provider, _NULL)
+            sid = lib.nghttp2_submit_request(self._s, NULL, arr, n,
+                                             NULL if end else PROVIDER, NULL)
             if sid < 0:
                 raise StreamUnavailable(f"nghttp2 cannot open a stream: error {sid}")
             self._next_id = sid + 2
@@ -671,11 +475,11 @@ class NgHttp2Codec:
         st = self._streams.get(sid)
         if st is None or st.end_requested or self._dead:
             return sid
-        nva, n, _keep = _nva(response_block(head))
+        arr, n, _keep = nva(response_block(head))
         if head.end_stream:
-            lib.nghttp2_submit_response(self._s, sid, nva, n, _NULL)
+            lib.nghttp2_submit_response(self._s, sid, arr, n, NULL)
         else:
-            lib.nghttp2_submit_headers(self._s, 0, sid, _NULL, nva, n, _NULL)
+            lib.nghttp2_submit_headers(self._s, 0, sid, NULL, arr, n, NULL)
         if head.status >= 200:
             st.responded = True
         if head.end_stream:
@@ -755,7 +559,7 @@ class NgHttp2Codec:
             lib.nghttp2_session_resume_data(self._s, st.id)
         elif not st.attached:
             st.attached = True
-            lib.nghttp2_submit_data(self._s, _FLAG_END_STREAM, st.id, _provider)
+            lib.nghttp2_submit_data(self._s, FLAG_END_STREAM, st.id, PROVIDER)
 
     def _send(self) -> None:
         """Move everything nghttp2 can send now into ``_out``."""
@@ -765,9 +569,9 @@ class NgHttp2Codec:
             n = send(s, pp)
             if n <= 0:
                 break
-            out.append(_unpack(pp[0], n))
+            out.append(unpack(pp[0], n))
         if n < 0:  # fatal (an exception in the read callback, out of memory)
-            exc, _callback_error[0] = _callback_error[0], None
+            exc, callback_error[0] = callback_error[0], None
             self._die(self._ev, f"internal error: {exc.__class__.__name__ if exc else n}",
                       INTERNAL_ERROR)
 
@@ -807,7 +611,7 @@ class NgHttp2Codec:
             if code == ENHANCE_YOUR_CALM:  # abuse: do not write the flood back out
                 self._out.clear()
             last = lib.nghttp2_session_get_last_proc_stream_id(self._s) if self._s is not None else 0
-            self._out.append(_goaway_frame(last, code))
+            self._out.append(goaway_frame(last, code))
         out.append(ProtocolError(None, 400, message, True, code))
         self._reset_all(out, code, remote=False)
         self._free()

@@ -72,3 +72,24 @@ def test_loader_reports_a_missing_library_and_caches_the_answer(monkeypatch):
 
 def test_h2_class_is_always_available():
     assert http2.codec_class("h2") is H2Codec
+
+
+@needs_nghttp2
+def test_header_list_packing_matches_the_field_by_field_fallback(monkeypatch):
+    """``nva`` packs nghttp2_nv[] with one struct.pack on LP64; the portable path
+    (cdata fields one by one) must describe the same fields and flags."""
+    from hpack import NeverIndexedHeaderTuple
+
+    from meshproxy.codec import _ng_wire
+
+    fields = [(b":status", b"200"), (b"x-empty", b""), NeverIndexedHeaderTuple(b"authorization", b"s3cret")]
+
+    def described(packed: bool) -> list:
+        monkeypatch.setattr(_ng_wire, "_NV_PACKED", packed)
+        arr, n, _keep = _ng_wire.nva(fields)
+        ffi = _ng_wire.ffi
+        return [(ffi.unpack(arr[i].name, arr[i].namelen), ffi.unpack(arr[i].value, arr[i].valuelen),
+                 arr[i].flags) for i in range(n)]
+
+    expected = [(b":status", b"200", 0), (b"x-empty", b"", 0), (b"authorization", b"s3cret", 1)]
+    assert described(True) == described(False) == expected

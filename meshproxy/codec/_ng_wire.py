@@ -1,0 +1,227 @@
+"""The C side of the nghttp2 codec: constants, header lists, callbacks.
+
+Where this sits: between ``_ng_ffi`` (the declarations and the loaded library)
+and ``_ng_codec`` (the codec, which owns every session and all stream state).
+Importing it loads libnghttp2. It creates one callback table and one data
+provider that every session shares; each callback finds its codec through the
+session's ``user_data`` handle and calls back into it. No I/O.
+
+Callbacks never raise into C: cffi turns an exception into
+NGHTTP2_ERR_CALLBACK_FAILURE (``onerror`` keeps it in ``callback_error``), which
+makes ``mem_recv``/``mem_send`` fail and the codec end the connection.
+"""
+
+from __future__ import annotations
+
+import struct
+from itertools import chain
+
+from . import _ng_ffi
+from .events import ENHANCE_YOUR_CALM, REFUSED_STREAM, Reset
+
+ffi, lib = _ng_ffi.load()
+
+MAX_STREAM_ID = 2**31 - 1
+RESET_RATE_LIMIT = _ng_ffi.has(lib, "nghttp2_option_set_stream_reset_rate_limit")
+DEFAULT_WINDOW = 65535
+NULL = ffi.NULL
+
+# nghttp2.h constants
+ERR_DEFERRED = -508
+ERR_CALLBACK_FAILURE = -902
+ERR_BAD_CLIENT_MAGIC = -903
+ERR_FLOODED = -904
+ERR_TOO_MANY_CONTINUATIONS = -905
+FLAG_END_STREAM = 0x1
+FLAG_ACK = 0x1
+DATA_EOF = 0x1
+DATA_NO_END_STREAM = 0x2
+HCAT_REQUEST = 0
+HCAT_RESPONSE = 1
+DATA, HEADERS, RST_STREAM, SETTINGS, PING, GOAWAY = 0, 1, 3, 4, 6, 7
+SETTINGS_ENABLE_PUSH = 0x2
+SETTINGS_MAX_CONCURRENT_STREAMS = 0x3
+SETTINGS_INITIAL_WINDOW_SIZE = 0x4
+SETTINGS_MAX_HEADER_LIST_SIZE = 0x6
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+# cffi's backend functions, without the ``FFI`` method wrappers (hot paths)
+_backend = ffi._backend
+_from_handle = _backend.from_handle
+unpack = _backend.unpack
+_memmove = ffi.memmove
+_from_buffer = _backend.from_buffer
+_cast = _backend.cast
+_char_array = ffi.typeof("char[]")
+_nv_array = ffi.typeof("nghttp2_nv[]")
+_uintptr = ffi.typeof("uintptr_t")
+
+
+# === header lists -> nghttp2_nv[] ===
+
+_NV_PACKED = ffi.sizeof("nghttp2_nv") == struct.calcsize("PPNNB7x") == 40
+_nv_structs: dict[int, struct.Struct] = {}
+
+
+def nva(fields: list) -> tuple:
+    """``(nghttp2_nv[] cdata, count, keepalive)`` for ``fields`` (name, value)
+    tuples; a tuple subclass (hpack's ``NeverIndexedHeaderTuple``) is sent with
+    NGHTTP2_NV_FLAG_NO_INDEX. nghttp2 copies the fields during ``submit_*``, so
+    ``keepalive`` only has to outlive that call.
+
+    Where ``nghttp2_nv`` has the usual LP64 layout the array is one
+    ``struct.pack`` of pointers into one joined blob: setting cdata fields one by
+    one costs several times more."""
+    n = len(fields)
+    if _NV_PACKED:
+        blob = b"".join(chain.from_iterable(fields))
+        addr = int(_cast(_uintptr, _from_buffer(_char_array, blob, False)))
+        args: list = []
+        for f in fields:
+            name, value = f
+            ln, lv = len(name), len(value)
+            args += (addr, addr + ln, ln, lv, f.__class__ is not tuple)
+            addr += ln + lv
+        packer = _nv_structs.get(n)
+        if packer is None:
+            packer = struct.Struct("PPNNB7x" * n)
+            if n <= 128:  # the usual sizes; a rare huge list is packed uncached
+                _nv_structs[n] = packer
+        packed = packer.pack(*args)
+        return _from_buffer(_nv_array, packed, False), n, (blob, packed)
+    arr = ffi.new("nghttp2_nv[]", n)
+    keep = []
+    for i, f in enumerate(fields):
+        name, value = ffi.from_buffer(f[0]), ffi.from_buffer(f[1])
+        keep += (name, value)
+        nv = arr[i]
+        nv.name, nv.value, nv.namelen, nv.valuelen = name, value, len(f[0]), len(f[1])
+        nv.flags = 0 if f.__class__ is tuple else 1
+    return arr, n, keep
+
+
+def goaway_frame(last_stream_id: int, error_code: int) -> bytes:
+    return struct.pack(">I B B I I I", 8, 7, 0, 0, last_stream_id & MAX_STREAM_ID, error_code)[1:]
+
+
+# === callbacks (module-level: one set for every session) ===
+
+callback_error: list = [None]
+
+
+def _onerror(exc_type, exc_value, tb) -> None:  # noqa: ANN001 - cffi's signature
+    callback_error[0] = exc_value
+
+
+@ffi.callback("nghttp2_on_header_callback", error=ERR_CALLBACK_FAILURE, onerror=_onerror)
+def _on_header(session, frame, name, namelen, value, valuelen, flags, ud):  # noqa: ANN001
+    c = _from_handle(ud)
+    c._fields.append((unpack(name, namelen), unpack(value, valuelen)))
+    c._fsize += namelen + valuelen + 32
+    if c._fsize > c._hard_limit:
+        c._fatal = (ENHANCE_YOUR_CALM, "header list larger than %d bytes" % c._hard_limit)
+        return ERR_CALLBACK_FAILURE
+    return 0
+
+
+@ffi.callback("nghttp2_on_data_chunk_recv_callback", error=ERR_CALLBACK_FAILURE, onerror=_onerror)
+def _on_chunk(session, flags, stream_id, data, length, ud):  # noqa: ANN001
+    _from_handle(ud)._chunks.append(unpack(data, length))
+    return 0
+
+
+@ffi.callback("nghttp2_on_frame_recv_callback", error=ERR_CALLBACK_FAILURE, onerror=_onerror)
+def _on_frame(session, frame, ud):  # noqa: ANN001
+    c = _from_handle(ud)
+    hd = frame.hd
+    t = hd.type
+    if t == HEADERS:
+        c._on_headers(hd.stream_id, hd.flags, frame.headers.cat)
+    elif t == DATA:
+        c._on_data(hd.stream_id, hd.flags, hd.length)
+    elif t == RST_STREAM:
+        c._on_reset(hd.stream_id, frame.rst_stream.error_code)
+    elif t == SETTINGS or t == PING:
+        if not hd.flags & FLAG_ACK:
+            if t == SETTINGS and c._client:
+                c._peer_streams = lib.nghttp2_session_get_remote_settings(
+                    session, SETTINGS_MAX_CONCURRENT_STREAMS)
+            c._count_control()
+    elif t == GOAWAY:
+        g = frame.goaway
+        debug = unpack(g.opaque_data, g.opaque_data_len) if g.opaque_data_len else b""
+        c._on_goaway(g.last_stream_id, g.error_code, debug)
+    if c._fatal is not None or c._dead:
+        return ERR_CALLBACK_FAILURE  # stop reading: the connection is over
+    return 0
+
+
+@ffi.callback("nghttp2_on_stream_close_callback", error=ERR_CALLBACK_FAILURE, onerror=_onerror)
+def _on_close(session, stream_id, error_code, ud):  # noqa: ANN001
+    c = _from_handle(ud)
+    st = c._streams.pop(stream_id, None)
+    if st is not None:  # closed by nghttp2 itself: a stream error it found, or a
+        c._guard.closed += 1  # request it may no longer start after the peer's GOAWAY
+        if c._credit:
+            c._credit.pop(stream_id, None)
+        remote = error_code == REFUSED_STREAM and c._goaway_received
+        c._ev.append(Reset(stream_id, error_code, remote))
+    return 0
+
+
+@ffi.callback("nghttp2_data_source_read_callback", error=ERR_CALLBACK_FAILURE, onerror=_onerror)
+def _on_read(session, stream_id, buf, length, data_flags, source, ud):  # noqa: ANN001
+    c = _from_handle(ud)
+    st = c._streams.get(stream_id)
+    if st is None:
+        return ERR_DEFERRED  # forgotten: nghttp2 drops the provider when it closes
+    if st.blocked:
+        st.blocked = False
+        if c._opened is not None:
+            c._opened[stream_id] = None
+    q = st.queue
+    n = 0
+    while q and n < length:
+        chunk = q[0]
+        size = len(chunk)
+        room = length - n
+        if size <= room:
+            _memmove(buf + n if n else buf, chunk, size)
+            q.popleft()
+            n += size
+        else:
+            _memmove(buf + n if n else buf, chunk, room)
+            q[0] = memoryview(chunk)[room:]
+            n += room
+    st.pending -= n
+    if q:
+        st.blocked = True
+        return n
+    if st.end_requested:
+        if st.trailers is not None:
+            data_flags[0] = DATA_EOF | DATA_NO_END_STREAM
+            arr, k, _keep = nva(st.trailers)
+            lib.nghttp2_submit_trailer(session, stream_id, arr, k)
+        else:
+            data_flags[0] = DATA_EOF
+        st.attached = False
+        c._local_end(st)
+        return n
+    if n:
+        return n
+    st.deferred = True
+    return ERR_DEFERRED
+
+
+_callbacks_p = ffi.new("nghttp2_session_callbacks **")
+if lib.nghttp2_session_callbacks_new(_callbacks_p) != 0:
+    raise MemoryError("nghttp2_session_callbacks_new failed")
+CALLBACKS = ffi.gc(_callbacks_p[0], lib.nghttp2_session_callbacks_del)
+"""The callback table every session is created with (nghttp2 copies it)."""
+lib.nghttp2_session_callbacks_set_on_header_callback(CALLBACKS, _on_header)
+lib.nghttp2_session_callbacks_set_on_data_chunk_recv_callback(CALLBACKS, _on_chunk)
+lib.nghttp2_session_callbacks_set_on_frame_recv_callback(CALLBACKS, _on_frame)
+lib.nghttp2_session_callbacks_set_on_stream_close_callback(CALLBACKS, _on_close)
+PROVIDER = ffi.new("nghttp2_data_provider *")
+"""The data provider attached to every stream with a body (nghttp2 copies it)."""
+PROVIDER.read_callback = _on_read
