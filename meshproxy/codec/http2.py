@@ -42,8 +42,12 @@ def codec_class(name: str) -> type:
     if name == "h2":
         return H2Codec
     if name == "nghttp2":
-        from ._ng_codec import NgHttp2Codec
-
+        try:
+            from ._ng_codec import NgHttp2Codec
+        except _ng_ffi.Nghttp2Unavailable:
+            raise
+        except (MemoryError, OSError, RuntimeError) as exc:  # e.g. no executable memory
+            raise _ng_ffi.Nghttp2Unavailable(f"libnghttp2 callbacks unavailable: {exc}") from exc
         return NgHttp2Codec
     raise ValueError(f"unknown HTTP/2 backend {name!r} (expected one of {', '.join(BACKENDS)})")
 
