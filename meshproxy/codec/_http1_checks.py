@@ -144,14 +144,18 @@ def _framing(special: list[tuple[bytes, bytes]], version: str, status: int) -> t
 
 def keep_alive(version: str, special: list[tuple[bytes, bytes]]) -> bool:
     """Whether the Connection field and the version allow another message after this one."""
-    tokens: list[bytes] | None = None
+    conn: bytes | None = None
     for name, value in special:
         if name == b"connection":
-            if tokens is None:
-                tokens = []
-            tokens += (t.strip(b" \t") for t in value.lower().split(b","))
-    if tokens is None:
+            conn = value if conn is None else conn + b"," + value
+    if conn is None:
         return version == "1.1"
+    conn = conn.lower()
+    if conn == b"keep-alive":
+        return True
+    if conn == b"close":
+        return False
+    tokens = [t.strip(b" \t") for t in conn.split(b",")]
     if version == "1.1":
         return b"close" not in tokens
     return b"keep-alive" in tokens and b"close" not in tokens

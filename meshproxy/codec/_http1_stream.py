@@ -164,11 +164,11 @@ class Http1Sender:
         """Send a head; returns its stream id (client role: a new id when ``head.stream_id``
         is 0/None)."""
         if self._server:
-            if not isinstance(head, ResponseHead):
+            if type(head) is not ResponseHead and not isinstance(head, ResponseHead):
                 raise LocalProtocolError("the server role sends responses")
             self._send_response_head(head)
         else:
-            if not isinstance(head, RequestHead):
+            if type(head) is not RequestHead and not isinstance(head, RequestHead):
                 raise LocalProtocolError("the client role sends requests")
             if not head.stream_id:
                 head.stream_id = self.next_stream_id()
@@ -355,7 +355,7 @@ class Http1Sender:
         s.is_head = method == b"HEAD"
         s.connect = method == b"CONNECT"
         s.upgrade = b"connect" if s.connect else head.upgrade
-        lines = [b"%s %s HTTP/1.1\r\n" % (method, head.target)]
+        lines = [method + b" " + head.target + b" HTTP/1.1\r\n"]
         seen = render_fields(lines, head.headers)
         n = 1 + seen.count
         if not seen.host and head.authority is not None:
@@ -364,6 +364,16 @@ class Http1Sender:
         cl = head.content_length
         if cl is None and seen.content_length is not None:
             cl = _parse_length(seen.content_length)
+        if cl is None and head.end_stream and s.upgrade is None and not self._order and not self._drain:
+            # The common request: no body, nothing else in flight. What _register, _write and
+            # _end would do, without the bookkeeping a stream that ends at once never needs.
+            if method in _EMPTY_BODY_METHODS:
+                lines.append(b"content-length: 0\r\n")
+                n += 1
+            s.final = s.ended = True
+            self._awaiting.append(s)
+            self._out.append(finish(lines, n))
+            return
         if s.connect:
             s.framing = NONE
         elif cl is not None:

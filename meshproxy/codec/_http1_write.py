@@ -56,6 +56,7 @@ def render_fields(lines: list[bytes], headers: Headers) -> Rendered:
     """Append ``name: value`` lines to ``lines``, skipping framing fields."""
     seen = Rendered()
     extend = lines.extend
+    start = len(lines)
     for name, value in headers:
         if name in WATCH:
             if name == b"content-length":
@@ -70,7 +71,7 @@ def render_fields(lines: list[bytes], headers: Headers) -> Rendered:
             else:
                 seen.upgrade = True
         extend((name, b": ", value, b"\r\n"))
-        seen.count += 1
+    seen.count = (len(lines) - start) >> 2  # four pieces per field line
     return seen
 
 

@@ -90,8 +90,6 @@ class Http1Codec(Http1Sender):
         self._eof = False
         self._events: list[Event] = []
         self._parser: HttpRequestParser | HttpResponseParser | None = None
-        self._reuse = False
-        """``_parser`` finished its last message inside the head it was fed: it can parse the next head."""
         # Scratch filled by the httptools callbacks for the current message.
         self._url = self._reason = b""
         self._fields: list[tuple[bytes, bytes]] = []
@@ -179,10 +177,7 @@ class Http1Codec(Http1Sender):
         self._reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        name = name.lower()
-        self._fields.append((name, value))
-        if name in SPECIAL:
-            self._special.append((name, value))
+        self._fields.append((name.lower(), value))
 
     def on_body(self, body: bytes) -> None:
         self._got_body = True
@@ -209,16 +204,17 @@ class Http1Codec(Http1Sender):
         if end < 0:
             self._scan_from = max(0, len(buf) - 3)
             return False
-        head = bytes(buf[:end]) if end < len(buf) or type(buf) is bytearray else buf
-        self._buf = bytes(buf[end:])
+        if end == len(buf) and type(buf) is bytes:
+            head = buf
+            self._buf = b""
+        else:
+            head = bytes(buf[:end])
+            self._buf = bytes(buf[end:])
         self._scan_from = 0
         self._url = self._reason = b""
-        self._fields, self._special = [], []
+        self._fields = []
         self._complete, self._begins = False, 0
-        parser = self._parser
-        if not self._reuse:
-            parser = self._parser = HttpRequestParser(self) if self._server else HttpResponseParser(self)
-        self._reuse = False
+        parser = self._parser = HttpRequestParser(self) if self._server else HttpResponseParser(self)
         try:
             parser.feed_data(head)
         except HttpParserUpgrade:
@@ -226,10 +222,7 @@ class Http1Codec(Http1Sender):
         except HttpParserError as e:
             if not self._complete:  # after completion: llhttp's upgrade pause, not an error
                 return self._fail(400, f"malformed message head: {e}")
-        else:
-            # llhttp ended the message with the head and waits for the next one: keep the parser
-            # (it resets itself per message) unless it would refuse more (its own close rules).
-            self._reuse = self._complete and parser.should_keep_alive()
+        self._special = [f for f in self._fields if f[0] in SPECIAL]
         if self._server:
             return self._request_head(parser, head)  # type: ignore[arg-type]
         return self._response_head(parser, head)  # type: ignore[arg-type]
@@ -255,7 +248,7 @@ class Http1Codec(Http1Sender):
         s.keep_alive = keep_alive(version, self._special)  # llhttp forgets once the message is complete
         self._register(s)
         self._cur = s
-        fields, self._fields, self._special = self._fields, [], []
+        fields, self._fields = self._fields, []
         no_body = not chunked and not cl
         self._events.append(
             RequestHead(
@@ -277,7 +270,7 @@ class Http1Codec(Http1Sender):
         except Reject as r:
             return self._fail(502, r.message)
         keep = keep_alive(version, self._special)
-        fields, self._fields, self._special = self._fields, [], []
+        fields, self._fields = self._fields, []
         reason = self._reason
         sid = s.stream_id
         if status == 101 or (s.connect and 200 <= status < 300):
@@ -311,7 +304,6 @@ class Http1Codec(Http1Sender):
             self._tail = b""
             self._meta = 0
             if self._complete:  # llhttp skipped the body (httptools does for Upgrade requests)
-                self._reuse = False
                 self._parser = HttpRequestParser(self) if self._server else HttpResponseParser(self)
                 self._parser.feed_data(PRIME_REQUEST if self._server else PRIME_RESPONSE)
                 self._url = self._reason = b""

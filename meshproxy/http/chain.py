@@ -154,7 +154,7 @@ def _is_instance(entry: object) -> bool:
 class FilterChain:
     """Filters for one direction of one config snapshot, built once, run per request."""
 
-    __slots__ = ("_entries", "_shared")
+    __slots__ = ("_entries", "_shared", "_hooks")
 
     def __init__(self, filters: Iterable[Union[RequestFilter, FilterFactory]] = ()) -> None:
         entries = tuple(filters)
@@ -164,6 +164,9 @@ class FilterChain:
         self._entries = entries
         self._shared: tuple | None = entries if all(map(_is_instance, entries)) else None
         """All entries are shared instances: requests reuse this tuple, allocating nothing."""
+        self._hooks: tuple | None = (tuple(getattr(e, "on_response_head", None) for e in entries)
+                                     if self._shared is not None else None)
+        """With shared instances: each one's ``on_response_head`` (or None), looked up once."""
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -176,7 +179,10 @@ class FilterChain:
 
     def run_request(self, ctx: FilterContext, head: "RequestHead") -> Verdict:
         """Run the request filters in order until one does not CONTINUE; return that verdict."""
-        ctx.filters = filters = self.instantiate()
+        filters = self._shared
+        if filters is None:
+            filters = self.instantiate()
+        ctx.filters = filters
         return self._run(ctx, head, filters, 0)
 
     def resume(self, ctx: FilterContext, head: "RequestHead") -> Verdict:
@@ -192,6 +198,13 @@ class FilterChain:
     def run_response(self, ctx: FilterContext, head: "ResponseHead") -> None:
         """Run ``on_response_head`` in reverse order over the filters that saw the request."""
         filters = ctx.filters
+        if filters is self._shared:
+            hooks = self._hooks
+            for i in range(ctx.reached - 1, -1, -1):
+                hook = hooks[i]
+                if hook is not None:
+                    hook(ctx, head)
+            return
         for i in range(ctx.reached - 1, -1, -1):
             hook = getattr(filters[i], "on_response_head", None)
             if hook is not None:

@@ -36,6 +36,7 @@ BUFFER_LIMIT = 1024 * 1024
 """Request bytes held while the upstream connection is being opened."""
 
 _CODES = {c: str(c) for c in range(100, 600)}
+_RESPOND = Verdict.RESPOND
 
 ORIG_PROTO = b"x-meshproxy-orig-proto"
 """Set by a client sidecar when it carries an HTTP/1.x request over HTTP/2 to a peer sidecar
@@ -107,7 +108,7 @@ class Exchange:
         fctx = self.fctx = FilterContext(srv.direction, srv.conn.peer, srv.scheme, principal=srv.principal,
                                          destination_port=srv.destination_port)
         verdict = srv.chain.run_request(fctx, head)
-        if verdict is Verdict.RESPOND:
+        if verdict is _RESPOND:
             reply = fctx.local_reply
             self.flag = reply.flag
             self._local(reply.status, reply.message, reply.flag)
@@ -304,9 +305,10 @@ class Exchange:
         srv = self.server
         srv.send_data(self.sid, data)
         up = self.up
-        if srv.congested(self.sid):
+        if srv.write_paused or (srv.h2 and srv.congested(self.sid)):
             up.pause()
-        up.consumed(flow)
+        if flow:
+            up.consumed(flow)
 
     def on_downstream_writable(self) -> None:
         up = self.up

@@ -282,6 +282,31 @@ def clean_response(head: ResponseHead, *, local: bool = False) -> None:
     """
     keep_upgrade = head.status == 101
     actions = _RESPONSE_ACTIONS
+    if not keep_upgrade:
+        found = None
+        for item in head.headers:
+            if item[0] == b"connection":
+                found = _nominated(item[1], found)
+        if found is None:
+            _clean_response_plain(head, local)
+            return
+    _clean_response_rules(head, local, keep_upgrade)
+
+
+def _clean_response_plain(head: ResponseHead, local: bool) -> None:
+    """``clean_response`` for the common head (not a 101, Connection names no other field):
+    the fields the rules name simply go. Same result as ``_clean_response_rules``."""
+    actions = _RESPONSE_ACTIONS
+    if local:
+        head.headers = [item for item in head.headers if item[0] not in actions]
+    else:
+        head.headers = [item for item in head.headers if item[0] not in actions
+                        and (item[0][0] != _X or item[0][:_XPLEN] != MESHPROXY_PREFIX)]
+
+
+def _clean_response_rules(head: ResponseHead, local: bool, keep_upgrade: bool) -> None:
+    """``clean_response``: the module's rules, field by field."""
+    actions = _RESPONSE_ACTIONS
     nominated: set[bytes] | None = None
     while True:
         out: Headers = []

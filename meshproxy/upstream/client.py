@@ -247,6 +247,23 @@ class Http1Connection(UpstreamConnection):
         s = self.stream
         return s if s is not None and s.sid == sid else None
 
+    def _dispatch(self, events) -> None:
+        # The common response (head, body, end in one read) without a lookup per event;
+        # anything else takes the general loop.
+        s = self.stream
+        if (len(events) == 3 and s is not None and type(events[0]) is ResponseHead and type(events[1]) is Data
+                and type(events[2]) is EndStream and events[0].stream_id == s.sid == events[2].stream_id):
+            h = s.handler
+            h.on_response_head(events[0])
+            if self.stream is s:  # else the stream is gone: the general loop would skip the rest too
+                h.on_response_data(events[1].data, 0)
+                if self.stream is s:
+                    s.resp_ended = True
+                    h.on_response_end()
+                    self._maybe_release(s)
+            return
+        UpstreamConnection._dispatch(self, events)
+
     def _forget_stream(self, s) -> None:
         if self.stream is s:
             self.stream = None

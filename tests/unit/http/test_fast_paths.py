@@ -1,0 +1,135 @@
+"""The HTTP/1 path's shortcuts give exactly what the general code gives.
+
+Each shortcut (response hygiene in comprehensions, the client codec's
+one-request send, the upstream connection's one-read response dispatch) is
+compared with the general code on generated inputs: a shortcut that drifts
+fails here, not in production.
+"""
+
+from __future__ import annotations
+
+import copy
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from meshproxy.codec._http1_write import WATCH, Rendered, render_fields
+from meshproxy.codec.events import Data, EndStream, RequestHead, ResponseHead
+from meshproxy.codec.http1 import Http1Codec
+from meshproxy.http import headers as h
+
+# Names that exercise every rule, plus plain ones.
+NAMES = [b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"te", b"upgrade",
+         b"x-forwarded-client-cert", b"x-request-id", b"x-forwarded-for", b"x-forwarded-proto",
+         b"x-meshproxy-orig-proto", b"x-meshproxy-x", b"x-other", b"host", b"content-length", b"accept",
+         b"user-agent", b"foo", b"bar", b"trailer"]
+VALUES = [b"", b"keep-alive", b"close", b"upgrade", b"Keep-Alive, foo", b"foo", b"bar, x-other", b"trailers",
+          b"trailers, deflate", b"gzip", b"websocket", b"1.2.3.4", b"https", b"abc", b"0", b"h2c"]
+fields = st.lists(st.tuples(st.sampled_from(NAMES), st.sampled_from(VALUES)), max_size=10)
+
+
+@settings(max_examples=400, deadline=None)
+@given(fields, st.sampled_from([200, 101, 404]), st.booleans())
+def test_clean_response_matches_the_rules(headers, status, local):
+    head = ResponseHead(1, status, list(headers))
+    ref = copy.deepcopy(head)
+    h.clean_response(head, local=local)
+    h._clean_response_rules(ref, local, status == 101)
+    assert head.headers == ref.headers
+
+
+def _render_reference(lines, headers):
+    """The renderer as it was: one test per field."""
+    seen = Rendered()
+    for name, value in headers:
+        if name in WATCH:
+            if name == b"content-length":
+                seen.content_length = value
+                continue
+            if name == b"transfer-encoding":
+                continue
+            if name == b"connection":
+                seen.connection = value if seen.connection is None else seen.connection + b"," + value
+            elif name == b"host":
+                seen.host = True
+            else:
+                seen.upgrade = True
+        lines.extend((name, b": ", value, b"\r\n"))
+        seen.count += 1
+    return seen
+
+
+@settings(max_examples=300, deadline=None)
+@given(fields)
+def test_render_fields_matches_the_reference(headers):
+    a, b = [b"start\r\n"], [b"start\r\n"]
+    sa, sb = render_fields(a, headers), _render_reference(b, headers)
+    assert b"".join(a) == b"".join(b)
+    assert (sa.count, sa.content_length, sa.connection, sa.host, sa.upgrade) == (
+        sb.count, sb.content_length, sb.connection, sb.host, sb.upgrade)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from([b"GET", b"HEAD", b"POST", b"DELETE", b"OPTIONS"]),
+       st.lists(st.tuples(st.sampled_from([b"accept", b"host", b"foo", b"connection", b"x-a"]),
+                          st.sampled_from([b"1", b"svc", b"keep-alive", b"close"])), max_size=5),
+       st.sampled_from([None, b"svc", b"other:8080"]))
+def test_client_send_alone_matches_the_pipelined_send(method, headers, authority):
+    """A request sent with nothing in flight takes the short path; sent behind a request whose
+    body is still streaming it takes the general one. The bytes and the codec's bookkeeping agree."""
+    def head():
+        return RequestHead(0, method, b"/p", authority, list(headers), end_stream=True)
+
+    alone = Http1Codec("client")
+    alone.send_head(head())
+    fast = alone.data_to_send()
+
+    behind = Http1Codec("client")
+    first = behind.send_head(RequestHead(0, b"POST", b"/up", b"svc", []))  # chunked, still open
+    behind.send_head(head())
+    behind.data_to_send()
+    behind.send_end(first)
+    queued = behind.data_to_send()
+    assert queued == b"0\r\n\r\n" + fast
+    assert [s.stream_id for s in alone._awaiting] == [1]
+    assert [s.stream_id for s in behind._awaiting] == [1, 2]
+    assert not alone._streams and not alone._order
+    assert not behind._streams and not behind._order
+    assert (alone._awaiting[0].is_head, alone._awaiting[0].ended) == (behind._awaiting[1].is_head, True)
+
+
+def test_whole_response_dispatch_matches_event_by_event():
+    """The upstream connection's one-read response shortcut calls the handler as the loop does."""
+    from meshproxy.upstream.client import Http1Connection, UpstreamConnection
+
+    class Handler:
+        def __init__(self):
+            self.calls = []
+
+        def on_response_head(self, head):
+            self.calls.append(("head", head.status))
+
+        def on_response_data(self, data, flow):
+            self.calls.append(("data", data, flow))
+
+        def on_response_end(self):
+            self.calls.append(("end",))
+
+    class Pool:
+        def release(self, conn):
+            pass
+
+        def forget(self, conn):
+            pass
+
+    results = []
+    for dispatch in (Http1Connection._dispatch, UpstreamConnection._dispatch):
+        conn = Http1Connection(("h", 1, "http1", None), Pool(), None)
+        conn.mark = lambda: None
+        handler = Handler()
+        s = conn.open_stream(handler)
+        s.send_head(RequestHead(0, b"GET", b"/", b"a", [], end_stream=True))
+        events = [ResponseHead(s.sid, 200, [], content_length=2), Data(s.sid, b"ok"), EndStream(s.sid)]
+        dispatch(conn, events)
+        results.append((handler.calls, s.resp_ended, conn.stream))
+    assert results[0] == results[1]
