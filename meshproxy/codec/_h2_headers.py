@@ -150,9 +150,10 @@ def lift_request(stream_id: int, fields: list, end_stream: bool,
 
 
 def lift_response(stream_id: int, fields: list, end_stream: bool,
-                  max_size: int, max_count: int) -> ResponseHead | str:
+                  max_size: int, max_count: int, checked: bool = False) -> ResponseHead | str:
     """Validate a received response (or 1xx) header block into a ``ResponseHead``;
-    a ``str`` reason when malformed or over the limits."""
+    a ``str`` reason when malformed or over the limits. ``checked``: the field
+    names and values were validated already (nghttp2's HTTP checks)."""
     if len(fields) > max_count:
         return "too many response headers"
     status = None
@@ -169,7 +170,7 @@ def lift_response(stream_id: int, fields: list, end_stream: bool,
             continue
         if first < 0:
             first = i
-        if name in _SPECIAL:
+        if name in _SPECIAL and not checked:
             reason = _connection_specific(name, value)
             if reason is not None:
                 return reason
@@ -180,7 +181,7 @@ def lift_response(stream_id: int, fields: list, end_stream: bool,
         headers.append((name, value))
     if size > max_size:
         return "response headers too large"
-    if first >= 0:
+    if first >= 0 and not checked:
         reason = _bad_fields(fields[first:])
         if reason is not None:
             return reason
@@ -190,8 +191,10 @@ def lift_response(stream_id: int, fields: list, end_stream: bool,
                         content_length)
 
 
-def check_trailers(fields: list, max_size: int, max_count: int) -> Headers | str:
-    """Validate received trailers: regular fields only."""
+def check_trailers(fields: list, max_size: int, max_count: int,
+                   checked: bool = False) -> Headers | str:
+    """Validate received trailers: regular fields only (``checked`` as for
+    ``lift_response``)."""
     if len(fields) > max_count:
         return "too many trailers"
     size = 0
@@ -199,15 +202,16 @@ def check_trailers(fields: list, max_size: int, max_count: int) -> Headers | str
         size += len(name) + len(value) + _OVERHEAD
         if name[:1] == b":":
             return "pseudo-header in trailers"
-        if name in _SPECIAL:
+        if name in _SPECIAL and not checked:
             reason = _connection_specific(name, value)
             if reason is not None:
                 return reason
     if size > max_size:
         return "trailers too large"
-    reason = _bad_fields(fields)
-    if reason is not None:
-        return reason
+    if not checked:
+        reason = _bad_fields(fields)
+        if reason is not None:
+            return reason
     return fields if type(fields) is list else list(fields)
 
 

@@ -14,10 +14,16 @@ How it drives nghttp2:
   C crossing costs about a microsecond, so per request there are only: one
   ``on_header`` per field (collected into ``_fields``), one ``on_frame_recv`` per
   frame (which emits the events), one ``on_data_chunk_recv`` per DATA chunk,
+  one ``on_begin_headers`` per received header block (client role),
   ``on_stream_close`` once per stream, and one read callback per DATA frame sent.
-- nghttp2's HTTP messaging checks are off: ``_h2_headers`` validates exactly as
-  for the h2 backend (a malformed request is a stream error, 431 is local), and
-  content-length is checked here, per stream (RFC 9113 section 8.1.1).
+- Server role: nghttp2's HTTP checks are off and ``_h2_headers`` validates
+  requests exactly as for the h2 backend (a malformed request is a stream event,
+  431 is local); content-length is checked here, per stream (RFC 9113 section
+  8.1.1). Client role: nghttp2 checks responses in C (names, values,
+  pseudo-headers, connection-specific fields, content-length) and resets a
+  malformed one, which ``on_stream_close`` reports as the h2 backend's
+  ``Reset(PROTOCOL_ERROR, remote=False)``; ``on_begin_headers`` then discards
+  the fields of a block cut short.
 - Flow control is manual (``no_auto_window_update``): ``ack`` calls
   ``nghttp2_session_consume``. nghttp2 consumes padding and DATA it ignores by
   itself, so a padded frame's padding is remembered in ``_credit`` and not
@@ -57,10 +63,10 @@ from __future__ import annotations
 import struct
 from collections import deque
 
-from ._ng_wire import (CALLBACKS, DEFAULT_WINDOW, ERR_BAD_CLIENT_MAGIC, ERR_CALLBACK_FAILURE,
+from ._ng_wire import (CLIENT_CALLBACKS, DEFAULT_WINDOW, ERR_BAD_CLIENT_MAGIC, ERR_CALLBACK_FAILURE,
                        ERR_FLOODED, ERR_TOO_MANY_CONTINUATIONS, FLAG_END_STREAM, GOAWAY,
                        HCAT_REQUEST, HCAT_RESPONSE, MAX_STREAM_ID, NULL, PREFACE, PROVIDER,
-                       RESET_RATE_LIMIT, SETTINGS, SETTINGS_ENABLE_PUSH,
+                       RESET_RATE_LIMIT, SERVER_CALLBACKS, SETTINGS, SETTINGS_ENABLE_PUSH,
                        SETTINGS_INITIAL_WINDOW_SIZE, SETTINGS_MAX_CONCURRENT_STREAMS,
                        SETTINGS_MAX_HEADER_LIST_SIZE, callback_error, ffi, goaway_frame, lib, nva,
                        unpack)
@@ -130,7 +136,10 @@ class NgHttp2Codec:
         opt = opt_p[0]
         try:
             lib.nghttp2_option_set_no_auto_window_update(opt, 1)
-            lib.nghttp2_option_set_no_http_messaging(opt, 1)
+            # Requests are checked by _h2_headers (malformed is a stream event, 431 is
+            # local); responses by nghttp2 in C: a malformed one is reset and
+            # on_stream_close reports it, as the h2 backend would.
+            lib.nghttp2_option_set_no_http_messaging(opt, 0 if client else 1)
             lib.nghttp2_option_set_no_closed_streams(opt, 1)
             lib.nghttp2_option_set_peer_max_concurrent_streams(opt, limits.max_concurrent_streams)
             lib.nghttp2_option_set_max_outbound_ack(opt, limits.max_outbound_control_frames)
@@ -139,7 +148,7 @@ class NgHttp2Codec:
                 lib.nghttp2_option_set_stream_reset_rate_limit(opt, 2**62, 2**62)
             session_p = ffi.new("nghttp2_session **")
             new = lib.nghttp2_session_client_new2 if client else lib.nghttp2_session_server_new2
-            rv = new(session_p, CALLBACKS, self._handle, opt)
+            rv = new(session_p, CLIENT_CALLBACKS if client else SERVER_CALLBACKS, self._handle, opt)
         finally:
             lib.nghttp2_option_del(opt)
         if rv != 0:
@@ -294,7 +303,7 @@ class NgHttp2Codec:
         if self._client and (cat == HCAT_RESPONSE or not st.final):
             lim = self.limits
             head = lift_response(sid, fields, bool(end), lim.max_header_list_size,
-                                 lim.max_headers_count)
+                                 lim.max_headers_count, True)
             if head.__class__ is ResponseHead:
                 if head.status >= 200:
                     st.final = True
@@ -310,7 +319,8 @@ class NgHttp2Codec:
                 self._on_end(st)
             return
         lim = self.limits
-        trailers = check_trailers(fields, lim.max_header_list_size, lim.max_headers_count)
+        trailers = check_trailers(fields, lim.max_header_list_size, lim.max_headers_count,
+                                  self._client)
         if not end or trailers.__class__ is str:  # trailers must end the stream (RFC 9113 8.1)
             self._malformed(st)
             return

@@ -112,6 +112,8 @@ typedef int (*nghttp2_on_data_chunk_recv_callback)(nghttp2_session *session,
     uint8_t flags, int32_t stream_id, const char *data, size_t len, void *user_data);
 typedef int (*nghttp2_on_stream_close_callback)(nghttp2_session *session,
     int32_t stream_id, uint32_t error_code, void *user_data);
+typedef int (*nghttp2_on_begin_headers_callback)(nghttp2_session *session,
+    const nghttp2_frame *frame, void *user_data);
 typedef int (*nghttp2_on_header_callback)(nghttp2_session *session,
     const nghttp2_frame *frame, const char *name, size_t namelen,
     const char *value, size_t valuelen, uint8_t flags, void *user_data);
@@ -126,6 +128,8 @@ void nghttp2_session_callbacks_set_on_stream_close_callback(
     nghttp2_session_callbacks *cbs, nghttp2_on_stream_close_callback cb);
 void nghttp2_session_callbacks_set_on_header_callback(
     nghttp2_session_callbacks *cbs, nghttp2_on_header_callback cb);
+void nghttp2_session_callbacks_set_on_begin_headers_callback(
+    nghttp2_session_callbacks *cbs, nghttp2_on_begin_headers_callback cb);
 
 int nghttp2_option_new(nghttp2_option **option_ptr);
 void nghttp2_option_del(nghttp2_option *option);

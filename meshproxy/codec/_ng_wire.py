@@ -124,6 +124,16 @@ def _on_header(session, frame, name, namelen, value, valuelen, flags, ud):  # no
     return 0
 
 
+@ffi.callback("nghttp2_on_begin_headers_callback", error=ERR_CALLBACK_FAILURE, onerror=_onerror)
+def _on_begin_headers(session, frame, ud):  # noqa: ANN001
+    """Client role only: nghttp2's HTTP checks may reset a stream in the middle of a
+    header block, whose fields then never reach ``on_frame_recv``."""
+    c = _from_handle(ud)
+    c._fields = []
+    c._fsize = 0
+    return 0
+
+
 @ffi.callback("nghttp2_on_data_chunk_recv_callback", error=ERR_CALLBACK_FAILURE, onerror=_onerror)
 def _on_chunk(session, flags, stream_id, data, length, ud):  # noqa: ANN001
     _from_handle(ud)._chunks.append(unpack(data, length))
@@ -213,15 +223,24 @@ def _on_read(session, stream_id, buf, length, data_flags, source, ud):  # noqa: 
     return ERR_DEFERRED
 
 
-_callbacks_p = ffi.new("nghttp2_session_callbacks **")
-if lib.nghttp2_session_callbacks_new(_callbacks_p) != 0:
-    raise MemoryError("nghttp2_session_callbacks_new failed")
-CALLBACKS = ffi.gc(_callbacks_p[0], lib.nghttp2_session_callbacks_del)
-"""The callback table every session is created with (nghttp2 copies it)."""
-lib.nghttp2_session_callbacks_set_on_header_callback(CALLBACKS, _on_header)
-lib.nghttp2_session_callbacks_set_on_data_chunk_recv_callback(CALLBACKS, _on_chunk)
-lib.nghttp2_session_callbacks_set_on_frame_recv_callback(CALLBACKS, _on_frame)
-lib.nghttp2_session_callbacks_set_on_stream_close_callback(CALLBACKS, _on_close)
+def _callback_table(begin_headers: bool):  # noqa: ANN202 - a cffi pointer
+    table_p = ffi.new("nghttp2_session_callbacks **")
+    if lib.nghttp2_session_callbacks_new(table_p) != 0:
+        raise MemoryError("nghttp2_session_callbacks_new failed")
+    table = ffi.gc(table_p[0], lib.nghttp2_session_callbacks_del)
+    lib.nghttp2_session_callbacks_set_on_header_callback(table, _on_header)
+    lib.nghttp2_session_callbacks_set_on_data_chunk_recv_callback(table, _on_chunk)
+    lib.nghttp2_session_callbacks_set_on_frame_recv_callback(table, _on_frame)
+    lib.nghttp2_session_callbacks_set_on_stream_close_callback(table, _on_close)
+    if begin_headers:
+        lib.nghttp2_session_callbacks_set_on_begin_headers_callback(table, _on_begin_headers)
+    return table
+
+
+SERVER_CALLBACKS = _callback_table(False)
+"""The callback table of server sessions (nghttp2 copies it)."""
+CLIENT_CALLBACKS = _callback_table(True)
+"""The callback table of client sessions, whose HTTP checks nghttp2 does."""
 PROVIDER = ffi.new("nghttp2_data_provider *")
 """The data provider attached to every stream with a body (nghttp2 copies it)."""
 PROVIDER.read_callback = _on_read

@@ -525,3 +525,49 @@ def test_trailers_without_end_stream_are_a_malformed_request(backend):
     assert events == [Reset(1, PROTOCOL_ERROR, remote=False)]
     assert rsts(frames) == [(1, PROTOCOL_ERROR)] and not goaways(frames)
     assert kinds(srv.feed(srv.ff.headers(3, request_fields(), end_stream=True))) == ["RequestHead", "EndStream"]
+
+
+BAD_RESPONSES = [
+    [(b":status", b"200"), (b"connection", b"close")],
+    [(b":status", b"200"), (b"X-Upper", b"1")],
+    [(b":status", b"200"), (b"x", b"a\r\nb")],
+    [(b":status", b"200"), (b"x", b" padded")],
+    [(b"x", b"1")],  # no :status
+    [(b":status", b"101")],
+    [(b":status", b"2000")],
+    [(b":status", b"200"), (b":path", b"/")],
+    [(b"x", b"1"), (b":status", b"200")],
+]
+
+
+def test_malformed_responses_reset_the_stream_and_the_connection_survives():
+    """An upstream's malformed response is a stream error (RFC 9113 8.1.1): the
+    client resets that stream, the layer above gets a Reset, other streams go on."""
+    ff = FrameFactory()
+    client = Http2Codec("client")
+    client.initiate()
+    client.receive_data(ff.settings())
+    for fields in BAD_RESPONSES:
+        sid = client.send_head(request())
+        client.data_to_send()
+        events = client.receive_data(ff.headers(sid, fields))  # the stream stays open
+        assert events == [Reset(sid, PROTOCOL_ERROR, remote=False)], fields
+        frames = parse_frames(client.data_to_send())
+        assert rsts(frames) == [(sid, PROTOCOL_ERROR)] and not goaways(frames), fields
+    sid = client.send_head(request())
+    client.data_to_send()
+    events = client.receive_data(ff.headers(sid, [(b":status", b"204")], end_stream=True))
+    assert kinds(events) == ["ResponseHead", "EndStream"] and client.open_streams == 0
+
+
+def test_response_body_longer_than_its_content_length_resets_the_stream():
+    ff = FrameFactory()
+    client = Http2Codec("client")
+    client.initiate()
+    client.receive_data(ff.settings())
+    sid = client.send_head(request())
+    client.data_to_send()
+    events = client.receive_data(ff.headers(sid, [(b":status", b"200"), (b"content-length", b"3")])
+                                 + ff.data(sid, b"abcdef"))
+    assert kinds(events) == ["ResponseHead", "Reset"] and events[1] == Reset(sid, PROTOCOL_ERROR, False)
+    assert rsts(parse_frames(client.data_to_send())) == [(sid, PROTOCOL_ERROR)]
