@@ -129,8 +129,10 @@ class Route(_Model):
 class Pool(_Model):
     """Upstream connection pool, per endpoint."""
 
-    max_idle: int = Field(32, ge=0)
-    """HTTP/1.1 keep-alive connections kept idle per endpoint."""
+    max_idle: int = Field(1024, ge=0)
+    """HTTP/1.1 keep-alive connections kept idle per endpoint. Below the number of requests in
+    flight to one endpoint, connections churn (a connect for every few requests); Envoy keeps
+    every idle one up to its 1024-connection circuit breaker."""
     idle_timeout: Duration = 60.0
     """Close an idle pooled connection after this long."""
     max_requests_per_connection: int = Field(0, ge=0)
