@@ -178,7 +178,12 @@ class H2Codec:
         lim = self.limits
         head = lift_request(sid, ev.headers, ev.stream_ended is not None,
                             lim.max_header_list_size, lim.max_headers_count)
-        if head.__class__ is RequestHead:
+        if head.__class__ is RequestHead and head.end_stream and head.content_length:
+            # No content but a content-length that promises some: malformed (RFC
+            # 9113 8.1.1), and an HTTP/1 upstream would wait for the body.
+            self._send_rst(sid, PROTOCOL_ERROR, out)
+            out.append(Reset(sid, PROTOCOL_ERROR, False))
+        elif head.__class__ is RequestHead:
             self._streams[sid] = Stream(sid)
             out.append(head)
         elif head == 431:

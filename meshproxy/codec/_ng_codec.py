@@ -305,9 +305,8 @@ class NgHttp2Codec:
             head = lift_response(sid, fields, bool(end), lim.max_header_list_size,
                                  lim.max_headers_count, True)
             if head.__class__ is ResponseHead:
-                if head.status >= 200:
-                    st.final = True
-                    st.content_length = head.content_length
+                if head.status >= 200:  # (content-length: nghttp2 checks it, knowing
+                    st.final = True      # HEAD and 304 responses have no content)
                 self._ev.append(head)
                 if end:
                     self._on_end(st)
@@ -334,7 +333,12 @@ class NgHttp2Codec:
             return
         head = lift_request(sid, fields, bool(end), lim.max_header_list_size,
                             lim.max_headers_count)
-        if head.__class__ is RequestHead:
+        if head.__class__ is RequestHead and end and head.content_length:
+            # No content but a content-length that promises some: malformed (RFC
+            # 9113 8.1.1), and an HTTP/1 upstream would wait for the body.
+            self._send_rst(sid, PROTOCOL_ERROR, True)
+            self._ev.append(Reset(sid, PROTOCOL_ERROR, False))
+        elif head.__class__ is RequestHead:
             st = self._streams[sid] = _Stream(sid)
             st.content_length = head.content_length
             self._ev.append(head)

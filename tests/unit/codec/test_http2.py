@@ -571,3 +571,32 @@ def test_response_body_longer_than_its_content_length_resets_the_stream():
                                  + ff.data(sid, b"abcdef"))
     assert kinds(events) == ["ResponseHead", "Reset"] and events[1] == Reset(sid, PROTOCOL_ERROR, False)
     assert rsts(parse_frames(client.data_to_send())) == [(sid, PROTOCOL_ERROR)]
+
+
+def test_request_without_content_but_with_a_content_length_is_malformed():
+    """END_STREAM on the HEADERS of a request that declares content-length: 5 is
+    malformed (RFC 9113 8.1.1); forwarded to an HTTP/1.1 upstream it would leave
+    that connection waiting for five bytes of the next request."""
+    srv = RawServer()
+    fields = request_fields(method=b"POST", extra=[(b"content-length", b"5")])
+    assert srv.feed(srv.ff.headers(1, fields, end_stream=True)) == [Reset(1, PROTOCOL_ERROR, remote=False)]
+    assert rsts(srv.drain()) == [(1, PROTOCOL_ERROR)]
+    fields = request_fields(method=b"POST", extra=[(b"content-length", b"0")])
+    assert kinds(srv.feed(srv.ff.headers(3, fields, end_stream=True))) == ["RequestHead", "EndStream"]
+
+
+def test_responses_without_content_may_declare_a_content_length():
+    """HEAD and 304 responses carry a content-length but no content (RFC 9113
+    8.1.1); a 204 may say content-length: 0."""
+    ff = FrameFactory()
+    client = Http2Codec("client")
+    client.initiate()
+    client.receive_data(ff.settings())
+    for method, status, length in ((b"HEAD", b"200", b"1024"), (b"GET", b"304", b"1024"),
+                                   (b"GET", b"204", b"0")):
+        sid = client.send_head(request(method))
+        client.data_to_send()
+        fields = [(b":status", status), (b"content-length", length)]
+        events = client.receive_data(ff.headers(sid, fields, end_stream=True))
+        assert kinds(events) == ["ResponseHead", "EndStream"], (method, status)
+    assert client.open_streams == 0
