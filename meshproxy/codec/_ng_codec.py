@@ -10,8 +10,9 @@ sockets, no clock.
 How it drives nghttp2:
 
 - Input goes through ``nghttp2_session_mem_recv``; output comes out of
-  ``nghttp2_session_mem_send`` into ``_out`` (no send callback). Every Python <->
-  C crossing costs about a microsecond, so per request there are only: one
+  ``nghttp2_session_mem_send`` into ``_out`` (no send callback). A callback into
+  Python (cffi's argument conversion, a Python frame, its body) costs far more
+  than nghttp2's own work, so per request there are only: one
   ``on_header`` per field (collected into ``_fields``), one ``on_frame_recv`` per
   frame (which emits the events), one ``on_data_chunk_recv`` per DATA chunk,
   one ``on_begin_headers`` per received header block (client role),
@@ -132,7 +133,8 @@ class NgHttp2Codec:
         self._client = client = role == "client"
         self._handle = ffi.new_handle(self)
         opt_p = ffi.new("nghttp2_option **")
-        lib.nghttp2_option_new(opt_p)
+        if lib.nghttp2_option_new(opt_p) != 0:
+            raise MemoryError("nghttp2_option_new failed")
         opt = opt_p[0]
         try:
             lib.nghttp2_option_set_no_auto_window_update(opt, 1)
