@@ -600,3 +600,32 @@ def test_responses_without_content_may_declare_a_content_length():
         events = client.receive_data(ff.headers(sid, fields, end_stream=True))
         assert kinds(events) == ["ResponseHead", "EndStream"], (method, status)
     assert client.open_streams == 0
+
+
+_frames = st.lists(st.tuples(st.integers(0, 10), st.integers(0, 255), st.sampled_from([0, 1, 2, 3, 5, 2**31 - 1]),
+                             st.binary(max_size=64)), max_size=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_frames, st.sampled_from(["server", "client"]))
+def test_arbitrary_frames_never_raise(frames, role):
+    """Invariant 1 on random frames (any type, flags, stream, payload) after a valid
+    start, for both roles: events or a fatal ProtocolError, never an exception, and
+    a dead codec stays quiet."""
+    codec = Http2Codec(role)
+    codec.initiate()
+    ff = FrameFactory()
+    start = ff.preamble() if role == "server" else ff.settings()
+    if role == "client":
+        codec.send_head(request(b"POST", end_stream=False))
+    raw = start + b"".join(len(p).to_bytes(3, "big") + bytes([t, fl]) + sid.to_bytes(4, "big") + p
+                           for t, fl, sid, p in frames)
+    events = codec.receive_data(raw)
+    assert all(type(e).__name__ in {"RequestHead", "ResponseHead", "Data", "Trailers", "EndStream", "Reset",
+                                    "ProtocolError", "ConnectionEnded", "WindowOpened"} for e in events)
+    codec.data_to_send()
+    fatal = any(isinstance(e, ProtocolError) and e.connection_fatal for e in events)
+    if fatal:
+        assert codec.receive_data(b"\x00" * 9) == []
+    codec.receive_eof()
+    codec.data_to_send()
