@@ -105,8 +105,9 @@ class Exchange:
             self.orig_proto = hdr.get_header(head.headers, ORIG_PROTO)
         if ctx.access_log is not None:
             self.wall = time.time()
-        fctx = self.fctx = FilterContext(srv.direction, srv.conn.peer, srv.scheme, principal=srv.principal,
-                                         destination_port=srv.destination_port)
+        # positional: (direction, peer, scheme, request_id, route, principal, destination_port)
+        fctx = self.fctx = FilterContext(srv.direction, srv.conn.peer, srv.scheme, None, None, srv.principal,
+                                         srv.destination_port)
         verdict = srv.chain.run_request(fctx, head)
         if verdict is _RESPOND:
             reply = fctx.local_reply
