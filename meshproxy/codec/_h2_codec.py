@@ -32,6 +32,8 @@ Invariants:
 
 from __future__ import annotations
 
+import logging
+
 import h2.events as h2e
 from h2.connection import ConnectionState
 from h2.exceptions import H2Error, ProtocolError as H2ProtocolError
@@ -49,6 +51,8 @@ from .events import (CANCEL, ENHANCE_YOUR_CALM, INTERNAL_ERROR, NO_ERROR, PROTOC
 __all__ = ["H2Codec"]
 
 _DEFAULT_WINDOW = 65535
+log = logging.getLogger("meshproxy.codec.http2")
+_announced = False  # the backend is logged with the first codec, once logging is set up
 _MAX_STREAM_ID = 2**31 - 1
 
 
@@ -58,6 +62,10 @@ class H2Codec:
     def __init__(self, role: str = "server", limits: Http2Limits = Http2Limits()) -> None:
         if role not in ("server", "client"):
             raise ValueError(f"role must be 'server' or 'client', not {role!r}")
+        global _announced
+        if not _announced:
+            _announced = True
+            log.debug("HTTP/2 codec backend: h2 (pure Python)")
         self.role = role
         self.limits = limits
         self._client = role == "client"

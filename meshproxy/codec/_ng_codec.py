@@ -61,6 +61,7 @@ dropped unclosed).
 
 from __future__ import annotations
 
+import logging
 import struct
 from collections import deque
 
@@ -69,8 +70,8 @@ from ._ng_wire import (CLIENT_CALLBACKS, DEFAULT_WINDOW, ERR_BAD_CLIENT_MAGIC, E
                        HCAT_REQUEST, HCAT_RESPONSE, MAX_STREAM_ID, NULL, PREFACE, PROVIDER,
                        RESET_RATE_LIMIT, SERVER_CALLBACKS, SETTINGS, SETTINGS_ENABLE_PUSH,
                        SETTINGS_INITIAL_WINDOW_SIZE, SETTINGS_MAX_CONCURRENT_STREAMS,
-                       SETTINGS_MAX_HEADER_LIST_SIZE, callback_error, ffi, goaway_frame, lib, nva,
-                       unpack)
+                       SETTINGS_MAX_HEADER_LIST_SIZE, VERSION, callback_error, ffi, goaway_frame, lib,
+                       nva, unpack)
 from ._h2_guard import Guard, Http2Limits, StreamUnavailable
 from ._h2_headers import check_trailers, lift_request, lift_response, request_block
 from ._h2_headers import response_block, trailer_block
@@ -79,6 +80,9 @@ from .events import (CANCEL, ENHANCE_YOUR_CALM, INTERNAL_ERROR, NO_ERROR, PROTOC
                      ProtocolError, Reset, RequestHead, ResponseHead, Trailers, WindowOpened)
 
 __all__ = ["NgHttp2Codec"]
+
+log = logging.getLogger("meshproxy.codec.http2")
+_announced = False  # the backend is logged with the first codec, once logging is set up
 
 class _Stream:
     """One stream's send queue and lifecycle flags, as the codec sees them.
@@ -128,6 +132,10 @@ class NgHttp2Codec:
     def __init__(self, role: str = "server", limits: Http2Limits = Http2Limits()) -> None:
         if role not in ("server", "client"):
             raise ValueError(f"role must be 'server' or 'client', not {role!r}")
+        global _announced
+        if not _announced:
+            _announced = True
+            log.debug("HTTP/2 codec backend: nghttp2 (libnghttp2 %s)", VERSION)
         self.role = role
         self.limits = limits
         self._client = client = role == "client"

@@ -24,6 +24,13 @@ __all__ = ["Nghttp2Unavailable", "load", "available", "has", "OPTIONAL"]
 
 _CDEF = """
 typedef long ssize_t;
+typedef struct {
+  int age;
+  int version_num;
+  const char *version_str;
+  const char *proto_str;
+} nghttp2_info;
+nghttp2_info *nghttp2_version(int least_version);
 typedef struct nghttp2_session nghttp2_session;
 typedef struct nghttp2_session_callbacks nghttp2_session_callbacks;
 typedef struct nghttp2_option nghttp2_option;

@@ -21,6 +21,8 @@ from .events import ENHANCE_YOUR_CALM, REFUSED_STREAM, Reset
 
 ffi, lib = _ng_ffi.load()
 
+VERSION = ffi.string(lib.nghttp2_version(0).version_str).decode("ascii", "replace")
+"""The loaded libnghttp2's version, e.g. ``1.52.0``."""
 MAX_STREAM_ID = 2**31 - 1
 RESET_RATE_LIMIT = _ng_ffi.has(lib, "nghttp2_option_set_stream_reset_rate_limit")
 DEFAULT_WINDOW = 65535
