@@ -256,11 +256,9 @@ class Http1Connection(UpstreamConnection):
             h = s.handler
             h.on_response_head(events[0])
             if self.stream is s:  # else the stream is gone: the general loop would skip the rest too
-                h.on_response_data(events[1].data, 0)
-                if self.stream is s:
-                    s.resp_ended = True
-                    h.on_response_end()
-                    self._maybe_release(s)
+                s.resp_ended = True
+                h.on_response_rest(events[1].data)  # on_response_data + on_response_end, one send
+                self._maybe_release(s)
             return
         UpstreamConnection._dispatch(self, events)
 

@@ -115,6 +115,10 @@ def test_whole_response_dispatch_matches_event_by_event():
         def on_response_end(self):
             self.calls.append(("end",))
 
+        def on_response_rest(self, data):  # the exchange's contract: data, then end
+            self.on_response_data(data, 0)
+            self.on_response_end()
+
     class Pool:
         def release(self, conn):
             pass
@@ -132,4 +136,45 @@ def test_whole_response_dispatch_matches_event_by_event():
         events = [ResponseHead(s.sid, 200, [], content_length=2), Data(s.sid, b"ok"), EndStream(s.sid)]
         dispatch(conn, events)
         results.append((handler.calls, s.resp_ended, conn.stream))
+    assert results[0] == results[1]
+
+
+def test_exchange_rest_of_response_matches_data_then_end():
+    """``Exchange.on_response_rest`` leaves the downstream codec and the exchange as
+    ``on_response_data`` followed by ``on_response_end`` do."""
+    from meshproxy.http.exchange import Exchange
+
+    class Server:
+        h2 = False
+        write_paused = False
+
+        def __init__(self):
+            self.codec = Http1Codec("server")
+            self.done = []
+            self.loop = type("L", (), {"time": staticmethod(lambda: 0.0)})()
+
+        def send_data(self, sid, data, end=False):
+            self.codec.send_data(sid, data, end)
+
+        def send_end(self, sid):
+            self.codec.send_end(sid)
+
+        def exchange_done(self, ex):
+            self.done.append(ex.sid)
+
+    results = []
+    for whole in (True, False):
+        srv = Server()
+        head = srv.codec.receive_data(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")[0]
+        ex = Exchange(srv, head)
+        ex.req_done = True
+        ex.up = object()
+        srv.codec.send_head(ResponseHead(head.stream_id, 200, [], content_length=2))
+        if whole:
+            ex.on_response_rest(b"ok")
+        else:
+            ex.on_response_data(b"ok", 0)
+            ex.on_response_end()
+        results.append((srv.codec.data_to_send(), srv.done, ex.resp_bytes, ex.resp_done, ex.finished,
+                        srv.codec.should_close))
     assert results[0] == results[1]
