@@ -14,6 +14,8 @@ from .events import Headers
 
 _REASONS = {s.value: s.phrase.encode("ascii") for s in HTTPStatus}
 _STATUS_LINES: dict[int, bytes] = {}
+_REASON_LINES: dict[tuple[int, bytes], bytes] = {}
+"""Status lines with the peer's reason phrase (upstreams repeat a few); bounded."""
 
 # Fields the codec owns or inspects while rendering: framing fields are dropped
 # (the codec writes its own), the others are noted so it adds only what is missing.
@@ -29,7 +31,12 @@ class LocalProtocolError(Exception):
 
 def status_line(status: int, reason: bytes) -> bytes:
     if reason:
-        return b"HTTP/1.1 %d %s\r\n" % (status, reason)
+        line = _REASON_LINES.get((status, reason))
+        if line is None:
+            if len(_REASON_LINES) >= 256:
+                _REASON_LINES.clear()
+            line = _REASON_LINES[(status, reason)] = b"HTTP/1.1 %d %s\r\n" % (status, reason)
+        return line
     line = _STATUS_LINES.get(status)
     if line is None:
         if not 100 <= status <= 999:
