@@ -28,6 +28,11 @@ from .observe.metrics import Metrics
 
 log = logging.getLogger("meshproxy.app")
 
+GC_THRESHOLDS = (7000, 20, 20)
+"""Cyclic GC: collect the youngest generation every 7000 net allocations instead of 700. The
+request path makes short-lived containers that reference counting frees; at the default
+the collector ran many times per thousand requests for nothing (about 3.5 % of CPU)."""
+
 FLUSH_INTERVAL = 5.0
 """Seconds between moves of live byte counts into Prometheus counters (also done before every scrape)."""
 
@@ -138,6 +143,7 @@ class App:
         self.state = "LIVE"
         self.metrics.server_state.set(1)
         gc.freeze()  # start-up objects never change: keep them out of every later collection
+        gc.set_threshold(*GC_THRESHOLDS)
         self.ready.set()
         log.info("meshproxy %s live on %s (loop: %s)", __version__,
                  ", ".join(f"{i['name']}={'/'.join(i['addresses'])}" for i in self.listener_info()),
