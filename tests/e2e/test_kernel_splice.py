@@ -20,7 +20,7 @@ from test_l4 import MiB, explicit, start_server
 pytestmark = pytest.mark.skipif(not kpipe.AVAILABLE or relay_mod._ioctl is None,
                                 reason="splice(2) and TCP_INFO byte counts are Linux only")
 
-EAGER = {"bulk_splice_rate_bytes": 1, "bulk_splice_probe_interval": 0.01}
+EAGER = {"bulk_splice": True, "bulk_splice_rate_bytes": 1, "bulk_splice_probe_interval": 0.01}
 """Move any connection that moved a byte: every test below runs on the kernel pump."""
 
 
@@ -247,7 +247,7 @@ async def test_request_response_traffic_stays_on_the_transport_path(proxy):
         writer.close()
 
     server, port = await start_server(upstream)
-    r = await proxy(explicit(port, bulk_splice_probe_interval=0.01))  # default rate: 8 MiB per probe
+    r = await proxy(explicit(port, bulk_splice=True, bulk_splice_probe_interval=0.01))  # default rate: 8 MiB
     reader, writer = await asyncio.open_connection("127.0.0.1", r.port("l4"))
     for _ in range(30):
         writer.write(b"m" * 1000)
@@ -259,7 +259,7 @@ async def test_request_response_traffic_stays_on_the_transport_path(proxy):
     server.close()
 
 
-async def test_bulk_splice_can_be_turned_off(proxy):
+async def test_bulk_splice_is_off_unless_asked_for(proxy):
     async def upstream(reader, writer):
         writer.write(b"z" * (4 * MiB))
         await writer.drain()
@@ -267,7 +267,7 @@ async def test_bulk_splice_can_be_turned_off(proxy):
         writer.close()
 
     server, port = await start_server(upstream)
-    r = await proxy(explicit(port, bulk_splice=False, bulk_splice_rate_bytes=1, bulk_splice_probe_interval=0.01))
+    r = await proxy(explicit(port, bulk_splice_rate_bytes=1, bulk_splice_probe_interval=0.01))
     reader, writer = await asyncio.open_connection("127.0.0.1", r.port("l4"))
     assert len(await asyncio.wait_for(reader.readexactly(4 * MiB), 10)) == 4 * MiB
     await asyncio.sleep(0.05)
