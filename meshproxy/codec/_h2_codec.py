@@ -39,6 +39,7 @@ from h2.connection import ConnectionState
 from h2.exceptions import H2Error, ProtocolError as H2ProtocolError
 from h2.settings import SettingCodes
 
+from ._h2_base import StreamTable
 from ._h2_conn import PatchedH2Connection, goaway_frame
 from ._h2_flow import Stream, flush
 from ._h2_guard import Guard, Http2Limits, StreamUnavailable
@@ -56,7 +57,7 @@ _announced = False  # the backend is logged with the first codec, once logging i
 _MAX_STREAM_ID = 2**31 - 1
 
 
-class H2Codec:
+class H2Codec(StreamTable):
     """Sans-IO HTTP/2 connection for ``role`` "server" (downstream) or "client"."""
 
     def __init__(self, role: str = "server", limits: Http2Limits = Http2Limits()) -> None:
@@ -105,11 +106,6 @@ class H2Codec:
             self._out.clear()
             return data
         return self._conn.data_to_send()
-
-    @property
-    def open_streams(self) -> int:
-        """Streams not yet closed in both directions."""
-        return len(self._streams)
 
     def can_open_stream(self) -> bool:
         """Client role: whether ``send_head`` may open a stream now (no GOAWAY either
@@ -307,20 +303,7 @@ class H2Codec:
         self._count_control(out)
 
     def _on_goaway(self, ev: h2e.ConnectionTerminated, out: list) -> None:
-        self._goaway_received = True
-        code = int(ev.error_code or 0)
-        last = ev.last_stream_id
-        extra = {"additional_data": ev.additional_data} if ev.additional_data else {}
-        if code == NO_ERROR:
-            if self._client:  # streams above `last` were never processed: safe to retry
-                for st in [s for s in self._streams.values() if s.id > last]:
-                    self._forget(st)
-                    out.append(Reset(st.id, REFUSED_STREAM, True))
-            out.append(ConnectionEnded(last, code, extra))
-            return
-        self._dead = True
-        self._reset_all(out, code)
-        out.append(ConnectionEnded(last, code, extra))
+        self._goaway_received_events(ev.last_stream_id, int(ev.error_code or 0), ev.additional_data, out)
 
     # === sending ===
 
@@ -374,10 +357,6 @@ class H2Codec:
         if stream_id not in self._blocked:
             self._flush(st)
 
-    def send_end(self, stream_id: int) -> None:
-        """End the stream (empty DATA with END_STREAM), after any queued data."""
-        self.send_data(stream_id, b"", True)
-
     def send_reset(self, stream_id: int, error_code: int = CANCEL) -> None:
         """Reset the stream now; queued data is dropped."""
         st = self._streams.get(stream_id)
@@ -392,13 +371,6 @@ class H2Codec:
                 self._conn.acknowledge_received_data(n, stream_id)
             except (H2Error, ValueError):
                 pass
-
-    def pending(self, stream_id: int) -> int:
-        """Bytes queued on ``stream_id`` waiting for the peer's window."""
-        st = self._streams.get(stream_id)
-        return st.pending if st is not None else 0
-
-    # === internals ===
 
     def _flush(self, st: Stream) -> None:
         """Send what the windows allow; park ``st`` in ``_blocked`` otherwise."""
@@ -453,9 +425,7 @@ class H2Codec:
             self._die(out, reason, ENHANCE_YOUR_CALM)
 
     def _reset_all(self, out: list, code: int, remote: bool = True) -> None:
-        for sid in list(self._streams):
-            out.append(Reset(sid, code, remote))
-        self._streams.clear()
+        super()._reset_all(out, code, remote)
         self._blocked.clear()
 
     def _die(self, out: list, message: str, code: int, queued: bool = False) -> None:

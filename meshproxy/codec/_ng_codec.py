@@ -72,6 +72,7 @@ from ._ng_wire import (CLIENT_CALLBACKS, DEFAULT_WINDOW, ERR_BAD_CLIENT_MAGIC, E
                        SETTINGS_INITIAL_WINDOW_SIZE, SETTINGS_MAX_CONCURRENT_STREAMS,
                        SETTINGS_MAX_HEADER_LIST_SIZE, VERSION, callback_error, ffi, goaway_frame, lib,
                        nva, unpack)
+from ._h2_base import StreamTable
 from ._h2_guard import Guard, Http2Limits, StreamUnavailable
 from ._h2_headers import check_trailers, lift_request, lift_response, request_block
 from ._h2_headers import response_block, trailer_block
@@ -126,7 +127,7 @@ class _Stream:
         self.id = stream_id
 
 
-class NgHttp2Codec:
+class NgHttp2Codec(StreamTable):
     """Sans-IO HTTP/2 connection on libnghttp2 for ``role`` "server" or "client"."""
 
     def __init__(self, role: str = "server", limits: Http2Limits = Http2Limits()) -> None:
@@ -218,11 +219,6 @@ class NgHttp2Codec:
         data = out[0] if len(out) == 1 else b"".join(out)
         out.clear()
         return data
-
-    @property
-    def open_streams(self) -> int:
-        """Streams not yet closed in both directions."""
-        return len(self._streams)
 
     def can_open_stream(self) -> bool:
         """Client role: whether ``send_head`` may open a stream now (no GOAWAY either
@@ -426,19 +422,7 @@ class NgHttp2Codec:
                 self._fatal = (ENHANCE_YOUR_CALM, reason)
 
     def _on_goaway(self, last: int, code: int, debug: bytes) -> None:
-        self._goaway_received = True
-        extra = {"additional_data": debug} if debug else {}
-        out = self._ev
-        if code == NO_ERROR:
-            if self._client:  # streams above `last` were never processed: safe to retry
-                for st in [s for s in self._streams.values() if s.id > last]:
-                    self._forget(st)
-                    out.append(Reset(st.id, REFUSED_STREAM, True))
-            out.append(ConnectionEnded(last, code, extra))
-            return
-        self._dead = True
-        self._reset_all(out, code)
-        out.append(ConnectionEnded(last, code, extra))
+        self._goaway_received_events(last, code, debug, self._ev)
 
     def _count_control(self) -> None:
         reason = self._guard.control_frame()
@@ -538,10 +522,6 @@ class NgHttp2Codec:
         st.end_requested = True
         self._wake(st)
 
-    def send_end(self, stream_id: int) -> None:
-        """End the stream (empty DATA with END_STREAM), after any queued data."""
-        self.send_data(stream_id, b"", True)
-
     def send_reset(self, stream_id: int, error_code: int = CANCEL) -> None:
         """Reset the stream now; queued data is dropped. NO_ERROR once our side has
         ended ("stop sending the request body") waits behind our END_STREAM, as it
@@ -568,13 +548,6 @@ class NgHttp2Codec:
             n -= credit
         if n:
             lib.nghttp2_session_consume(self._s, stream_id, n)
-
-    def pending(self, stream_id: int) -> int:
-        """Bytes queued on ``stream_id`` waiting for the peer's window."""
-        st = self._streams.get(stream_id)
-        return st.pending if st is not None else 0
-
-    # === internals ===
 
     def _wake(self, st: _Stream) -> None:
         """Make nghttp2 ask the read callback for ``st``'s queue."""
@@ -621,11 +594,6 @@ class NgHttp2Codec:
         lib.nghttp2_submit_rst_stream(self._s, 0, sid, code)
         if provoked:
             self._count_control()
-
-    def _reset_all(self, out: list, code: int, remote: bool = True) -> None:
-        for sid in list(self._streams):
-            out.append(Reset(sid, code, remote))
-        self._streams.clear()
 
     def _die(self, out: list, message: str, code: int, queued: bool = False) -> None:
         """Fatal connection error: GOAWAY (already sent by nghttp2 when ``queued``),
