@@ -332,32 +332,24 @@ class Exchange:
             return
         self.resp_done = True
         self.server.send_end(self.sid)
-        if self.req_done or self.tunnel:
-            self._finish()
-        elif self.up is not None and not self.tunnel:
-            # Early response (e.g. upstream 413): stop reading the rest of the request.
-            self.up.reset()
-            self.server.abandon_request(self.sid)
-            self._finish()
+        self._response_ended()
 
     def on_response_rest(self, data: bytes) -> None:
         """The body and the end of a response that arrived whole in one upstream read:
         ``on_response_data(data, 0)`` then ``on_response_end()``, with one send downstream."""
-        if self.finished:
+        if self.finished or self.resp_done:
             return
         self.resp_bytes += len(data)
-        srv = self.server
-        if srv.write_paused or (srv.h2 and srv.congested(self.sid)):
-            self.up.pause()
-        if self.resp_done:  # (trailers ended it already: not on this path, kept for parity)
-            srv.send_data(self.sid, data)
-            return
         self.resp_done = True
-        srv.send_data(self.sid, data, True)
+        self.server.send_data(self.sid, data, True)
+        self._response_ended()
+
+    def _response_ended(self) -> None:
+        """The response's end was sent: finish, or, on an early response (e.g. an upstream
+        413 before the request body is in), stop reading the rest of the request first."""
         if self.req_done or self.tunnel:
             self._finish()
-        elif self.up is not None and not self.tunnel:
-            # Early response (e.g. upstream 413): stop reading the rest of the request.
+        elif self.up is not None:
             self.up.reset()
             self.server.abandon_request(self.sid)
             self._finish()
