@@ -206,6 +206,11 @@ class Http(_Model):
     """HTTP/2 streams per downstream connection; beyond it REFUSED_STREAM."""
     allow_underscores_in_headers: bool = False
     """False: a request header name with ``_`` is answered 400 (Envoy's REJECT_REQUEST)."""
+    express: bool = True
+    """HTTP/1.1 express lane (``http/express.py``): on listeners with no tracing, access log,
+    authorization or other per-request filters, plain keep-alive requests are proxied without
+    the general path's per-request machinery (same bytes, metrics and errors; anything unusual
+    still takes the general path). False: every request takes the general path."""
 
 
 class Detection(_Model):

@@ -297,9 +297,13 @@ class Listener:
                           verify=lambda sslobj: mesh.verify(sslobj, ids))
 
     def _serve_http(self, ctx, verdict, transport, peeked: bytes, eof: bool, h2: bool) -> None:
+        from ..http.express import ExpressServer, express_eligible
         from ..http.server import HttpServerConnection
 
-        conn = HttpServerConnection(self.http, ctx, verdict, h2)
+        if express_eligible(self.http, ctx, h2):
+            conn = ExpressServer(self.http, ctx, verdict)
+        else:
+            conn = HttpServerConnection(self.http, ctx, verdict, h2)
         transport.set_protocol(conn)
         conn.connection_made(transport)
         if peeked:

@@ -25,6 +25,7 @@ from typing import Callable, NamedTuple
 from ..config.routing import Pool as PoolConfig
 from ..net.flush import Flusher
 from .client import Http1Connection, Http2Connection, UpstreamConnection
+from .express import ExpressConnection
 
 log = logging.getLogger("meshproxy.pool")
 
@@ -36,7 +37,8 @@ class Key(NamedTuple):
     host: str
     port: int
     protocol: str
-    """``http1`` or ``http2``."""
+    """``http1`` or ``http2`` (the general path's connections), or ``express`` (HTTP/1.1
+    connections of the express lane, ``upstream/express.py``; kept apart from ``http1``)."""
     identities: tuple[str, ...] | None = None
     """Mesh peer: connect over mTLS and require one of these server SPIFFE IDs (None: plaintext)."""
 
@@ -67,7 +69,7 @@ class Pool:
 
     # -- fast path ------------------------------------------------------------
     def get(self, key: Key) -> UpstreamConnection | None:
-        if key.protocol == "http1":
+        if key.protocol != "http2":
             conns = self.idle.get(key)
             while conns:
                 conn = conns.pop()
@@ -93,6 +95,8 @@ class Pool:
     async def _connect(self, key: Key, timeout: float, done: Callback, source: str | None) -> None:
         if key.protocol == "http2":
             conn: UpstreamConnection = Http2Connection(key, self, self.flusher, self.h2_limits)
+        elif key.protocol == "express":
+            conn = ExpressConnection(key, self, self.h1_limits)
         else:
             conn = Http1Connection(key, self, self.flusher, self.h1_limits)
         try:
@@ -153,7 +157,7 @@ class Pool:
 
     def forget(self, conn: UpstreamConnection) -> None:
         self.all.discard(conn)
-        if conn.protocol == "http1":
+        if conn.protocol != "http2":
             idle = self.idle.get(conn.key)
             if idle and conn in idle:
                 idle.remove(conn)

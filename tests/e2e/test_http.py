@@ -1,5 +1,6 @@
 """The HTTP path in process: detection, HTTP/1.1 proxying, routing, errors and their
-local replies, hostile requests that must never reach the upstream."""
+local replies, hostile requests that must never reach the upstream. Every test runs
+twice: with the HTTP/1.1 express lane on (the default) and off (the general path)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,19 @@ import re
 import aiohttp
 import pytest
 from aiohttp import web
-from e2e_support import metric_value, metrics_text
+from e2e_support import merge, metric_value, metrics_text
 from l7_peers import EchoH1, start_ws_echo
+
+
+@pytest.fixture(params=["express", "general"])
+def proxy(request, proxy):
+    """conftest's ``proxy``, with the HTTP/1.1 lane chosen by the parameter."""
+    lane = {"http": {"express": request.param == "express"}}
+
+    async def start(over: dict | None = None):
+        return await proxy(merge(lane, over or {}))
+
+    return start
 
 
 @pytest.fixture

@@ -1,0 +1,564 @@
+"""The HTTP/1.1 express lane: plain keep-alive request/response traffic, proxied lean.
+
+Where this sits: ``net/listener.py`` gives a downstream HTTP/1 connection to an
+``ExpressServer`` instead of ``http/server.py`` when ``express_eligible`` says
+the listener needs nothing per request beyond header hygiene, routing and
+Istio's request metrics (no tracing, no access log, no authorization or other
+filters, no mTLS peer). Each request is then parsed once, routed by the same
+pure router, cleaned by the same ``http/headers.py`` rules, rendered with the
+same ``codec/_http1_write.py`` helpers and sent in one write on an
+``upstream/express.py`` connection from the cluster's pool; the response comes
+back the same way. No codec events, exchange or filter-chain objects are made
+per request: that is what the general path spends most of its time on.
+
+The lane takes a request only when it is ordinary: one whole HTTP/1.1 request
+in one read (head and any Content-Length body, nothing after it), origin-form
+target, no Upgrade/CONNECT, no ``Expect``, no chunked body, not gRPC, and its
+route leads to a plain HTTP/1 upstream (not a mesh peer, not HTTP/2). Anything
+else — a head that arrives in pieces, pipelining, a malformed or over-limit
+request, a tunnel — is *handed over*: the connection becomes an
+``HttpServerConnection`` fed the same bytes, at a message boundary, with
+nothing of that request sent anywhere yet. So every error answer, limit and
+protocol corner stays the general path's, and the lane only has to be right
+for what it takes (``tests/unit/http/test_express.py`` checks its bytes
+against the general path's, both directions).
+
+Invariants:
+1. One request in flight. Bytes that arrive meanwhile wait (reading paused)
+   and are looked at when the response has ended.
+2. Flow control: a response body faster than the client reads pauses the
+   upstream's reading at the write buffer's high-water mark.
+3. Once a response byte went downstream, an upstream failure closes the
+   downstream connection (HTTP/1 cannot signal it otherwise); before that it
+   is answered with the general path's local reply (503 UF/UC/UR, 502 UPE,
+   504 UT).
+4. Every request that started is recorded exactly once in the request metrics
+   (``_done``), with the same labels and flags as the general path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
+
+from ..codec._http1_checks import SPECIAL, Reject, find_head, inspect_request, keep_alive
+from ..codec._http1_write import LAST_CHUNK, finish, render_fields, render_trailers, status_line
+from ..codec.events import RequestHead, ResponseHead
+from ..errors import DOWNSTREAM_CONNECTION_TERMINATION, UPSTREAM_CONNECT_FAILURE, UPSTREAM_REQUEST_TIMEOUT
+from ..observe.metrics import istio_labels
+from ..upstream.pool import Key
+from . import headers as hdr
+from .router import PASSTHROUGH
+
+log = logging.getLogger("meshproxy.http")
+
+HIGH_WATER = 1024 * 1024
+DEADLINE_SLACK = 0.001
+_EMPTY_BODY_METHODS = frozenset((b"POST", b"PUT", b"PATCH"))
+_CODES = {c: str(c) for c in range(100, 600)}
+_new_key = tuple.__new__
+_NONE, _FIXED, _CHUNKS = range(3)
+"""Downstream response framing: no body, Content-Length, chunked."""
+
+
+def express_eligible(ctx, conn, h2: bool) -> bool:
+    """Whether a downstream connection may start on the express lane (per connection;
+    each request is still checked). ``ctx``: the ``HttpContext``; ``conn``: the ``ConnContext``."""
+    if h2 or not ctx.http.express or ctx.tracer is not None or ctx.access_log is not None:
+        return False
+    if conn.peer_info is not None:
+        return False
+    return len(ctx.chains[conn.direction.value]) == 1  # header hygiene only
+
+
+class ExpressServer(asyncio.Protocol):
+    """One downstream HTTP/1.1 connection on the express lane."""
+
+    def __init__(self, ctx, conn, target):
+        """``ctx``: the listener's ``HttpContext``; ``conn``: the ``ConnContext``;
+        ``target``: the L4 decision (``Forward``) used for passthrough requests."""
+        self.ctx = ctx
+        self.loop = ctx.loop
+        self.conn = conn
+        self.target = target
+        self.direction = conn.direction.value
+        self.reporter = "destination" if self.direction == "inbound" else "source"
+        self.peer_ip = conn.peer.host
+        self.passthrough_service = str(conn.orig) if conn.orig is not None else str(target.upstream)
+        self.limits = ctx.h1_limits
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.handed = False
+        """The connection went to the general path (``_handover``)."""
+        self.stash = b""
+        """Bytes that arrived while a request was in flight."""
+        self.eof = False
+        self.write_paused = False
+        self.last_active = self.loop.time()
+        self._series: dict[tuple, object] = {}
+        self._labels: dict[tuple[str, str], tuple[str, ...]] = {}
+        self._tick: asyncio.TimerHandle | None = None
+        self._deadline_timer: asyncio.TimerHandle | None = None
+        self._deadline_at = 0.0
+        # the request in flight
+        self.gen = 0
+        """Counts requests taken: a connect that completes for an earlier one is not bound."""
+        self.busy = False
+        self.up = None
+        self.out = b""
+        """The rendered request, while its upstream connection is being opened."""
+        self.is_head = False
+        self.keep = True
+        self.started = 0.0
+        self.status = 0
+        self.flag = "-"
+        self.req_bytes = 0
+        self.resp_bytes = 0
+        self.resp_started = False
+        self.framing = _NONE
+        self.service = ""
+        self.endpoint = None
+        self.route = None
+        self.request_id: bytes | None = None
+        self.deadline = 0.0
+        self.grpc_status = "-"
+        # scratch filled by the request parser's callbacks
+        self._url = b""
+        self._fields: list[tuple[bytes, bytes]] = []
+
+    # === transport callbacks ===
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        transport.set_write_buffer_limits(HIGH_WATER, HIGH_WATER // 4)
+        self.ctx.connections.add(self)
+        self._arm_tick()
+        if self.ctx.draining:
+            self.drain()
+
+    def data_received(self, data: bytes) -> None:
+        if self.busy or self.stash:
+            self.stash += data
+            self.transport.pause_reading()
+            return
+        try:
+            self._request(data)
+        except Exception:  # the per-connection boundary: a bug closes this connection only
+            log.exception("internal error on HTTP connection from %s; closing it", self.conn.peer)
+            self._abort()
+
+    def eof_received(self):
+        if self.handed:
+            return True
+        self.eof = True
+        if self.busy or self.stash:
+            return True  # answer what is in flight (or waiting), then close
+        self.close()
+        return False
+
+    def connection_lost(self, exc) -> None:
+        self.closed = True
+        self.ctx.connections.discard(self)
+        self._cancel_timers()
+        self._downstream_gone()
+
+    def _downstream_gone(self) -> None:
+        """The client went away (or we close on it) with a request in flight: the upstream
+        connection cannot be reused and the request ends with DC."""
+        if self.busy:
+            up, self.up = self.up, None
+            if up is not None:
+                up.abandon()
+            if self.flag == "-":
+                self.flag = DOWNSTREAM_CONNECTION_TERMINATION.flag
+            self._done()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        if self.up is not None:
+            self.up.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.up is not None:
+            self.up.resume_reading()
+
+    # === httptools callbacks (called only from feed_data) ===
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._fields.append((name.lower(), value))
+
+    # === a request ===
+    def _request(self, data: bytes) -> None:
+        """One read with no request in flight: take it, or hand the connection over."""
+        try:
+            end = find_head(data, 0, self.limits)
+        except Reject:
+            return self._handover(data)
+        if end < 0 or data[0] == 13 or data[0] == 10:
+            return self._handover(data)
+        head = data if end == len(data) else data[:end]
+        self._url = b""
+        fields = self._fields = []
+        try:
+            HttpRequestParser(self).feed_data(head)
+        except (HttpParserError, HttpParserUpgrade):  # malformed, or an upgrade/CONNECT: the general path's
+            return self._handover(data)
+        le = head.find(b"\r\n")
+        if head[le - 8:le] != b"HTTP/1.1":
+            return self._handover(data)
+        url = self._url
+        method = head[:head.find(b" ")]
+        special = [f for f in fields if f[0] in SPECIAL]
+        try:
+            authority, scheme, cl, chunked, upgrade, expect = inspect_request(
+                method, url, "1.1", fields, special, head, self.limits)
+        except Reject:
+            return self._handover(data)
+        if (chunked or upgrade is not None or expect or url[:1] != b"/"
+                or len(data) != end + (cl or 0) or _is_grpc(fields)):
+            return self._handover(data)
+        req = RequestHead(0, method, url, authority, fields, "1.1", scheme, keep_alive("1.1", special),
+                          None, False, not cl, cl)
+        ctx = self.ctx
+        rid = hdr.clean_request(req, direction=self.direction, peer_ip=self.peer_ip, scheme="http")
+        route = ctx.router.route(method, authority, url, req.headers)
+        ep = None
+        if route.cluster == PASSTHROUGH:
+            up = self.target.upstream
+            host, port = up.host, up.port
+            if (ctx.mesh is not None and self.direction != "inbound"
+                    and ctx.mesh.destination_identities(host, port) is not None):
+                return self._handover(data)  # a mesh peer: HTTP/2 over mTLS, the general path's job
+            service, pool, source, timeout = self.passthrough_service, ctx.pool, self.target.source, \
+                ctx.connect_timeout
+        else:
+            cluster = ctx.clusters[route.cluster]
+            if cluster.mtls_identities is not None or cluster.protocol == "http2":
+                return self._handover(data)
+            ep = cluster.pick()
+            ep.rq_total += 1
+            ep.rq_active += 1
+            host, port = ep.host, ep.port
+            service, pool, source, timeout = cluster.name, ctx.pools[cluster.name], None, cluster.connect_timeout
+        # the lane takes it: from here on, this request is ours to answer
+        self.busy = True
+        self.gen += 1
+        self.started = self.loop.time()
+        self.status = 0
+        self.flag = "-"
+        self.grpc_status = "-"
+        self.resp_started = False
+        self.resp_bytes = 0
+        self.req_bytes = cl or 0
+        self.keep = req.keep_alive
+        self.is_head = method == b"HEAD"
+        self.request_id = rid
+        self.route = route
+        self.endpoint = ep
+        self.service = service
+        hdr.to_http1_request(req)
+        out = _render_request(req, cl)
+        if cl:
+            out += data[end:]
+        if route.timeout > 0:
+            self.deadline = self.started + route.timeout
+            self._watch_deadline(self.deadline)
+        key = _new_key(Key, (host, port, "express", None))
+        conn = pool.get(key)
+        if conn is not None:
+            self.up = conn
+            conn.send(self, out, self.is_head)
+        else:
+            self.out = out
+            gen = self.gen
+            pool.connect(key, timeout, lambda c, e: self._connected(gen, c, e), source)
+
+    def _connected(self, gen: int, conn, err) -> None:
+        if gen != self.gen or not self.busy or self.closed:
+            if conn is not None and conn.available():
+                conn.pool.release(conn)
+            return
+        if err is not None:
+            self._fail(UPSTREAM_CONNECT_FAILURE, str(err) or type(err).__name__)
+            return
+        out, self.out = self.out, b""
+        self.up = conn
+        conn.send(self, out, self.is_head)
+
+    def _handover(self, data: bytes) -> None:
+        """Give the connection to the general path, at a message boundary, with ``data``."""
+        from .server import HttpServerConnection
+
+        self.handed = True
+        self.closed = True
+        self.ctx.connections.discard(self)
+        self._cancel_timers()
+        transport = self.transport
+        srv = HttpServerConnection(self.ctx, self.conn, self.target, False)
+        transport.set_protocol(srv)
+        srv.connection_made(transport)
+        srv.last_active = self.last_active
+        if data:
+            srv.data_received(data)
+        if self.eof and not srv.eof_received():
+            srv.close()
+
+    # === the response (called by upstream.express.ExpressConnection) ===
+    def response_start(self, status: int, reason: bytes, fields, cl: int | None, chunked: bool,
+                       body: bytes, ended: bool) -> None:
+        if not self.busy or self.closed:
+            return
+        self.status = status
+        self.resp_started = True
+        head = ResponseHead(0, status, fields, "1.1", reason)
+        hdr.clean_response(head)
+        if ended and not body:
+            for k, v in head.headers:
+                if k == b"grpc-status":
+                    self.grpc_status = v.decode("latin-1")
+                    break
+        lines = [status_line(status, reason)]
+        seen = render_fields(lines, head.headers)
+        n = 1 + seen.count
+        if self.is_head or status == 204 or status == 304:
+            self.framing = _NONE
+            if cl is not None and status != 204:
+                lines.append(b"content-length: %d\r\n" % cl)
+                n += 1
+        elif cl is not None or (ended and not chunked):
+            self.framing = _FIXED
+            lines.append(b"content-length: %d\r\n" % (cl or 0))
+            n += 1
+        else:
+            self.framing = _CHUNKS
+            lines.append(b"transfer-encoding: chunked\r\n")
+            n += 1
+        if not self.keep or self.ctx.draining:
+            self.keep = False
+            lines.append(b"connection: close\r\n")
+            n += 1
+        out = finish(lines, n)
+        if self.framing == _CHUNKS:
+            if body:
+                out += b"%x\r\n" % len(body) + body + b"\r\n"
+            if ended:
+                out += LAST_CHUNK
+        elif body and self.framing == _FIXED:
+            out += body
+        self.resp_bytes = len(body)
+        self.transport.write(out)
+        if ended:
+            self._response_ended()
+
+    def response_body(self, data: bytes, ended: bool, trailers=None) -> None:
+        if not self.busy or self.closed:
+            return
+        self.resp_bytes += len(data)
+        framing = self.framing
+        if framing == _CHUNKS:
+            out = b"%x\r\n" % len(data) + data + b"\r\n" if data else b""
+            if ended:
+                if trailers:
+                    for k, v in trailers:
+                        if k == b"grpc-status":
+                            self.grpc_status = v.decode("latin-1")
+                    out += render_trailers(trailers)
+                else:
+                    out += LAST_CHUNK
+            if out:
+                self.transport.write(out)
+        elif framing == _FIXED and data:
+            self.transport.write(data)
+        if ended:
+            self._response_ended()
+
+    def upstream_failed(self, kind, message: str) -> None:
+        if self.busy:
+            self.up = None  # it closed itself
+            self._fail(kind, message)
+
+    # === ends ===
+    def _response_ended(self) -> None:
+        self.up = None
+        self._done()
+        if not self.keep:
+            self.close()
+        elif self.stash:
+            self.loop.call_soon(self._next)
+        elif self.eof:
+            self.close()
+
+    def _next(self) -> None:
+        """A request waited while the previous one was answered: take it now."""
+        if self.closed or self.busy or not self.stash:
+            return
+        data, self.stash = self.stash, b""
+        self.transport.resume_reading()
+        try:
+            self._request(data)
+        except Exception:
+            log.exception("internal error on HTTP connection from %s; closing it", self.conn.peer)
+            self._abort()
+        if self.eof and not self.busy and not self.handed:
+            self.close()
+
+    def _fail(self, kind, message: str) -> None:
+        if not self.busy:
+            return
+        self.flag = kind.flag
+        up, self.up = self.up, None
+        if up is not None:
+            up.abandon()
+        if self.endpoint is not None:
+            self.endpoint.rq_error += 1
+        if self.resp_started:
+            self._done()
+            self._abort()
+            return
+        head, body = hdr.local_reply(0, kind.status, message, kind.flag, http_version="1.1",
+                                     request_id=self.request_id)
+        self.status = kind.status
+        self.resp_started = True
+        lines = [status_line(kind.status, head.reason)]
+        seen = render_fields(lines, head.headers)
+        lines.append(b"content-length: %d\r\n" % len(body))
+        n = 2 + seen.count
+        if not self.keep or self.ctx.draining:
+            self.keep = False
+            lines.append(b"connection: close\r\n")
+            n += 1
+        out = finish(lines, n)
+        if not self.is_head:
+            out += body
+            self.resp_bytes = len(body)
+        self.transport.write(out)
+        self._response_ended()
+
+    def _done(self) -> None:
+        """Record the finished request (once) and make the connection idle again."""
+        self.busy = False
+        self.deadline = 0.0
+        ep = self.endpoint
+        if ep is not None:
+            self.endpoint = None
+            ep.rq_active -= 1
+            if self.flag == "-" and self.status < 500:
+                ep.rq_success += 1
+        now = self.last_active = self.loop.time()
+        key = (self.service, self.status, self.grpc_status, self.flag)
+        series = self._series.get(key)
+        if series is None:
+            labels = self._request_labels(self.service, "http" if self.grpc_status == "-" else "grpc") + (
+                _CODES.get(self.status, str(self.status)), self.grpc_status, self.flag)
+            if len(self._series) >= 64:
+                self._series.clear()
+            series = self._series[key] = self.ctx.requests.series_for(labels)
+        series.observe((now - self.started) * 1000.0, self.req_bytes, self.resp_bytes)
+
+    def _request_labels(self, service: str, proto: str) -> tuple[str, ...]:
+        key = (service, proto)
+        labels = self._labels.get(key)
+        if labels is None:
+            policy = "none" if self.reporter == "destination" else "unknown"
+            labels = self._labels[key] = istio_labels(self.ctx.me, self.reporter, service or "unknown", proto, policy)
+        return labels
+
+    # === timeouts, drain, close ===
+    def _watch_deadline(self, when: float) -> None:
+        """One timer per connection, not cancelled per request: when it fires for a request
+        that already ended, it is armed again for the one in flight."""
+        t = self._deadline_timer
+        if t is None or when < self._deadline_at:
+            if t is not None:
+                t.cancel()
+            self._deadline_at = when
+            self._deadline_timer = self.loop.call_at(when, self._check_deadline)
+
+    def _check_deadline(self) -> None:
+        self._deadline_timer = None
+        if self.closed or not self.busy or not self.deadline:
+            return
+        if self.deadline <= self.loop.time() + DEADLINE_SLACK:
+            self._fail(UPSTREAM_REQUEST_TIMEOUT, f"no response within {self.route.timeout:g}s")
+        else:
+            self._watch_deadline(self.deadline)
+
+    def _arm_tick(self) -> None:
+        t = self.ctx.http.idle_timeout
+        if t > 0 and not self.closed:
+            self._tick = self.loop.call_later(max(t / 4, 0.05), self._check_idle)
+
+    def _check_idle(self) -> None:
+        self._tick = None
+        if self.closed:
+            return
+        if not self.busy and not self.stash and self.loop.time() - self.last_active >= self.ctx.http.idle_timeout:
+            self.close()
+            return
+        self._arm_tick()
+
+    def _cancel_timers(self) -> None:
+        if self._tick is not None:
+            self._tick.cancel()
+            self._tick = None
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
+
+    def drain(self) -> None:
+        """Stop taking requests: close now when idle, else after the response in flight
+        (which says ``connection: close``)."""
+        if not self.busy:
+            self.close()
+        elif not self.resp_started:
+            self.keep = False
+        else:
+            self.eof = True
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._cancel_timers()
+        self._downstream_gone()
+        if self.transport is not None:
+            self.transport.close()
+
+    def _abort(self) -> None:
+        self.closed = True
+        self._cancel_timers()
+        if self.transport is not None:
+            self.transport.abort()
+
+
+# === rendering (the general codec's rules for the requests the lane takes) ===
+
+def _render_request(req: RequestHead, cl: int | None) -> bytes:
+    """``codec._http1_stream.Http1Sender._send_request_head`` for a request with no
+    body or a Content-Length body, sent alone."""
+    lines = [req.method + b" " + req.target + b" HTTP/1.1\r\n"]
+    seen = render_fields(lines, req.headers)
+    n = 1 + seen.count
+    if not seen.host and req.authority is not None:
+        lines.insert(1, b"host: %s\r\n" % req.authority)
+        n += 1
+    if cl:
+        lines.append(b"content-length: %d\r\n" % cl)
+        n += 1
+    elif req.method in _EMPTY_BODY_METHODS:
+        lines.append(b"content-length: 0\r\n")
+        n += 1
+    return finish(lines, n)
+
+
+def _is_grpc(fields) -> bool:
+    for k, v in fields:
+        if k == b"content-type":
+            return v.startswith(b"application/grpc")
+    return False
+
+
