@@ -43,13 +43,14 @@ import logging
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 
-from ..codec._http1_checks import SPECIAL, Reject, find_head, inspect_request, keep_alive
+from ..codec._http1_checks import SPECIAL, Reject, inspect_request, keep_alive
 from ..codec._http1_write import LAST_CHUNK, finish, render_fields, render_trailers, status_line
-from ..codec.events import RequestHead, ResponseHead
+from ..codec.events import RequestHead
 from ..errors import DOWNSTREAM_CONNECTION_TERMINATION, UPSTREAM_CONNECT_FAILURE, UPSTREAM_REQUEST_TIMEOUT
 from ..observe.metrics import istio_labels
 from ..upstream.pool import Key
 from . import headers as hdr
+from .express_heads import plain_request
 from .router import PASSTHROUGH
 
 log = logging.getLogger("meshproxy.http")
@@ -86,6 +87,8 @@ class ExpressServer(asyncio.Protocol):
         self.direction = conn.direction.value
         self.reporter = "destination" if self.direction == "inbound" else "source"
         self.peer_ip = conn.peer.host
+        self.peer_ip_bytes = self.peer_ip.encode()
+        self.inbound = self.direction == "inbound"
         self.passthrough_service = str(conn.orig) if conn.orig is not None else str(target.upstream)
         self.limits = ctx.h1_limits
         self.transport: asyncio.Transport | None = None
@@ -194,38 +197,62 @@ class ExpressServer(asyncio.Protocol):
     # === a request ===
     def _request(self, data: bytes) -> None:
         """One read with no request in flight: take it, or hand the connection over."""
-        try:
-            end = find_head(data, 0, self.limits)
-        except Reject:
-            return self._handover(data)
-        if end < 0 or data[0] == 13 or data[0] == 10:
-            return self._handover(data)
+        limits = self.limits
+        end = data.find(b"\r\n\r\n") + 4
+        if end < 4 or end > limits.max_header_bytes or data[0] == 13 or data[0] == 10:
+            return self._handover(data)  # in pieces, or over a limit: the general path waits or answers
         head = data if end == len(data) else data[:end]
+        le = head.find(b"\r\n")
+        if le > limits.max_request_line or head[le - 8:le] != b"HTTP/1.1":
+            return self._handover(data)
         self._url = b""
         fields = self._fields = []
         try:
             HttpRequestParser(self).feed_data(head)
         except (HttpParserError, HttpParserUpgrade):  # malformed, or an upgrade/CONNECT: the general path's
             return self._handover(data)
-        le = head.find(b"\r\n")
-        if head[le - 8:le] != b"HTTP/1.1":
-            return self._handover(data)
         url = self._url
+        if url[:1] != b"/" or len(fields) > limits.max_headers:
+            return self._handover(data)
         method = head[:head.find(b" ")]
+        plain = None if self.ctx.router.needs_headers else plain_request(
+            method, url, fields, self.inbound, self.peer_ip_bytes, not limits.reject_underscore_names,
+            len(data) - end)
+        if plain is None:  # something unusual, or the body is not exactly what followed the head
+            return self._request_exact(data, head, method, url, fields)
+        out, rid, authority, cl, keep = plain
+        if cl:
+            out += data[end:]
+        self._dispatch(data, out, rid, method, authority, url, (), cl, keep)
+
+    def _request_exact(self, data: bytes, head: bytes, method: bytes, url: bytes, fields) -> None:
+        """``_request`` for a head ``plain_request`` declined: the general path's own checks,
+        hygiene and rendering, one by one (the same helpers ``server.py`` and the codec use)."""
         special = [f for f in fields if f[0] in SPECIAL]
         try:
             authority, scheme, cl, chunked, upgrade, expect = inspect_request(
                 method, url, "1.1", fields, special, head, self.limits)
         except Reject:
             return self._handover(data)
-        if (chunked or upgrade is not None or expect or url[:1] != b"/"
-                or len(data) != end + (cl or 0) or _is_grpc(fields)):
+        end = len(head)
+        if chunked or upgrade is not None or expect or len(data) != end + (cl or 0) or _is_grpc(fields):
             return self._handover(data)
         req = RequestHead(0, method, url, authority, fields, "1.1", scheme, keep_alive("1.1", special),
                           None, False, not cl, cl)
-        ctx = self.ctx
         rid = hdr.clean_request(req, direction=self.direction, peer_ip=self.peer_ip, scheme="http")
-        route = ctx.router.route(method, authority, url, req.headers)
+        headers = list(req.headers)
+        hdr.to_http1_request(req)
+        out = _render_request(req, cl)
+        if cl:
+            out += data[end:]
+        self._dispatch(data, out, rid, method, authority, url, headers, cl or 0, req.keep_alive)
+
+    def _dispatch(self, data: bytes, out: bytes, rid: bytes, method: bytes, authority, url: bytes, headers,
+                  body_len: int, keep: bool) -> None:
+        """Route the rendered request ``out`` and send it, unless its route is the general
+        path's (a mesh peer, HTTP/2): then hand ``data`` over."""
+        ctx = self.ctx
+        route = ctx.router.route(method, authority, url, headers)
         ep = None
         if route.cluster == PASSTHROUGH:
             up = self.target.upstream
@@ -247,25 +274,21 @@ class ExpressServer(asyncio.Protocol):
         # the lane takes it: from here on, this request is ours to answer
         self.busy = True
         self.gen += 1
-        self.started = self.loop.time()
+        self.started = now = self.loop.time()
         self.status = 0
         self.flag = "-"
         self.grpc_status = "-"
         self.resp_started = False
         self.resp_bytes = 0
-        self.req_bytes = cl or 0
-        self.keep = req.keep_alive
+        self.req_bytes = body_len
+        self.keep = keep
         self.is_head = method == b"HEAD"
         self.request_id = rid
         self.route = route
         self.endpoint = ep
         self.service = service
-        hdr.to_http1_request(req)
-        out = _render_request(req, cl)
-        if cl:
-            out += data[end:]
         if route.timeout > 0:
-            self.deadline = self.started + route.timeout
+            self.deadline = now + route.timeout
             self._watch_deadline(self.deadline)
         key = _new_key(Key, (host, port, "express", None))
         conn = pool.get(key)
@@ -308,49 +331,42 @@ class ExpressServer(asyncio.Protocol):
             srv.close()
 
     # === the response (called by upstream.express.ExpressConnection) ===
-    def response_start(self, status: int, reason: bytes, fields, cl: int | None, chunked: bool,
-                       body: bytes, ended: bool) -> None:
+    def response_start(self, status: int, reason: bytes, lines: list[bytes], grpc: bytes | None,
+                       cl: int | None, chunked: bool, body: bytes, ended: bool) -> None:
+        """The response head: ``lines`` are its field lines as forwarded (hop-by-hop and
+        framing fields gone, ``express_heads.plain_response``); ``cl``/``chunked`` the
+        upstream's framing; ``body`` the first body bytes; ``ended`` when that was all."""
         if not self.busy or self.closed:
             return
         self.status = status
         self.resp_started = True
-        head = ResponseHead(0, status, fields, "1.1", reason)
-        hdr.clean_response(head)
-        if ended and not body:
-            for k, v in head.headers:
-                if k == b"grpc-status":
-                    self.grpc_status = v.decode("latin-1")
-                    break
-        lines = [status_line(status, reason)]
-        seen = render_fields(lines, head.headers)
-        n = 1 + seen.count
+        if ended and not body and grpc is not None:
+            self.grpc_status = grpc.decode("latin-1")
+        parts = [status_line(status, reason)]
+        parts += lines
         if self.is_head or status == 204 or status == 304:
             self.framing = _NONE
             if cl is not None and status != 204:
-                lines.append(b"content-length: %d\r\n" % cl)
-                n += 1
+                parts.append(b"content-length: %d\r\n" % cl)
         elif cl is not None or (ended and not chunked):
             self.framing = _FIXED
-            lines.append(b"content-length: %d\r\n" % (cl or 0))
-            n += 1
+            parts.append(b"content-length: %d\r\n" % (cl or 0))
         else:
             self.framing = _CHUNKS
-            lines.append(b"transfer-encoding: chunked\r\n")
-            n += 1
+            parts.append(b"transfer-encoding: chunked\r\n")
         if not self.keep or self.ctx.draining:
             self.keep = False
-            lines.append(b"connection: close\r\n")
-            n += 1
-        out = finish(lines, n)
+            parts.append(b"connection: close\r\n")
+        parts.append(b"\r\n")
         if self.framing == _CHUNKS:
             if body:
-                out += b"%x\r\n" % len(body) + body + b"\r\n"
+                parts += (b"%x\r\n" % len(body), body, b"\r\n")
             if ended:
-                out += LAST_CHUNK
+                parts.append(LAST_CHUNK)
         elif body and self.framing == _FIXED:
-            out += body
+            parts.append(body)
         self.resp_bytes = len(body)
-        self.transport.write(out)
+        self.transport.write(b"".join(parts))
         if ended:
             self._response_ended()
 
@@ -546,7 +562,7 @@ def _render_request(req: RequestHead, cl: int | None) -> bytes:
     if not seen.host and req.authority is not None:
         lines.insert(1, b"host: %s\r\n" % req.authority)
         n += 1
-    if cl:
+    if cl is not None:
         lines.append(b"content-length: %d\r\n" % cl)
         n += 1
     elif req.method in _EMPTY_BODY_METHODS:

@@ -130,7 +130,8 @@ class Router:
     def __init__(self, routes: Sequence[Route], passthrough_timeout: float = 0.0,
                  rand: Callable[[int], int] | None = None):
         self._routes = [_Compiled(r) for r in routes]
-        self._needs_headers = any(c.headers for c in self._routes)
+        self.needs_headers = any(c.headers for c in self._routes)
+        """Some route matches on request headers (otherwise ``route`` ignores them)."""
         self._default = RouteResult("default", PASSTHROUGH, passthrough_timeout)
         self._rand = rand or (lambda n: random.randrange(n))
         first = self._routes[0] if self._routes else None
@@ -153,7 +154,7 @@ class Router:
         if q != -1:
             p = p[:q]
         m = method.decode("latin-1")
-        hdrs = header_dict(headers) if self._needs_headers else {}
+        hdrs = header_dict(headers) if self.needs_headers else {}
         for c in self._routes:
             if c.domains is not None and not any(d(host, full) for d in c.domains):
                 continue

@@ -33,7 +33,11 @@ from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 
 from ..codec._http1_checks import (DEFAULT_LIMITS, SPECIAL, Reject, find_head, inspect_response,
                                    inspect_trailers, keep_alive, piece_ends, version_of)
+from ..codec._http1_write import render_fields
+from ..codec.events import ResponseHead
 from ..errors import UPSTREAM_CONNECTION_TERMINATION, UPSTREAM_PROTOCOL_ERROR, UPSTREAM_RESET
+from ..http.express_heads import plain_response
+from ..http.headers import clean_response
 
 log = logging.getLogger("meshproxy.upstream")
 
@@ -205,51 +209,55 @@ class ExpressConnection(asyncio.Protocol):
                 return self._fault(f"malformed message head: {e}")
         status = parser.get_status_code()
         fields = self.fields
-        special = [f for f in fields if f[0] in SPECIAL]
-        try:
-            if head[:5] != b"HTTP/":
-                raise Reject(502, "not an HTTP response")
-            version = version_of(head[5:8])
-            cl, chunked = inspect_response(version, special)
-        except Reject as r:
-            return self._fault(r.message)
-        if status < 200 or status == 101:
-            if status == 101:
-                return self._fault("unexpected 101 response")
-            return True  # informational: dropped, the final response follows
-        keep = keep_alive(version, special)
+        plain = plain_response(fields) if status >= 200 and head[:9] == b"HTTP/1.1 " else None
+        if plain is not None:
+            lines, cl, chunked, keep, grpc = plain
+        else:  # the general path's checks and hygiene, one by one
+            special = [f for f in fields if f[0] in SPECIAL]
+            try:
+                if head[:5] != b"HTTP/":
+                    raise Reject(502, "not an HTTP response")
+                version = version_of(head[5:8])
+                cl, chunked = inspect_response(version, special)
+            except Reject as r:
+                return self._fault(r.message)
+            if status < 200 or status == 101:
+                if status == 101:
+                    return self._fault("unexpected 101 response")
+                return True  # informational: dropped, the final response follows
+            keep = keep_alive(version, special)
+            lines, grpc = _clean_lines(status, fields)
         no_body = self.is_head or status == 204 or status == 304
         if no_body:
             chunked = False
         self.keep = keep and (no_body or chunked or cl is not None)
         call = self.call
+        reason = self.reason
         if no_body or (not chunked and cl == 0):
             self.state = _IDLE
-            call.response_start(status, self.reason, fields, cl, False, b"", True)
+            call.response_start(status, reason, lines, grpc, cl, False, b"", True)
             self._release(rest)
         elif cl is not None:
             if len(rest) >= cl:
                 self.state = _IDLE
                 body, rest = (rest, b"") if len(rest) == cl else (rest[:cl], rest[cl:])
-                call.response_start(status, self.reason, fields, cl, False, body, True)
+                call.response_start(status, reason, lines, grpc, cl, False, body, True)
                 self._release(rest)
             else:
                 self.state = _FIXED
                 self.remaining = cl - len(rest)
-                call.response_start(status, self.reason, fields, cl, False, rest, False)
+                call.response_start(status, reason, lines, grpc, cl, False, rest, False)
         elif chunked:
             self.state = _CHUNKED
             self.tail = b""
             self.body = []
-            call.response_start(status, self.reason, fields, None, True, b"", False)
+            self.fields = []  # from here on: trailer fields
+            call.response_start(status, reason, lines, grpc, None, True, b"", False)
             if rest and self.call is call:
-                self.fields = []  # from here on: trailer fields
                 self._chunked(rest, True)
-            else:
-                self.fields = []
         else:
             self.state = _UNTIL_EOF
-            call.response_start(status, self.reason, fields, None, True, rest, False)
+            call.response_start(status, reason, lines, grpc, None, True, rest, False)
         return True
 
     def _chunked(self, data: bytes, first: bool) -> None:
@@ -314,3 +322,18 @@ class ExpressConnection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self.complete = True
+
+
+def _clean_lines(status: int, fields) -> tuple[list[bytes], bytes | None]:
+    """The field lines ``clean_response`` and ``render_fields`` keep of a response head that
+    ``plain_response`` declined, and its first ``grpc-status`` value (or None)."""
+    head = ResponseHead(0, status, fields)
+    clean_response(head)
+    lines: list[bytes] = []
+    render_fields(lines, head.headers)
+    grpc = None
+    for k, v in head.headers:
+        if k == b"grpc-status":
+            grpc = v
+            break
+    return lines, grpc

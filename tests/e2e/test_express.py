@@ -182,6 +182,15 @@ CASES = {
     "keepalive-two": (GET.replace(b"Connection: close\r\n", b"") , [OK_CL]),
     "post-body": (b"POST /p HTTP/1.1\r\nHost: h\r\nContent-Type: a/b\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
                   [b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok"]),
+    "get-cl0": (b"GET /z HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", [OK_CL]),
+    "grpc-request": (b"POST /s/M HTTP/1.1\r\nHost: h\r\nContent-Type: application/grpc\r\nContent-Length: 0\r\n"
+                     b"Connection: close\r\n\r\n", [OK_CL]),
+    "dup-request-id": (b"GET / HTTP/1.1\r\nHost: h\r\nX-Request-Id: \r\nX-Request-Id: a\r\nX-Request-Id: b\r\n"
+                       b"Connection: close\r\n\r\n", [OK_CL]),
+    "resp-connection-close": (GET.replace(b"Connection: close\r\n", b""),
+                              [b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\nz"]),
+    "resp-http10": (GET, [b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\nz"]),
+    "resp-gzip-chunked": (GET, [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n"]),
     "put-empty": (b"PUT /p HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
                   [b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n"]),
     "head": (b"HEAD /h HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",

@@ -1,0 +1,156 @@
+"""``http/express_heads.py`` against the general path's helpers, without sockets.
+
+``plain_request`` must render exactly what header hygiene + the Host rule + the
+HTTP/1 client codec render for the same head (or decline); ``plain_response``
+must keep exactly the lines ``clean_response`` + ``render_fields`` keep and read
+the same framing as ``inspect_response`` / ``keep_alive`` (or decline).
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from meshproxy.codec._http1_checks import SPECIAL, Reject, inspect_request, inspect_response, keep_alive
+from meshproxy.codec.events import RequestHead
+from meshproxy.codec.http1 import Http1Codec
+from meshproxy.http import headers as hdr
+from meshproxy.http.express_heads import plain_request, plain_response
+from meshproxy.upstream.express import _clean_lines
+
+NAMES = [b"host", b"content-length", b"connection", b"keep-alive", b"proxy-connection", b"x-request-id",
+         b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-client-cert", b"te", b"upgrade", b"expect",
+         b"transfer-encoding", b"content-type", b"x-meshproxy-flag", b"accept", b"user-agent", b"x_under",
+         b"cookie", b"grpc-status", b"x-b3-traceid"]
+VALUES = [b"", b"h", b"svc.local:8080", b"0", b"5", b"007", b"close", b"keep-alive", b"Keep-Alive", b"x-secret",
+          b"chunked", b"gzip, chunked", b"trailers", b"100-continue", b"application/grpc", b"text/plain",
+          b"1.2.3.4", b"https", b"abc", b"12 "]
+
+PLAIN_NAMES = [b"content-length", b"connection", b"keep-alive", b"x-request-id", b"x-forwarded-for",
+               b"x-forwarded-proto", b"x-forwarded-client-cert", b"content-type", b"accept", b"cookie",
+               b"x-meshproxy-flag"]
+PLAIN_VALUES = [b"", b"0", b"5", b"007", b"close", b"keep-alive", b"Keep-Alive", b"text/plain", b"1.2.3.4",
+                b"https", b"abc"]
+fields_st = st.one_of(
+    st.lists(st.tuples(st.sampled_from(NAMES), st.sampled_from(VALUES)), max_size=8),
+    st.lists(st.tuples(st.sampled_from(PLAIN_NAMES), st.sampled_from(PLAIN_VALUES)), max_size=8),
+)
+
+
+def general_request(method, target, fields, inbound, seed):
+    """What the general path sends upstream for this head (None where it would not send it as is)."""
+    special = [f for f in fields if f[0] in SPECIAL]
+    head = b"%s %s HTTP/1.1\r\n" % (method, target) + b"".join(k + b": " + v + b"\r\n" for k, v in fields) + b"\r\n"
+    try:
+        authority, scheme, cl, chunked, upgrade, expect = inspect_request(
+            method, target, "1.1", fields, special, head, Http1Codec().limits)
+    except Reject:
+        return None
+    if chunked or upgrade is not None or expect:
+        return None
+    req = RequestHead(1, method, target, authority, list(fields), "1.1", scheme, keep_alive("1.1", special),
+                      None, False, not cl, cl)
+    hdr._getrandbits = random.Random(seed).getrandbits
+    rid = hdr.clean_request(req, direction="inbound" if inbound else "outbound", peer_ip="10.0.0.9", scheme="http")
+    hdr.to_http1_request(req)
+    codec = Http1Codec("client")
+    codec.send_head(req)
+    return codec.data_to_send(), rid, authority, cl or 0, req.keep_alive
+
+
+@pytest.fixture(autouse=True)
+def _restore_random():
+    saved = hdr._getrandbits
+    yield
+    hdr._getrandbits = saved
+
+
+@settings(max_examples=600, deadline=None)
+@given(method=st.sampled_from([b"GET", b"POST", b"PUT", b"HEAD", b"DELETE"]),
+       target=st.sampled_from([b"/", b"/a?b=c", b"/x/y"]), fields=fields_st, inbound=st.booleans(),
+       seed=st.integers(0, 1000))
+def test_plain_request_renders_what_the_general_path_renders(method, target, fields, inbound, seed):
+    fields = [(b"host", b"h")] + fields if random.Random(seed).random() < 0.8 else fields
+    hdr._getrandbits = random.Random(seed).getrandbits
+    body = sum(1 for k, _ in fields if k == b"content-length")
+    cl = next((int(v) for k, v in fields if k == b"content-length" and v.strip().isdigit()), 0)
+    # a head is only offered when its Host passed the codec once (``_GOOD_HOSTS``)
+    for k, v in fields:
+        if k == b"host":
+            try:
+                inspect_request(b"GET", b"/", "1.1", [], [(b"host", v)], b"", Http1Codec().limits)
+            except Reject:
+                pass
+    fast = plain_request(method, target, fields, inbound, b"10.0.0.9", False, cl if body else 0)
+    if fast is None:
+        return
+    assert fast == general_request(method, target, fields, inbound, seed)
+
+
+def test_plain_request_takes_the_common_heads():
+    hdr._getrandbits = random.Random(1).getrandbits
+    for fields in ([(b"host", b"h")], [(b"host", b"h"), (b"user-agent", b"x"), (b"accept", b"*/*")],
+                   [(b"host", b"h"), (b"connection", b"keep-alive"), (b"x-request-id", b"r1")],
+                   [(b"host", b"h"), (b"content-type", b"application/json"), (b"content-length", b"2")]):
+        cl = 2 if (b"content-length", b"2") in fields else 0
+        assert plain_request(b"POST", b"/", fields, False, b"1.1.1.1", False, cl) is not None
+
+
+@pytest.mark.parametrize("fields", [
+    [(b"host", b"h"), (b"transfer-encoding", b"chunked")],
+    [(b"host", b"h"), (b"connection", b"upgrade"), (b"upgrade", b"websocket")],
+    [(b"host", b"h"), (b"expect", b"100-continue")],
+    [(b"host", b"h"), (b"te", b"trailers")],
+    [(b"host", b"h"), (b"connection", b"close, x-secret")],
+    [(b"host", b"h"), (b"host", b"h")],
+    [(b"accept", b"*/*")],
+    [(b"host", b"h"), (b"content-type", b"application/grpc")],
+    [(b"host", b"h"), (b"x_under", b"1")],
+    [(b"host", b"h"), (b"content-length", b"1x")],
+])
+def test_plain_request_declines_what_needs_the_general_rules(fields):
+    inspect_request(b"GET", b"/", "1.1", [], [(b"host", b"h")], b"", Http1Codec().limits)  # Host h is known
+    assert plain_request(b"GET", b"/", fields, False, b"1.1.1.1", False, 0) is None
+
+
+def test_plain_request_declines_a_body_that_is_not_all_there():
+    inspect_request(b"GET", b"/", "1.1", [], [(b"host", b"h")], b"", Http1Codec().limits)
+    fields = [(b"host", b"h"), (b"content-length", b"5")]
+    assert plain_request(b"POST", b"/", fields, False, b"1.1.1.1", False, 3) is None
+    assert plain_request(b"POST", b"/", fields, False, b"1.1.1.1", False, 9) is None  # another request follows
+    assert plain_request(b"POST", b"/", fields, False, b"1.1.1.1", False, 5) is not None
+
+
+RESPONSE_NAMES = [b"content-length", b"connection", b"transfer-encoding", b"keep-alive", b"proxy-connection",
+                  b"te", b"upgrade", b"x-meshproxy-response-flags", b"grpc-status", b"server", b"date",
+                  b"content-type", b"x-up", b"set-cookie"]
+
+
+@settings(max_examples=600, deadline=None)
+@given(fields=st.lists(st.tuples(st.sampled_from(RESPONSE_NAMES), st.sampled_from(VALUES)), max_size=8),
+       status=st.sampled_from([200, 204, 304, 404]))
+def test_plain_response_keeps_what_the_general_path_keeps(fields, status):
+    fast = plain_response(fields)
+    if fast is None:
+        return
+    lines, cl, chunked, keep, grpc = fast
+    special = [f for f in fields if f[0] in SPECIAL]
+    assert (cl, chunked) == inspect_response("1.1", special)
+    assert keep == keep_alive("1.1", special)
+    exact_lines, exact_grpc = _clean_lines(status, fields)
+    assert b"".join(lines) == b"".join(exact_lines)
+    assert grpc == exact_grpc
+
+
+def test_plain_response_takes_nginx_heads_and_declines_odd_ones():
+    nginx = [(b"server", b"nginx"), (b"date", b"x"), (b"content-type", b"text/plain"),
+             (b"content-length", b"1013"), (b"connection", b"keep-alive")]
+    assert plain_response(nginx) == ([b"server: nginx\r\n", b"date: x\r\n", b"content-type: text/plain\r\n"],
+                                     1013, False, True, None)
+    assert plain_response([(b"connection", b"keep-alive, x-up"), (b"x-up", b"1")]) is None
+    assert plain_response([(b"transfer-encoding", b"gzip, chunked")]) is None
+    assert plain_response([(b"transfer-encoding", b"chunked"), (b"content-length", b"1")]) is None
+    assert plain_response([(b"content-length", b"1"), (b"content-length", b"1")]) is None
