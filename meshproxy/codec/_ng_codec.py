@@ -181,7 +181,8 @@ class NgHttp2Codec(StreamTable):
         self._drain_last = MAX_STREAM_ID
         self._goaway_sent = False
         self._goaway_received = False
-        self._peer_streams = limits.max_concurrent_streams
+        self._stream_cap = limits.max_concurrent_streams
+        """Client role: streams we may have open, min(the peer's MAX_CONCURRENT_STREAMS, ours)."""
         self._next_id = 1
         self._guard = Guard(limits)
 
@@ -225,8 +226,11 @@ class NgHttp2Codec(StreamTable):
         way, the peer's MAX_CONCURRENT_STREAMS not reached, ids left). Until the
         peer's SETTINGS arrive we assume our own limit."""
         return (not self._dead and not self._goaway_received and not self._goaway_sent
-                and len(self._streams) < min(self._peer_streams, self.limits.max_concurrent_streams)
-                and self._next_id < MAX_STREAM_ID - 2)
+                and len(self._streams) < self._stream_cap and self._next_id < MAX_STREAM_ID - 2)
+
+    def _set_peer_streams(self, n: int) -> None:
+        """The peer's SETTINGS_MAX_CONCURRENT_STREAMS (client role)."""
+        self._stream_cap = min(n, self.limits.max_concurrent_streams)
 
     def start_drain(self) -> None:
         """Graceful GOAWAY: the server refuses streams above the highest one it has

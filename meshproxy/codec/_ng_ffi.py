@@ -9,7 +9,9 @@ of its own and holds no per-connection state.
 Declarations are written for speed in Python: byte pointers the codec turns into
 ``bytes`` (header names and values, DATA chunks, ``mem_send`` output) are
 declared ``char *`` instead of ``uint8_t *`` so ``ffi.unpack`` returns ``bytes``;
-the two are ABI-identical.
+the two are ABI-identical. For the same reason ``on_frame_recv`` gets its
+``nghttp2_frame *`` as ``char *``: the callback unpacks the few fields it reads
+in one ``struct`` call instead of one cdata attribute lookup each.
 
 ``load()`` returns ``(ffi, lib)`` or raises ``Nghttp2Unavailable``; the result,
 good or bad, is cached. ``MESHPROXY_NGHTTP2_LIB`` names another library file
@@ -114,7 +116,7 @@ typedef union {
 } nghttp2_frame;
 
 typedef int (*nghttp2_on_frame_recv_callback)(nghttp2_session *session,
-    const nghttp2_frame *frame, void *user_data);
+    const char *frame, void *user_data);
 typedef int (*nghttp2_on_data_chunk_recv_callback)(nghttp2_session *session,
     uint8_t flags, int32_t stream_id, const char *data, size_t len, void *user_data);
 typedef int (*nghttp2_on_stream_close_callback)(nghttp2_session *session,

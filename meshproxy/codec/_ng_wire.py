@@ -51,7 +51,7 @@ PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 _backend = ffi._backend
 _from_handle = _backend.from_handle
 unpack = _backend.unpack
-_memmove = ffi.memmove
+_memmove = _backend.memmove
 _from_buffer = _backend.from_buffer
 _cast = _backend.cast
 _char_array = ffi.typeof("char[]")
@@ -102,6 +102,34 @@ def nva(fields: list) -> tuple:
     return arr, n, keep
 
 
+def _frame_layout() -> tuple:
+    """``(struct.Struct, size)`` reading, from a received ``nghttp2_frame``, the
+    fields ``_on_frame`` needs: the header's length, stream id, type and flags,
+    RST_STREAM's error code and the HEADERS category. Built from the declared
+    layout (``offsetof``), so it matches whatever ABI cffi sees."""
+    fields = [(0, "N"),  # hd.length (size_t)
+              (ffi.offsetof("nghttp2_frame_hd", "stream_id"), "i"),
+              (ffi.offsetof("nghttp2_frame_hd", "type"), "B"),
+              (ffi.offsetof("nghttp2_frame_hd", "flags"), "B"),
+              (ffi.offsetof("nghttp2_rst_stream", "error_code"), "I"),
+              (ffi.offsetof("nghttp2_headers", "cat"), "i")]
+    fmt, at = "@", 0
+    for offset, code in sorted(fields):
+        if offset < at:
+            raise RuntimeError("unexpected nghttp2_frame layout")
+        fmt += "%dx%s" % (offset - at, code) if offset > at else code
+        at = offset + struct.calcsize("@" + code)
+    layout = struct.Struct(fmt)
+    if layout.size != at or at > ffi.sizeof("nghttp2_frame"):
+        raise RuntimeError("unexpected nghttp2_frame layout")
+    return layout, at
+
+
+_FRAME, _FRAME_SIZE = _frame_layout()
+_frame_fields = _FRAME.unpack
+_frame_ptr = ffi.typeof("nghttp2_frame *")
+
+
 def goaway_frame(last_stream_id: int, error_code: int) -> bytes:
     return struct.pack(">I B B I I I", 8, 7, 0, 0, last_stream_id & MAX_STREAM_ID, error_code)[1:]
 
@@ -143,24 +171,23 @@ def _on_chunk(session, flags, stream_id, data, length, ud):  # noqa: ANN001
 
 
 @ffi.callback("nghttp2_on_frame_recv_callback", error=ERR_CALLBACK_FAILURE, onerror=_onerror)
-def _on_frame(session, frame, ud):  # noqa: ANN001
+def _on_frame(session, frame, ud):  # noqa: ANN001 - frame is a char * (see _ng_ffi)
     c = _from_handle(ud)
-    hd = frame.hd
-    t = hd.type
+    length, sid, t, flags, code, cat = _frame_fields(unpack(frame, _FRAME_SIZE))
     if t == HEADERS:
-        c._on_headers(hd.stream_id, hd.flags, frame.headers.cat)
+        c._on_headers(sid, flags, cat)
     elif t == DATA:
-        c._on_data(hd.stream_id, hd.flags, hd.length)
+        c._on_data(sid, flags, length)
     elif t == RST_STREAM:
-        c._on_reset(hd.stream_id, frame.rst_stream.error_code)
+        c._on_reset(sid, code)
     elif t == SETTINGS or t == PING:
-        if not hd.flags & FLAG_ACK:
+        if not flags & FLAG_ACK:
             if t == SETTINGS and c._client:
-                c._peer_streams = lib.nghttp2_session_get_remote_settings(
-                    session, SETTINGS_MAX_CONCURRENT_STREAMS)
+                c._set_peer_streams(lib.nghttp2_session_get_remote_settings(
+                    session, SETTINGS_MAX_CONCURRENT_STREAMS))
             c._count_control()
     elif t == GOAWAY:
-        g = frame.goaway
+        g = _cast(_frame_ptr, frame).goaway
         debug = unpack(g.opaque_data, g.opaque_data_len) if g.opaque_data_len else b""
         c._on_goaway(g.last_stream_id, g.error_code, debug)
     if c._fatal is not None or c._dead:

@@ -334,14 +334,22 @@ class Exchange:
         self.server.send_end(self.sid)
         self._response_ended()
 
-    def on_response_rest(self, data: bytes) -> None:
+    def on_response_rest(self, data: bytes, flow: int = 0) -> None:
         """The body and the end of a response that arrived whole in one upstream read:
-        ``on_response_data(data, 0)`` then ``on_response_end()``, with one send downstream."""
-        if self.finished or self.resp_done:
+        ``on_response_data(data, flow)`` then ``on_response_end()``, with one send downstream.
+        ``flow`` (HTTP/2) is acknowledged at once, congested downstream or not: nothing more
+        can come on the stream to hold back (the general path's held-back bytes are
+        acknowledged when the upstream stream is released, so both end alike)."""
+        if self.finished:
+            return
+        if self.resp_done:  # trailers came first: on_response_end would do nothing
+            self.on_response_data(data, flow)
             return
         self.resp_bytes += len(data)
         self.resp_done = True
         self.server.send_data(self.sid, data, True)
+        if flow:
+            self.up.consumed(flow)
         self._response_ended()
 
     def _response_ended(self) -> None:

@@ -355,9 +355,41 @@ class Http2Connection(UpstreamConnection):
     def _after_read(self) -> None:
         self.mark()  # window updates, SETTINGS ACKs, PING replies
 
+    def _dispatch(self, events) -> None:
+        # A stream's last body chunk and its end in a row (the usual small response, whether
+        # its head came in this read or an earlier one) go to the handler as one
+        # on_response_rest: one send downstream. Every other event takes the general loop,
+        # in order.
+        streams = self.streams
+        general = UpstreamConnection._dispatch
+        start = i = 0
+        last = len(events) - 1
+        while i < last:
+            data = events[i]
+            if type(data) is Data:
+                end = events[i + 1]
+                sid = data.stream_id
+                if type(end) is EndStream and end.stream_id == sid:
+                    if start < i:
+                        general(self, events[start:i])
+                    s = streams.get(sid)
+                    if s is not None:  # else gone: the general loop would skip both too
+                        s.resp_ended = True
+                        s.handler.on_response_rest(data.data, data.flow_controlled_length)
+                        self._maybe_release(s)
+                    i += 2
+                    start = i
+                    continue
+            i += 1
+        if start < len(events):
+            general(self, events[start:] if start else events)
+
     def _maybe_release(self, s: UpStream) -> None:
         if s.req_ended and s.resp_ended:
             self.streams.pop(s.sid, None)
+            if s.unacked:  # held back while the downstream was congested; nothing more comes
+                n, s.unacked = s.unacked, 0
+                self._ack(s, n)
             self._maybe_idle()
 
     def _maybe_idle(self) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -139,9 +140,10 @@ def test_whole_response_dispatch_matches_event_by_event():
     assert results[0] == results[1]
 
 
-def test_exchange_rest_of_response_matches_data_then_end():
-    """``Exchange.on_response_rest`` leaves the downstream codec and the exchange as
-    ``on_response_data`` followed by ``on_response_end`` do."""
+@pytest.mark.parametrize("flow", [0, 7])
+def test_exchange_rest_of_response_matches_data_then_end(flow):
+    """``Exchange.on_response_rest`` leaves the downstream codec, the upstream stream's
+    acknowledgements and the exchange as ``on_response_data`` followed by ``on_response_end`` do."""
     from meshproxy.http.exchange import Exchange
 
     class Server:
@@ -162,19 +164,129 @@ def test_exchange_rest_of_response_matches_data_then_end():
         def exchange_done(self, ex):
             self.done.append(ex.sid)
 
+    class Up:
+        paused = False
+
+        def __init__(self):
+            self.acked = []
+
+        def consumed(self, n):
+            self.acked.append(n)
+
     results = []
     for whole in (True, False):
         srv = Server()
         head = srv.codec.receive_data(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")[0]
         ex = Exchange(srv, head)
         ex.req_done = True
-        ex.up = object()
+        ex.up = up = Up()
         srv.codec.send_head(ResponseHead(head.stream_id, 200, [], content_length=2))
         if whole:
-            ex.on_response_rest(b"ok")
+            ex.on_response_rest(b"ok", flow)
         else:
-            ex.on_response_data(b"ok", 0)
+            ex.on_response_data(b"ok", flow)
             ex.on_response_end()
         results.append((srv.codec.data_to_send(), srv.done, ex.resp_bytes, ex.resp_done, ex.finished,
-                        srv.codec.should_close))
+                        srv.codec.should_close, up.acked))
     assert results[0] == results[1]
+
+
+class _Recorder:
+    """An exchange stand-in that records what the upstream connection calls."""
+
+    def __init__(self, calls, name):
+        self.calls, self.name = calls, name
+
+    def on_response_head(self, head):
+        self.calls.append((self.name, "head", head.status))
+
+    def on_response_data(self, data, flow):
+        self.calls.append((self.name, "data", data, flow))
+
+    def on_response_end(self):
+        self.calls.append((self.name, "end"))
+
+    def on_response_trailers(self, headers):
+        self.calls.append((self.name, "trailers"))
+
+    def on_response_rest(self, data, flow=0):  # the exchange's contract: data, then end
+        self.on_response_data(data, flow)
+        self.on_response_end()
+
+    def on_upstream_reset(self, code):
+        self.calls.append((self.name, "reset", code))
+
+    def on_upstream_writable(self):
+        self.calls.append((self.name, "writable"))
+
+
+class _Pool:
+    def release(self, conn):
+        pass
+
+    def forget(self, conn):
+        pass
+
+    def idle_h2(self, conn):
+        pass
+
+
+def _h2_events(draw_kinds, sids):
+    from meshproxy.codec.events import Reset, Trailers, WindowOpened
+    out = []
+    for kind, sid in zip(draw_kinds, sids):
+        if kind == "head":
+            out.append(ResponseHead(sid, 200, []))
+        elif kind == "data":
+            out.append(Data(sid, b"x" * sid, sid + 1))
+        elif kind == "end":
+            out.append(EndStream(sid))
+        elif kind == "trailers":
+            out.append(Trailers(sid, []))
+        elif kind == "reset":
+            out.append(Reset(sid, 8))
+        else:
+            out.append(WindowOpened(sid))
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["head", "data", "end", "trailers", "reset", "window"]),
+                          st.sampled_from([1, 3, 5, 7])), max_size=14))
+def test_h2_body_end_dispatch_matches_event_by_event(events):
+    """The HTTP/2 upstream connection's (last Data, EndStream) shortcut calls the handlers as the
+    general loop does, in the same order, and releases the same streams."""
+    from meshproxy.upstream.client import Http2Connection, UpStream, UpstreamConnection
+
+    results = []
+    for dispatch in (Http2Connection._dispatch, UpstreamConnection._dispatch):
+        conn = Http2Connection(("h", 1, "http2", None), _Pool(), None)
+        conn.mark = lambda: None
+        calls = []
+        for sid in (1, 3, 5):  # 7 is not (or no longer) ours
+            s = UpStream(conn, _Recorder(calls, sid))
+            s.sid, s.req_ended = sid, True
+            conn.streams[sid] = s
+        dispatch(conn, _h2_events([k for k, _ in events], [sid for _, sid in events]))
+        results.append((calls, sorted(conn.streams)))
+    assert results[0] == results[1]
+
+
+def test_h2_release_acknowledges_what_a_paused_stream_held_back():
+    """Bytes held back while the downstream was congested are handed back to the upstream's
+    connection window when the stream is released: no more come on it, and nothing else would."""
+    from meshproxy.upstream.client import Http2Connection, UpStream
+
+    conn = Http2Connection(("h", 1, "http2", None), _Pool(), None)
+    conn.mark = lambda: None
+    acked = []
+    conn.codec = type("Codec", (), {"ack": lambda self, sid, n: acked.append((sid, n))})()
+    s = UpStream(conn, _Recorder([], 1))
+    s.sid, s.req_ended = 1, True
+    conn.streams[1] = s
+    s.pause()
+    s.consumed(100)
+    assert acked == []
+    s.resp_ended = True
+    conn._maybe_release(s)
+    assert acked == [(1, 100)] and not conn.streams and s.unacked == 0
