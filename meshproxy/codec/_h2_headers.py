@@ -21,6 +21,8 @@ is a stream error, and raising costs more than returning on the hot path.
 
 from __future__ import annotations
 
+from itertools import chain
+
 from hpack import NeverIndexedHeaderTuple
 
 from .events import Headers, RequestHead, ResponseHead
@@ -57,6 +59,11 @@ def _bad_fields(fields: list) -> str | None:
     return None
 
 
+def _list_size(fields: list) -> int:
+    """A header list's size as SETTINGS_MAX_HEADER_LIST_SIZE counts it (RFC 9113 6.5.2)."""
+    return sum(map(len, chain.from_iterable(fields))) + _OVERHEAD * len(fields)
+
+
 def _connection_specific(name: bytes, value: bytes) -> str | None:
     if name in CONNECTION_SPECIFIC:
         return "connection-specific header field"
@@ -66,11 +73,13 @@ def _connection_specific(name: bytes, value: bytes) -> str | None:
 
 
 def lift_request(stream_id: int, fields: list, end_stream: bool,
-                 max_size: int, max_count: int) -> RequestHead | str | int:
+                 max_size: int, max_count: int, size: int | None = None) -> RequestHead | str | int:
     """Validate a received request header block and build its ``RequestHead``.
 
     Returns the head, a ``str`` reason when the request is malformed (stream
     error PROTOCOL_ERROR), or ``431`` when it exceeds the size/count limits.
+    ``size``: the list's size as SETTINGS_MAX_HEADER_LIST_SIZE counts it, when the
+    caller has it already.
     """
     if len(fields) > max_count:
         return 431
@@ -78,11 +87,9 @@ def lift_request(stream_id: int, fields: list, end_stream: bool,
     content_length: int | None = None
     headers: Headers = []
     cookies: list[bytes] | None = None
-    size = 0
     first = -1  # index of the first regular field
     expect = False
     for i, (name, value) in enumerate(fields):
-        size += len(name) + len(value) + _OVERHEAD
         if name[:1] == b":":
             if first >= 0:
                 return "pseudo-header after regular header"
@@ -121,7 +128,7 @@ def lift_request(stream_id: int, fields: list, end_stream: bool,
         elif name == b"expect":
             expect = value.lower() == b"100-continue"
         headers.append((name, value))
-    if size > max_size:
+    if (_list_size(fields) if size is None else size) > max_size:
         return 431
     if first >= 0:
         reason = _bad_fields(fields[first:])
@@ -149,20 +156,19 @@ def lift_request(stream_id: int, fields: list, end_stream: bool,
                        True, upgrade, expect, end_stream, content_length)
 
 
-def lift_response(stream_id: int, fields: list, end_stream: bool,
-                  max_size: int, max_count: int, checked: bool = False) -> ResponseHead | str:
+def lift_response(stream_id: int, fields: list, end_stream: bool, max_size: int, max_count: int,
+                  checked: bool = False, size: int | None = None) -> ResponseHead | str:
     """Validate a received response (or 1xx) header block into a ``ResponseHead``;
     a ``str`` reason when malformed or over the limits. ``checked``: the field
-    names and values were validated already (nghttp2's HTTP checks)."""
+    names and values were validated already (nghttp2's HTTP checks); ``size`` as
+    for ``lift_request``."""
     if len(fields) > max_count:
         return "too many response headers"
     status = None
     content_length: int | None = None
     headers: Headers = []
-    size = 0
     first = -1
     for i, (name, value) in enumerate(fields):
-        size += len(name) + len(value) + _OVERHEAD
         if name[:1] == b":":
             if first >= 0 or name != b":status" or status is not None:
                 return "bad pseudo-header in response"
@@ -179,7 +185,7 @@ def lift_response(stream_id: int, fields: list, end_stream: bool,
                 return "invalid content-length"
             content_length = int(value)
         headers.append((name, value))
-    if size > max_size:
+    if (_list_size(fields) if size is None else size) > max_size:
         return "response headers too large"
     if first >= 0 and not checked:
         reason = _bad_fields(fields[first:])

@@ -299,13 +299,14 @@ class NgHttp2Codec(StreamTable):
 
     def _on_headers(self, sid: int, flags: int, cat: int) -> None:
         fields = self._fields
+        size = self._fsize  # what lift_* would count again
         self._fields = []
         self._fsize = 0
         self._guard.empty_frames = 0
         end = flags & FLAG_END_STREAM
         if cat == HCAT_REQUEST:
             if not self._client:
-                self._on_request(sid, fields, end)
+                self._on_request(sid, fields, end, size)
             return
         st = self._streams.get(sid)
         if st is None:
@@ -313,7 +314,7 @@ class NgHttp2Codec(StreamTable):
         if self._client and (cat == HCAT_RESPONSE or not st.final):
             lim = self.limits
             head = lift_response(sid, fields, bool(end), lim.max_header_list_size,
-                                 lim.max_headers_count, True)
+                                 lim.max_headers_count, True, size)
             if head.__class__ is ResponseHead:
                 if head.status >= 200:  # (content-length: nghttp2 checks it, knowing
                     st.final = True      # HEAD and 304 responses have no content)
@@ -336,13 +337,13 @@ class NgHttp2Codec(StreamTable):
         self._ev.append(Trailers(sid, trailers))
         self._on_end(st)
 
-    def _on_request(self, sid: int, fields: list, end: int) -> None:
+    def _on_request(self, sid: int, fields: list, end: int, size: int) -> None:
         lim = self.limits
         if len(self._streams) >= lim.max_concurrent_streams or sid > self._drain_last:
             self._send_rst(sid, REFUSED_STREAM, True)
             return
         head = lift_request(sid, fields, bool(end), lim.max_header_list_size,
-                            lim.max_headers_count)
+                            lim.max_headers_count, size)
         if head.__class__ is RequestHead and end and head.content_length:
             # No content but a content-length that promises some: malformed (RFC
             # 9113 8.1.1), and an HTTP/1 upstream would wait for the body.

@@ -14,6 +14,7 @@ makes ``mem_recv``/``mem_send`` fail and the codec end the connection.
 from __future__ import annotations
 
 import struct
+import sys
 from itertools import chain
 
 from . import _ng_ffi
@@ -57,12 +58,39 @@ _cast = _backend.cast
 _char_array = ffi.typeof("char[]")
 _nv_array = ffi.typeof("nghttp2_nv[]")
 _uintptr = ffi.typeof("uintptr_t")
+_id = id
 
 
 # === header lists -> nghttp2_nv[] ===
 
 _NV_PACKED = ffi.sizeof("nghttp2_nv") == struct.calcsize("PPNNB7x") == 40
 _nv_structs: dict[int, struct.Struct] = {}
+_DATA_AT = sys.getsizeof(b"") - 1
+"""Where a ``bytes`` object's data starts, counted from its ``id()`` (CPython's
+``ob_sval``): ``id(b) + _DATA_AT`` is the pointer ``ffi.from_buffer(b)`` gives,
+without the two cffi calls per field that asking for it costs."""
+
+
+def _data_by_id() -> bool:
+    """Whether ``id() + _DATA_AT`` is a ``bytes`` object's data pointer here: CPython,
+    checked against cffi on a few objects (else ``nva`` joins the fields into one blob)."""
+    if not _NV_PACKED or sys.implementation.name != "cpython":
+        return False
+    probes = [b"", b"x", b"abc" * 50, bytes(range(256))]
+    return all(int(_cast(_uintptr, _from_buffer(_char_array, b, False))) == id(b) + _DATA_AT
+               for b in probes)
+
+
+_BY_ID = _data_by_id()
+
+
+def _packer(n: int) -> struct.Struct:
+    packer = _nv_structs.get(n)
+    if packer is None:
+        packer = struct.Struct("PPNNB7x" * n)
+        if n <= 128:  # the usual sizes; a rare huge list is packed uncached
+            _nv_structs[n] = packer
+    return packer
 
 
 def nva(fields: list) -> tuple:
@@ -72,24 +100,32 @@ def nva(fields: list) -> tuple:
     ``keepalive`` only has to outlive that call.
 
     Where ``nghttp2_nv`` has the usual LP64 layout the array is one
-    ``struct.pack`` of pointers into one joined blob: setting cdata fields one by
-    one costs several times more."""
+    ``struct.pack``: setting cdata fields one by one costs several times more. On
+    CPython its pointers point into the fields' own ``bytes`` (``_DATA_AT``; kept
+    alive by ``fields``); otherwise, or when a field is not exactly ``bytes``, into
+    one joined blob."""
     n = len(fields)
+    if _BY_ID:
+        args: list = []
+        for f in fields:
+            name, value = f
+            if name.__class__ is not bytes or value.__class__ is not bytes:
+                break
+            args += (_id(name) + _DATA_AT, _id(value) + _DATA_AT, len(name), len(value),
+                     f.__class__ is not tuple)
+        else:
+            packed = _packer(n).pack(*args)
+            return _from_buffer(_nv_array, packed, False), n, (fields, packed)
     if _NV_PACKED:
         blob = b"".join(chain.from_iterable(fields))
         addr = int(_cast(_uintptr, _from_buffer(_char_array, blob, False)))
-        args: list = []
+        args = []
         for f in fields:
             name, value = f
             ln, lv = len(name), len(value)
             args += (addr, addr + ln, ln, lv, f.__class__ is not tuple)
             addr += ln + lv
-        packer = _nv_structs.get(n)
-        if packer is None:
-            packer = struct.Struct("PPNNB7x" * n)
-            if n <= 128:  # the usual sizes; a rare huge list is packed uncached
-                _nv_structs[n] = packer
-        packed = packer.pack(*args)
+        packed = _packer(n).pack(*args)
         return _from_buffer(_nv_array, packed, False), n, (blob, packed)
     arr = ffi.new("nghttp2_nv[]", n)
     keep = []

@@ -76,15 +76,18 @@ def test_h2_class_is_always_available():
 
 @needs_nghttp2
 def test_header_list_packing_matches_the_field_by_field_fallback(monkeypatch):
-    """``nva`` packs nghttp2_nv[] with one struct.pack on LP64; the portable path
-    (cdata fields one by one) must describe the same fields and flags."""
+    """``nva`` packs nghttp2_nv[] with one struct.pack on LP64, pointing into the fields'
+    own bytes on CPython or into one joined blob; the portable path (cdata fields one by
+    one) must describe the same fields and flags. A field that is not exactly ``bytes``
+    takes the blob."""
     from hpack import NeverIndexedHeaderTuple
 
     from meshproxy.codec import _ng_wire
 
     fields = [(b":status", b"200"), (b"x-empty", b""), NeverIndexedHeaderTuple(b"authorization", b"s3cret")]
 
-    def described(packed: bool) -> list:
+    def described(by_id: bool, packed: bool, fields=fields) -> list:
+        monkeypatch.setattr(_ng_wire, "_BY_ID", by_id)
         monkeypatch.setattr(_ng_wire, "_NV_PACKED", packed)
         arr, n, _keep = _ng_wire.nva(fields)
         ffi = _ng_wire.ffi
@@ -92,4 +95,7 @@ def test_header_list_packing_matches_the_field_by_field_fallback(monkeypatch):
                  arr[i].flags) for i in range(n)]
 
     expected = [(b":status", b"200", 0), (b"x-empty", b"", 0), (b"authorization", b"s3cret", 1)]
-    assert described(True) == described(False) == expected
+    assert _ng_wire._BY_ID == (sys.implementation.name == "cpython")
+    assert described(_ng_wire._BY_ID, True) == described(False, True) == described(False, False) == expected
+    mixed = [(b"x-a", bytearray(b"1")), (b"x-b", b"2")]
+    assert described(_ng_wire._BY_ID, True, mixed) == [(b"x-a", b"1", 0), (b"x-b", b"2", 0)]
