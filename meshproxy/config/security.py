@@ -150,3 +150,9 @@ class Security(_Model):
     authorization_policies: list[AuthorizationPolicy] = Field(default_factory=list)
     trust_domain: str = "cluster.local"
     """The workload certificate's SPIFFE ID must be in this trust domain (checked at start)."""
+    h2_upgrade_policy: Literal["DO_NOT_UPGRADE", "UPGRADE"] = "DO_NOT_UPGRADE"
+    """Istio's ``h2UpgradePolicy`` for HTTP/1.1 between sidecars. ``DO_NOT_UPGRADE`` (Istio's
+    default): HTTP/1.1 from the app stays HTTP/1.1 over the mTLS connection (one request at a
+    time per connection, pooled). ``UPGRADE``: it is carried as HTTP/2 streams multiplexed on
+    one mTLS connection, and the peer sidecar speaks HTTP/1.1 to its app again. HTTP/2 and gRPC
+    stay HTTP/2 either way."""

@@ -28,6 +28,8 @@ class HttpContext:
         self.loop = loop or asyncio.get_running_loop()
         self.mesh = mesh
         """``net.mesh.Mesh`` or None: mTLS to mesh peers and x-forwarded-client-cert."""
+        self.h2_upgrade = cfg.security.h2_upgrade_policy == "UPGRADE"
+        """HTTP/1.1 to mesh peers goes as HTTP/2 streams (else it stays HTTP/1.1 over mTLS)."""
         self.flusher = flusher_for(self.loop)
         self.http = cfg.http
         self.me = metrics.me
@@ -101,6 +103,7 @@ class HttpContext:
         self.pools = pools
         self.cluster_configs = list(cfg.clusters)
         self.router = Router(cfg.routes, cfg.http.passthrough_timeout)
+        self.h2_upgrade = cfg.security.h2_upgrade_policy == "UPGRADE"
 
     @staticmethod
     def _connect_counter(cluster: Cluster):

@@ -148,8 +148,8 @@ class Exchange:
             self.service = cluster.name
             proto = srv.protocol if cluster.protocol == "auto" else cluster.protocol
             ids = cluster.mtls_identities
-        if ids is not None:
-            proto = "http2"  # between sidecars: HTTP/2 streams over one mTLS connection
+        if ids is not None and ctx.h2_upgrade:
+            proto = "http2"  # between sidecars: HTTP/2 streams over one mTLS connection (Istio's UPGRADE)
         if head.upgrade is not None and proto == "http2":
             proto = "http1"  # WebSocket/CONNECT: an HTTP/1.1 tunnel (extended CONNECT is not spoken)
         self.pool_key = _new_key(Key, (host, port, proto, ids))

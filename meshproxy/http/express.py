@@ -66,12 +66,12 @@ _NONE, _FIXED, _CHUNKS = range(3)
 
 def express_eligible(ctx, conn, h2: bool) -> bool:
     """Whether a downstream connection may start on the express lane (per connection;
-    each request is still checked). ``ctx``: the ``HttpContext``; ``conn``: the ``ConnContext``."""
+    each request is still checked). ``ctx``: the ``HttpContext``; ``conn``: the ``ConnContext``
+    (an inbound mTLS peer sidecar's too: its identity goes into x-forwarded-client-cert and
+    the metric labels as on the general path)."""
     if h2 or not ctx.http.express or ctx.tracer is not None or ctx.access_log is not None:
         return False
-    if conn.peer_info is not None:
-        return False
-    return len(ctx.chains[conn.direction.value]) == 1  # header hygiene only
+    return len(ctx.chains[conn.direction.value]) == 1  # header hygiene only (no authz, no filters)
 
 
 class ExpressServer(asyncio.Protocol):
@@ -89,6 +89,12 @@ class ExpressServer(asyncio.Protocol):
         self.peer_ip = conn.peer.host
         self.peer_ip_bytes = self.peer_ip.encode()
         self.inbound = self.direction == "inbound"
+        self.peer_info = conn.peer_info
+        """``net.mesh.PeerInfo`` of an mTLS peer sidecar, else None."""
+        self.scheme = "https" if conn.peer_info is not None else "http"
+        self.xfcc = ((b"x-forwarded-client-cert", ctx.mesh.xfcc(conn.peer_info))
+                     if conn.peer_info is not None else None)
+        self.xfcc_line = self.xfcc[0] + b": " + self.xfcc[1] + b"\r\n" if self.xfcc is not None else b""
         self.passthrough_service = str(conn.orig) if conn.orig is not None else str(target.upstream)
         self.limits = ctx.h1_limits
         self.transport: asyncio.Transport | None = None
@@ -217,7 +223,7 @@ class ExpressServer(asyncio.Protocol):
         method = head[:head.find(b" ")]
         plain = None if self.ctx.router.needs_headers else plain_request(
             method, url, fields, self.inbound, self.peer_ip_bytes, not limits.reject_underscore_names,
-            len(data) - end)
+            len(data) - end, self.scheme.encode(), self.xfcc_line)
         if plain is None:  # something unusual, or the body is not exactly what followed the head
             return self._request_exact(data, head, method, url, fields)
         out, rid, authority, cl, keep = plain
@@ -239,7 +245,9 @@ class ExpressServer(asyncio.Protocol):
             return self._handover(data)
         req = RequestHead(0, method, url, authority, fields, "1.1", scheme, keep_alive("1.1", special),
                           None, False, not cl, cl)
-        rid = hdr.clean_request(req, direction=self.direction, peer_ip=self.peer_ip, scheme="http")
+        rid = hdr.clean_request(req, direction=self.direction, peer_ip=self.peer_ip, scheme=self.scheme)
+        if self.xfcc is not None:
+            req.headers.append(self.xfcc)
         headers = list(req.headers)
         hdr.to_http1_request(req)
         out = _render_request(req, cl)
@@ -257,14 +265,16 @@ class ExpressServer(asyncio.Protocol):
         if route.cluster == PASSTHROUGH:
             up = self.target.upstream
             host, port = up.host, up.port
-            if (ctx.mesh is not None and self.direction != "inbound"
-                    and ctx.mesh.destination_identities(host, port) is not None):
-                return self._handover(data)  # a mesh peer: HTTP/2 over mTLS, the general path's job
+            ids = (ctx.mesh.destination_identities(host, port)
+                   if ctx.mesh is not None and not self.inbound else None)
+            if ids is not None and ctx.h2_upgrade:
+                return self._handover(data)  # a mesh peer spoken to over HTTP/2: the general path's job
             service, pool, source, timeout = self.passthrough_service, ctx.pool, self.target.source, \
                 ctx.connect_timeout
         else:
             cluster = ctx.clusters[route.cluster]
-            if cluster.mtls_identities is not None or cluster.protocol == "http2":
+            ids = cluster.mtls_identities
+            if cluster.protocol == "http2" or (ids is not None and ctx.h2_upgrade):
                 return self._handover(data)
             ep = cluster.pick()
             ep.rq_total += 1
@@ -290,7 +300,7 @@ class ExpressServer(asyncio.Protocol):
         if route.timeout > 0:
             self.deadline = now + route.timeout
             self._watch_deadline(self.deadline)
-        key = _new_key(Key, (host, port, "express", None))
+        key = _new_key(Key, (host, port, "express", ids))  # ids: HTTP/1.1 over mTLS to a mesh peer
         conn = pool.get(key)
         if conn is not None:
             self.up = conn
@@ -479,8 +489,14 @@ class ExpressServer(asyncio.Protocol):
         key = (service, proto)
         labels = self._labels.get(key)
         if labels is None:
-            policy = "none" if self.reporter == "destination" else "unknown"
-            labels = self._labels[key] = istio_labels(self.ctx.me, self.reporter, service or "unknown", proto, policy)
+            peer = self.peer_info
+            if peer is not None:
+                labels = istio_labels(self.ctx.me, self.reporter, service or "unknown", proto, "mutual_tls",
+                                      peer.principal, peer.namespace)
+            else:
+                policy = "none" if self.reporter == "destination" else "unknown"
+                labels = istio_labels(self.ctx.me, self.reporter, service or "unknown", proto, policy)
+            self._labels[key] = labels
         return labels
 
     # === timeouts, drain, close ===

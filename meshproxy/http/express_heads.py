@@ -40,13 +40,15 @@ _BODY_METHODS = frozenset((b"POST", b"PUT", b"PATCH"))
 
 
 def plain_request(method: bytes, target: bytes, fields, inbound: bool, peer_ip: bytes,
-                  underscores_ok: bool, available: int):
+                  underscores_ok: bool, available: int, scheme: bytes = b"http", extra: bytes = b""):
     """``(upstream head bytes, request id, authority, body length, keep-alive)`` for an
     HTTP/1.1 request head whose (lower-case) ``fields`` need nothing unusual and whose
     body is exactly the ``available`` bytes that followed the head, else None.
 
-    ``target`` is origin-form. The head is what ``clean_request`` (scheme ``http``),
-    ``to_http1_request`` and the codec's request rendering make of it."""
+    ``target`` is origin-form. The head is what ``clean_request`` (with ``scheme``),
+    ``to_http1_request`` and the codec's request rendering make of it; ``extra`` (whole
+    field lines) is added after hygiene's own fields, as ``x-forwarded-client-cert`` is
+    on the general path."""
     lines = [method + b" " + target + b" HTTP/1.1\r\n"]
     append = lines.append
     kinds = _REQUEST_KINDS
@@ -111,7 +113,9 @@ def plain_request(method: bytes, target: bytes, fields, inbound: bool, peer_ip: 
     if inbound:
         append(b"x-forwarded-for: " + peer_ip + b"\r\n")
     if not xfp:
-        append(b"x-forwarded-proto: http\r\n")
+        append(b"x-forwarded-proto: " + scheme + b"\r\n")
+    if extra:
+        append(extra)
     if cl is not None:
         append(b"content-length: %d\r\n\r\n" % n)
     elif method in _BODY_METHODS:

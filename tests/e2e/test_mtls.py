@@ -79,14 +79,14 @@ async def sidecar_b(proxy, origdst, app, tls, mode="STRICT", policies=None):
                         "node": {"pod_name": "reviews-v1-abc12-xyz12", "pod_namespace": "shop"}})
 
 
-async def sidecar_a(proxy, b, tls, identities=(REVIEWS,)):
+async def sidecar_a(proxy, b, tls, identities=(REVIEWS,), h2_upgrade_policy="DO_NOT_UPGRADE"):
     port = b.port("virtualInbound")
     return await proxy({
         "listeners": [{"name": "web", "port": 0, "protocol": "http", "upstream": f"127.0.0.1:{port}"}],
         "clusters": [{"name": "reviews", "endpoints": [f"127.0.0.1:{port}"],
                       "mtls": {"enabled": True, "identities": list(identities)}}],
         "routes": [{"name": "reviews", "cluster": "reviews"}],
-        "security": {"tls": tls},
+        "security": {"tls": tls, "h2_upgrade_policy": h2_upgrade_policy},
     })
 
 
@@ -96,9 +96,10 @@ async def get(url, **kw):
             return resp.status, await resp.text(), resp.headers
 
 
-async def test_http_over_mtls_h2_between_sidecars(proxy, origdst, app, pki):
+@pytest.mark.parametrize("policy", ["UPGRADE", "DO_NOT_UPGRADE"])
+async def test_http_over_mtls_between_sidecars(proxy, origdst, app, pki, policy):
     b = await sidecar_b(proxy, origdst, app, pki("b", REVIEWS))
-    a = await sidecar_a(proxy, b, pki("a", FRONTEND))
+    a = await sidecar_a(proxy, b, pki("a", FRONTEND), h2_upgrade_policy=policy)
     url = f"http://127.0.0.1:{a.port('web')}"
     results = await asyncio.gather(*(get(f"{url}/r{i}") for i in range(40)))
     assert all(status == 200 for status, _, _ in results), results[:3]
@@ -107,15 +108,27 @@ async def test_http_over_mtls_h2_between_sidecars(proxy, origdst, app, pki):
     assert seen["peer"] == "127.0.0.6"
     xfcc = seen["headers"]["x-forwarded-client-cert"]
     assert f"By={REVIEWS}" in xfcc and f"URI={FRONTEND}" in xfcc and "Hash=" in xfcc
-    # Many concurrent HTTP/1.1 requests from the app, one multiplexed mTLS connection between sidecars.
+    assert seen["headers"]["X-Forwarded-Proto"] == "https"
     pool = a.app.http.pools["reviews"]
-    assert len(pool.all) == 1 and next(iter(pool.all)).protocol == "http2"
-    assert next(iter(pool.all)).requests == 40
+    if policy == "UPGRADE":
+        # Many concurrent HTTP/1.1 requests from the app, one multiplexed mTLS connection between sidecars.
+        assert len(pool.all) == 1 and next(iter(pool.all)).protocol == "http2"
+        assert next(iter(pool.all)).requests == 40
+    else:
+        # Istio's default: HTTP/1.1 stays HTTP/1.1 over pooled mTLS connections (the express lane's)...
+        assert {c.protocol for c in pool.all} == {"express"} and sum(c.requests for c in pool.all) == 40
+        assert all(c.key.identities == (REVIEWS,) for c in pool.all)
+        # ... which keep serving: sequential requests reuse one
+        before = set(pool.all)
+        for i in range(5):
+            assert (await get(f"{url}/s{i}"))[:2] == (200, f"hello /s{i}")
+        assert sum(c.requests for c in pool.all) - sum(c.requests for c in before & set(pool.all)) <= 5
     text = await metrics_text(b)
     assert metric_value(text, "istio_requests_total", reporter="destination", source_principal=FRONTEND,
                         source_workload_namespace="shop", connection_security_policy="mutual_tls",
-                        response_code="200") == 40
-    assert metric_value(text, "meshproxy_protocol_detection_total", outcome="mtls") == 1
+                        response_code="200") == (40 if policy == "UPGRADE" else 45)
+    connections = 1 if policy == "UPGRADE" else len(before)
+    assert metric_value(text, "meshproxy_protocol_detection_total", outcome="mtls") == connections
 
 
 async def test_spoofed_xfcc_from_the_app_is_replaced(proxy, origdst, app, pki):
@@ -263,9 +276,11 @@ async def test_broken_rotation_keeps_old_material(proxy, origdst, app, pki):
     assert (await get(f"http://127.0.0.1:{a.port('web')}/still"))[0] == 200
 
 
-async def test_websocket_and_trailers_over_mtls(proxy, origdst, pki):
-    """Upgrades fall back to an HTTP/1.1 tunnel between sidecars; a chunked request with
-    trailers rides HTTP/2 and reaches the peer's app as HTTP/1.1 with its body and trailers."""
+@pytest.mark.parametrize("policy", ["UPGRADE", "DO_NOT_UPGRADE"])
+async def test_websocket_and_trailers_over_mtls(proxy, origdst, pki, policy):
+    """Upgrades become an HTTP/1.1 tunnel between sidecars; a chunked request with trailers
+    (as HTTP/2 with UPGRADE, else HTTP/1.1 over mTLS) reaches the peer's app as HTTP/1.1 with
+    its body and trailers."""
     seen = {}
 
     async def chunked_app(reader, writer):
@@ -284,8 +299,8 @@ async def test_websocket_and_trailers_over_mtls(proxy, origdst, pki):
     app = App()
     app.port = raw_port
     b = await sidecar_b(proxy, origdst, app, pki("b", REVIEWS))
-    a = await sidecar_a(proxy, b, pki("a", FRONTEND))
-    # Chunked body + trailers from an HTTP/1.1 client, through A → (h2 over mTLS) → B → HTTP/1.1 app.
+    a = await sidecar_a(proxy, b, pki("a", FRONTEND), h2_upgrade_policy=policy)
+    # Chunked body + trailers from an HTTP/1.1 client, through A → (mTLS) → B → HTTP/1.1 app.
     reader, writer = await asyncio.open_connection("127.0.0.1", a.port("web"))
     writer.write(b"POST /t HTTP/1.1\r\nHost: reviews\r\nTransfer-Encoding: chunked\r\nTE: trailers\r\n\r\n"
                  b"5\r\nhello\r\n0\r\nx-checksum: 42\r\n\r\n")
@@ -295,8 +310,11 @@ async def test_websocket_and_trailers_over_mtls(proxy, origdst, pki):
     assert seen["head"].startswith(b"POST /t HTTP/1.1\r\n")
     assert b"5\r\nhello\r\n" in seen["body"] and seen["body"].endswith(b"0\r\nx-checksum: 42\r\n\r\n")
     writer.close()
-    # WebSocket: B's inbound now points at the WebSocket app.
+    # WebSocket: B's inbound now points at the WebSocket app. (A's pooled HTTP/1.1 connection to B
+    # was accepted for the first app: B keeps each connection's original destination, so the
+    # tunnel goes through a fresh sidecar A.)
     origdst.default = OrigDst("127.0.0.1", ws_port)
+    a = await sidecar_a(proxy, b, pki("a2", FRONTEND), h2_upgrade_policy=policy)
     async with aiohttp.ClientSession() as s:
         async with s.ws_connect(f"http://127.0.0.1:{a.port('web')}/ws") as ws:
             await ws.send_str("over-mtls")
