@@ -567,7 +567,7 @@ routes:
 class MeshproxyHttp(Scenario):
     name = "meshproxy-http"
     description = ("client → meshproxy explicit listener `protocol: http` → route → cluster `protocol: http1` "
-                   "(keep-alive pool; metrics on, CPU 1) → nginx")
+                   "(HTTP/1.1 express lane, keep-alive pool; metrics on, CPU 1) → nginx")
     key, up_attr, cluster_protocol = "http", "http_port", "http1"
 
     def start(self, env, up, args):
@@ -825,7 +825,9 @@ log: {{level: warning}}
 class MeshproxyMesh(Scenario):
     name = "meshproxy-mesh"
     description = ("client → sidecar A (uid 1337; explicit listener `protocol: http` → cluster `mtls` to the pod IP) "
-                   "→ iptables → mTLS, HTTP/2 (ALPN meshproxy-h2) → sidecar B (uid 1337; inbound listener, STRICT) "
+                   "→ iptables → mTLS, HTTP/1.1 kept as HTTP/1.1 (ALPN meshproxy-http1; Istio's default "
+                   "h2UpgradePolicy, pooled connections; the express lane at both ends) → sidecar B (uid 1337; "
+                   "inbound listener, STRICT) "
                    "→ nginx; both meshproxy, both on CPU 1")
 
     def start(self, env, up, args):
@@ -856,7 +858,7 @@ class MeshproxyMesh(Scenario):
         self.ports = {"http": port}
         self.b_prom = b_prom
         # new handshakes go to B the way A's do: to the pod IP as uid 1337, redirected to the inbound listener
-        self.tls = {"host": MESH_POD_IP, "port": up.http_port, "alpn": "meshproxy-h2", "roots": [pb.pid]}
+        self.tls = {"host": MESH_POD_IP, "port": up.http_port, "alpn": "meshproxy-http1", "roots": [pb.pid]}
 
     def check(self):
         super().check()

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import random
+import socket
+import struct
 
 import httptools
 import pytest
@@ -30,7 +32,8 @@ BODY = b"0123456789abcdef" * 70
 class Scripted:
     """An HTTP/1.1 upstream: records each request's bytes, then does ``script[i]`` for the
     i-th request it sees: ``bytes`` (answer them; keep the connection), ``"close"``,
-    ``"hang"`` (say nothing), or ``("then-close", bytes)``."""
+    ``"hang"`` (say nothing), ``("then-close", bytes)``, ``("then-hang", bytes)`` or
+    ``("delay", seconds, bytes)``."""
 
     def __init__(self):
         self.script: list = []
@@ -57,6 +60,16 @@ class Scripted:
                 if action == "close":
                     break
                 if action == "hang":
+                    await asyncio.sleep(30)
+                    break
+                if isinstance(action, tuple) and action[0] == "delay":
+                    await asyncio.sleep(action[1])
+                    writer.write(action[2])
+                    await writer.drain()
+                    continue
+                if isinstance(action, tuple) and action[0] == "then-hang":
+                    writer.write(action[1])
+                    await writer.drain()
                     await asyncio.sleep(30)
                     break
                 if isinstance(action, tuple):
@@ -335,3 +348,83 @@ async def test_random_exchanges_match(pair, monkeypatch, method, path, fields, b
         resp.append(b"Content-Length: %d\r\n\r\n%s" % (len(resp_body), resp_body))
     results = await run_both(pair, monkeypatch, b"".join(req) + body, [b"".join(resp)])
     assert_same(results)
+
+
+def lane_cfg(port: int, express: bool, **http) -> dict:
+    return {"listeners": [{"name": "web", "port": 0, "protocol": "http", "upstream": f"127.0.0.1:{port}"}],
+            "clusters": [{"name": "c", "endpoints": [f"127.0.0.1:{port}"], "protocol": "http1"}],
+            "routes": [{"name": "r", "cluster": "c", "timeout": "0.3s"}],
+            "http": {"express": express, **http}}
+
+
+def flags(r) -> list:
+    return sorted((labels[-3], labels[-1], s.count) for labels, s in r.app.metrics.requests.series.items())
+
+
+@pytest.mark.parametrize("express", [True, False])
+async def test_drain_finishes_the_request_in_flight_with_connection_close(proxy, express):
+    up = await Scripted().start()
+    up.script = [OK_CL, ("delay", 0.2, OK_CL)]
+    r = await proxy(lane_cfg(up.port, express))
+    busy_r, busy_w = await asyncio.open_connection("127.0.0.1", r.port("web"))
+    idle_r, idle_w = await asyncio.open_connection("127.0.0.1", r.port("web"))
+    idle_w.write(GET.replace(b"Connection: close\r\n", b""))  # one answered request: an idle HTTP connection
+    assert (await idle_r.readuntil(BODY)).startswith(b"HTTP/1.1 200")
+    busy_w.write(GET.replace(b"Connection: close\r\n", b""))
+    await asyncio.sleep(0.05)  # the request is at the upstream
+    r.app.drain_listeners()
+    assert await asyncio.wait_for(idle_r.read(), 2) == b""  # an idle keep-alive connection closes at once
+    answer = await asyncio.wait_for(busy_r.read(), 3)  # the one in flight is answered, then closed
+    head = answer.split(b"\r\n\r\n", 1)[0].lower()
+    assert head.startswith(b"http/1.1 200") and b"connection: close" in head and answer.endswith(BODY)
+    assert flags(r) == [("200", "-", 2)]
+    await up.stop()
+
+
+@pytest.mark.parametrize("express", [True, False])
+async def test_idle_keepalive_connection_is_closed_after_http_idle_timeout(proxy, express):
+    up = await Scripted().start()
+    up.script = [OK_CL]
+    r = await proxy(lane_cfg(up.port, express, idle_timeout="0.3s"))
+    reader, writer = await asyncio.open_connection("127.0.0.1", r.port("web"))
+    writer.write(GET.replace(b"Connection: close\r\n", b""))
+    assert (await reader.readuntil(BODY)).startswith(b"HTTP/1.1 200")
+    t0 = asyncio.get_running_loop().time()
+    assert await asyncio.wait_for(reader.read(), 3) == b""
+    assert 0.2 <= asyncio.get_running_loop().time() - t0 < 2.0
+    await up.stop()
+
+
+@pytest.mark.parametrize("express", [True, False])
+async def test_timeout_after_the_response_started_closes_the_client_connection(proxy, express):
+    """A response head went out, then the upstream stalls past the route timeout: HTTP/1 can only
+    close; the request counts as 200 with UT, and the stalled upstream connection is not reused."""
+    up = await Scripted().start()
+    up.script = [("then-hang", b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial"), OK_CL]
+    r = await proxy(lane_cfg(up.port, express))
+    client = await exchange(r.port("web"), GET.replace(b"Connection: close\r\n", b""), timeout=3)
+    assert client.startswith(b"HTTP/1.1 200 OK") and b"partial" in client and not client.endswith(b"<still open>")
+    assert flags(r) == [("200", "UT", 1)]
+    again = await exchange(r.port("web"), GET, timeout=3)  # a fresh upstream connection serves the next one
+    assert again.startswith(b"HTTP/1.1 200 OK") and again.endswith(BODY)
+    await up.stop()
+
+
+@pytest.mark.parametrize("express", [True, False])
+async def test_client_gone_mid_request_counts_dc_and_drops_the_upstream_connection(proxy, express):
+    up = await Scripted().start()
+    up.script = ["hang", OK_CL]
+    r = await proxy(lane_cfg(up.port, express, ))
+    reader, writer = await asyncio.open_connection("127.0.0.1", r.port("web"))
+    writer.write(GET.replace(b"Connection: close\r\n", b""))
+    await asyncio.sleep(0.1)
+    # a reset, not a FIN (after a FIN the request is still answered: HTTP/1.1 half-close)
+    writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+    await asyncio.sleep(0.1)
+    assert flags(r) == [("0", "DC", 1)]
+    pool = r.app.http.pools["c"]
+    assert not any(c.available() for c in pool.all)  # the hung connection is not handed out again
+    again = await exchange(r.port("web"), GET, timeout=3)
+    assert again.startswith(b"HTTP/1.1 200 OK") and again.endswith(BODY)
+    await up.stop()
