@@ -73,11 +73,10 @@ def plain_request(method: bytes, target: bytes, fields, inbound: bool, peer_ip: 
                 return None
             cl = value
         elif kind == _CONN:
-            v = value.lower()
-            if v == b"close":
+            if not _keeps(value):
+                if value.lower() != b"close":
+                    return None
                 keep = False
-            elif v != b"keep-alive":
-                return None
         elif kind == _RID:
             if rid is None and value:
                 rid = value
@@ -101,10 +100,9 @@ def plain_request(method: bytes, target: bytes, fields, inbound: bool, peer_ip: 
         return None
     n = 0
     if cl is not None:
-        digits = cl.rstrip(b" \t")
-        if not digits.isdigit() or len(digits) > 18:
+        n = _length(cl)
+        if n is None:
             return None
-        n = int(digits)
     if n != available:
         return None
     if rid is None:
@@ -148,16 +146,14 @@ def plain_response(fields):
         elif kind == _CL:
             if cl is not None:
                 return None
-            digits = value.rstrip(b" \t")
-            if not digits.isdigit() or len(digits) > 18:
+            cl = _length(value)
+            if cl is None:
                 return None
-            cl = int(digits)
         elif kind == _CONN:
-            v = value.lower()
-            if v == b"close":
+            if not _keeps(value):
+                if value.lower() != b"close":
+                    return None
                 keep = False
-            elif v != b"keep-alive":
-                return None
         elif kind == _TE:
             if chunked or value.lower() != b"chunked":
                 return None
@@ -166,3 +162,16 @@ def plain_response(fields):
     if chunked and cl is not None:
         return None
     return lines, cl, chunked, keep, grpc
+
+
+def _length(value: bytes) -> int | None:
+    """A Content-Length value as the codec reads it (digits, trailing blanks allowed), else None."""
+    digits = value.rstrip(b" \t")
+    if not digits.isdigit() or len(digits) > 18:
+        return None
+    return int(digits)
+
+
+def _keeps(value: bytes) -> bool:
+    """A Connection value that only says keep-alive (``close`` and anything else: False)."""
+    return value == b"keep-alive" or value.lower() == b"keep-alive"
