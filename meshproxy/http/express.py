@@ -92,11 +92,15 @@ class ExpressServer(asyncio.Protocol):
         self.peer_info = conn.peer_info
         """``net.mesh.PeerInfo`` of an mTLS peer sidecar, else None."""
         self.scheme = "https" if conn.peer_info is not None else "http"
+        self.scheme_b = self.scheme.encode()
         self.xfcc = ((b"x-forwarded-client-cert", ctx.mesh.xfcc(conn.peer_info))
                      if conn.peer_info is not None else None)
         self.xfcc_line = self.xfcc[0] + b": " + self.xfcc[1] + b"\r\n" if self.xfcc is not None else b""
         self.passthrough_service = str(conn.orig) if conn.orig is not None else str(target.upstream)
         self.limits = ctx.h1_limits
+        self.parser: HttpRequestParser | None = None
+        """One request parser per connection: it is only ever fed whole messages, so each
+        request starts it at a message boundary (any parse trouble hands the connection over)."""
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.handed = False
@@ -213,8 +217,11 @@ class ExpressServer(asyncio.Protocol):
             return self._handover(data)
         self._url = b""
         fields = self._fields = []
+        parser = self.parser
+        if parser is None:
+            parser = self.parser = HttpRequestParser(self)
         try:
-            HttpRequestParser(self).feed_data(head)
+            parser.feed_data(data)  # head and body: the parser ends at the message boundary
         except (HttpParserError, HttpParserUpgrade):  # malformed, or an upgrade/CONNECT: the general path's
             return self._handover(data)
         url = self._url
@@ -223,7 +230,7 @@ class ExpressServer(asyncio.Protocol):
         method = head[:head.find(b" ")]
         plain = None if self.ctx.router.needs_headers else plain_request(
             method, url, fields, self.inbound, self.peer_ip_bytes, not limits.reject_underscore_names,
-            len(data) - end, self.scheme.encode(), self.xfcc_line)
+            len(data) - end, self.scheme_b, self.xfcc_line)
         if plain is None:  # something unusual, or the body is not exactly what followed the head
             return self._request_exact(data, head, method, url, fields)
         out, rid, authority, cl, keep = plain
@@ -276,7 +283,7 @@ class ExpressServer(asyncio.Protocol):
             ids = cluster.mtls_identities
             if cluster.protocol == "http2" or (ids is not None and ctx.h2_upgrade):
                 return self._handover(data)
-            ep = cluster.pick()
+            ep = cluster.lb.pick()
             ep.rq_total += 1
             ep.rq_active += 1
             host, port = ep.host, ep.port

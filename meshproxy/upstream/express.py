@@ -150,7 +150,20 @@ class ExpressConnection(asyncio.Protocol):
     # === receiving ===
     def _receive(self, data: bytes) -> None:
         st = self.state
-        if st == _FIXED:
+        if st == _HEAD:
+            buf = self.buf + data if self.buf else data
+            limits = self.limits
+            end = buf.find(b"\r\n\r\n") + 4
+            if (end >= 4 and buf[0] != 13 and buf[0] != 10 and end <= limits.max_header_bytes
+                    and buf.find(b"\r\n") <= limits.max_request_line):
+                # the common read: a whole head within the limits (the field count is checked in _head)
+                self.buf = b""
+                head, rest = (buf, b"") if end == len(buf) else (buf[:end], buf[end:])
+                if not self._head(head, rest) or self.state != _HEAD or not rest:
+                    return
+                buf = rest  # an informational response: the final one follows
+            self._heads(buf)
+        elif st == _FIXED:
             n = len(data)
             if n < self.remaining:
                 self.remaining -= n
@@ -159,17 +172,16 @@ class ExpressConnection(asyncio.Protocol):
             rest, data = data[self.remaining:], data[:self.remaining]
             self.remaining = 0
             self._done(data, rest)
-            return
-        if st == _CHUNKED:
+        elif st == _CHUNKED:
             self._chunked(data, False)
-            return
-        if st == _UNTIL_EOF:
+        elif st == _UNTIL_EOF:
             self.call.response_body(data, False)
-            return
-        if st == _IDLE:  # bytes nobody asked for: the connection is out of step
+        else:  # _IDLE: bytes nobody asked for, the connection is out of step
             self.abandon()
-            return
-        buf = self.buf + data if self.buf else data
+
+    def _heads(self, buf: bytes) -> None:
+        """Response heads in ``buf`` the way the codec finds them (``find_head``), for the reads
+        ``_receive`` does not take at once: a head in pieces, blank lines first, a limit crossed."""
         while True:
             if buf[:1] in (b"\r", b"\n"):  # empty lines between messages are ignored
                 buf = buf.lstrip(b"\r\n")
@@ -179,7 +191,8 @@ class ExpressConnection(asyncio.Protocol):
             try:
                 end = find_head(buf, 0, self.limits)
             except Reject as r:
-                return self._fault(r.message)
+                self._fault(r.message)
+                return
             if end < 0:
                 self.buf = buf
                 return
@@ -209,6 +222,8 @@ class ExpressConnection(asyncio.Protocol):
                 return self._fault(f"malformed message head: {e}")
         status = parser.get_status_code()
         fields = self.fields
+        if len(fields) > self.limits.max_headers:
+            return self._fault("too many response headers")
         plain = plain_response(fields) if status >= 200 and head[:9] == b"HTTP/1.1 " else None
         if plain is not None:
             lines, cl, chunked, keep, grpc = plain
