@@ -4,24 +4,27 @@ Where this sits: ``net/listener.py`` gives a downstream HTTP/1 connection to an
 ``ExpressServer`` instead of ``http/server.py`` when ``express_eligible`` says
 the listener needs nothing per request beyond header hygiene, routing and
 Istio's request metrics (no tracing, no access log, no authorization or other
-filters, no mTLS peer). Each request is then parsed once, routed by the same
-pure router, cleaned by the same ``http/headers.py`` rules, rendered with the
-same ``codec/_http1_write.py`` helpers and sent in one write on an
-``upstream/express.py`` connection from the cluster's pool; the response comes
-back the same way. No codec events, exchange or filter-chain objects are made
-per request: that is what the general path spends most of its time on.
+filters; an inbound mTLS peer sidecar is fine: its identity goes into
+``x-forwarded-client-cert`` and the labels). Each request is then parsed once,
+rewritten in one pass over its fields by ``http/express_heads.py`` (the same
+bytes ``http/headers.py`` hygiene and the codec's rendering give), routed by the
+same pure router and sent in one write on an ``upstream/express.py`` connection
+from the cluster's pool (over mTLS to a mesh peer when HTTP/1.1 stays HTTP/1.1,
+``security.h2_upgrade_policy``); the response comes back the same way. No codec
+events, exchange or filter-chain objects are made per request: that is what the
+general path spends most of its time on.
 
 The lane takes a request only when it is ordinary: one whole HTTP/1.1 request
 in one read (head and any Content-Length body, nothing after it), origin-form
 target, no Upgrade/CONNECT, no ``Expect``, no chunked body, not gRPC, and its
-route leads to a plain HTTP/1 upstream (not a mesh peer, not HTTP/2). Anything
-else — a head that arrives in pieces, pipelining, a malformed or over-limit
-request, a tunnel — is *handed over*: the connection becomes an
+route leads to an HTTP/1 upstream (not HTTP/2, not a mesh peer spoken to over
+HTTP/2). Anything else — a head that arrives in pieces, pipelining, a malformed
+or over-limit request, a tunnel — is *handed over*: the connection becomes an
 ``HttpServerConnection`` fed the same bytes, at a message boundary, with
 nothing of that request sent anywhere yet. So every error answer, limit and
 protocol corner stays the general path's, and the lane only has to be right
-for what it takes (``tests/unit/http/test_express.py`` checks its bytes
-against the general path's, both directions).
+for what it takes (``tests/e2e/test_express.py`` runs both lanes side by side;
+``tests/unit/http/test_express_heads.py`` checks the one-pass rewriting).
 
 Invariants:
 1. One request in flight. Bytes that arrive meanwhile wait (reading paused)
