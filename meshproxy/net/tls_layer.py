@@ -168,6 +168,8 @@ class TlsLayer(asyncio.Protocol):
                 self.inner.data_received(chunk)
             else:
                 self.backlog.append(chunk)
+            if not self.incoming.pending and not self.sslobj.pending():
+                break  # nothing left to decrypt: skip the read that would only raise SSLWantReadError
         self._flush()  # key updates, session tickets
 
     def _peer_eof(self) -> None:

@@ -56,3 +56,72 @@ def test_tls_layer_reports_a_loss_between_handshake_and_attach():
         return p.events
 
     assert asyncio.run(main()) == ["made", b"early", "lost"]
+
+
+def test_tls_layer_delivers_every_record_of_one_read(tmp_path):
+    """Several TLS records arriving in one read all reach the inner protocol, in order, and
+    a read that leaves nothing to decrypt stops without a further (raising) read."""
+    import asyncio
+    from datetime import timedelta
+
+    from meshproxy.config.security import Tls
+    from meshproxy.net.tls_layer import TlsLayer
+    from meshproxy.tls import certs, context
+    from meshproxy.tls.ca import CertificateAuthority
+
+    ca = CertificateAuthority.create("cluster.local", timedelta(days=1))
+    mats = {}
+    for name in ("a", "b"):
+        ca.issue(f"spiffe://cluster.local/ns/t/sa/{name}", timedelta(hours=1)).save(str(tmp_path / name))
+        d = tmp_path / name
+        mats[name] = certs.load_material(Tls(cert_file=str(d / "cert.pem"), key_file=str(d / "key.pem"),
+                                             bundle_file=str(d / "bundle.pem")))
+
+    class Wire:
+        """A raw transport that hands what is written to the other layer (all at once, on demand)."""
+
+        def __init__(self):
+            self.peer = None
+            self.out = []
+
+        def write(self, data):
+            self.out.append(bytes(data))
+
+        def pump(self):
+            data, self.out = b"".join(self.out), []
+            if data:
+                self.peer.data_received(data)
+            return len(data)
+
+        def is_closing(self):
+            return False
+
+    class Inner(asyncio.Protocol):
+        def __init__(self):
+            self.got = []
+
+        def data_received(self, d):
+            self.got.append(d)
+
+    async def main():
+        ready = []
+        cw, sw = Wire(), Wire()
+        server = TlsLayer(sw, context.server_context(mats["b"], ["x"]), ready.append, print, handshake_timeout=0)
+        client = TlsLayer(None, context.client_context(mats["a"], ["x"]), ready.append, print, handshake_timeout=0,
+                          server_side=False)
+        cw.peer, sw.peer = server, client
+        client.connection_made(cw)
+        for _ in range(10):
+            if not (cw.pump() + sw.pump()) and len(ready) == 2:
+                break
+        assert len(ready) == 2
+        inner = Inner()
+        server.attach(inner)
+        client.attach(Inner())
+        for piece in (b"one", b"two" * 9000, b"three"):  # three writes, four records: one read for the server
+            client.write(piece)
+        cw.pump()
+        assert b"".join(inner.got) == b"one" + b"two" * 9000 + b"three"
+        assert not server.incoming.pending and not server.sslobj.pending()
+
+    asyncio.run(main())
