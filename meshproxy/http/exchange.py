@@ -35,7 +35,6 @@ log = logging.getLogger("meshproxy.http")
 BUFFER_LIMIT = 1024 * 1024
 """Request bytes held while the upstream connection is being opened."""
 
-_CODES = {c: str(c) for c in range(100, 600)}
 _RESPOND = Verdict.RESPOND
 _new_key = tuple.__new__
 """``Key(...)`` without the NamedTuple's Python-level ``__new__``: the same tuple, built in C."""

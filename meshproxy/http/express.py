@@ -47,21 +47,19 @@ import logging
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 
 from ..codec._http1_checks import SPECIAL, Reject, inspect_request, keep_alive
-from ..codec._http1_write import LAST_CHUNK, finish, render_fields, render_trailers, status_line
+from ..codec._http1_write import LAST_CHUNK, render_fields, render_trailers, status_line
 from ..codec.events import RequestHead
+from ..codec.http1 import Http1Codec
 from ..errors import DOWNSTREAM_CONNECTION_TERMINATION, UPSTREAM_CONNECT_FAILURE, UPSTREAM_REQUEST_TIMEOUT
-from ..observe.metrics import istio_labels
+from ..observe.requests import ConnectionSeries
 from ..upstream.pool import Key
 from . import headers as hdr
 from .express_heads import plain_request
 from .router import PASSTHROUGH
+from .server import DEADLINE_SLACK, HIGH_WATER, HttpServerConnection
 
 log = logging.getLogger("meshproxy.http")
 
-HIGH_WATER = 1024 * 1024
-DEADLINE_SLACK = 0.001
-_EMPTY_BODY_METHODS = frozenset((b"POST", b"PUT", b"PATCH"))
-_CODES = {c: str(c) for c in range(100, 600)}
 _new_key = tuple.__new__
 _NONE, _FIXED, _CHUNKS = range(3)
 """Downstream response framing: no body, Content-Length, chunked."""
@@ -111,10 +109,8 @@ class ExpressServer(asyncio.Protocol):
         self.stash = b""
         """Bytes that arrived while a request was in flight."""
         self.eof = False
-        self.write_paused = False
         self.last_active = self.loop.time()
-        self._series: dict[tuple, object] = {}
-        self._labels: dict[tuple[str, str], tuple[str, ...]] = {}
+        self.recorder = ConnectionSeries(ctx.requests, ctx.me, self.reporter, conn.peer_info)
         self._tick: asyncio.TimerHandle | None = None
         self._deadline_timer: asyncio.TimerHandle | None = None
         self._deadline_at = 0.0
@@ -191,12 +187,10 @@ class ExpressServer(asyncio.Protocol):
             self._done()
 
     def pause_writing(self) -> None:
-        self.write_paused = True
         if self.up is not None:
             self.up.pause_reading()
 
     def resume_writing(self) -> None:
-        self.write_paused = False
         if self.up is not None:
             self.up.resume_reading()
 
@@ -260,7 +254,9 @@ class ExpressServer(asyncio.Protocol):
             req.headers.append(self.xfcc)
         headers = list(req.headers)
         hdr.to_http1_request(req)
-        out = _render_request(req, cl)
+        codec = Http1Codec("client")  # the general path's rendering, for this rare head
+        codec.send_head(req)
+        out = codec.data_to_send()
         if cl:
             out += data[end:]
         self._dispatch(data, out, rid, method, authority, url, headers, cl or 0, req.keep_alive)
@@ -286,7 +282,7 @@ class ExpressServer(asyncio.Protocol):
             ids = cluster.mtls_identities
             if cluster.protocol == "http2" or (ids is not None and ctx.h2_upgrade):
                 return self._handover(data)
-            ep = cluster.lb.pick()
+            ep = cluster.pick()
             ep.rq_total += 1
             ep.rq_active += 1
             host, port = ep.host, ep.port
@@ -334,8 +330,6 @@ class ExpressServer(asyncio.Protocol):
 
     def _handover(self, data: bytes) -> None:
         """Give the connection to the general path, at a message boundary, with ``data``."""
-        from .server import HttpServerConnection
-
         self.handed = True
         self.closed = True
         self.ctx.connections.discard(self)
@@ -457,22 +451,9 @@ class ExpressServer(asyncio.Protocol):
             return
         head, body = hdr.local_reply(0, kind.status, message, kind.flag, http_version="1.1",
                                      request_id=self.request_id)
-        self.status = kind.status
-        self.resp_started = True
-        lines = [status_line(kind.status, head.reason)]
-        seen = render_fields(lines, head.headers)
-        lines.append(b"content-length: %d\r\n" % len(body))
-        n = 2 + seen.count
-        if not self.keep or self.ctx.draining:
-            self.keep = False
-            lines.append(b"connection: close\r\n")
-            n += 1
-        out = finish(lines, n)
-        if not self.is_head:
-            out += body
-            self.resp_bytes = len(body)
-        self.transport.write(out)
-        self._response_ended()
+        lines: list[bytes] = []
+        render_fields(lines, head.headers)  # its content-length goes; response_start frames the body
+        self.response_start(kind.status, head.reason, lines, None, len(body), False, body, True)
 
     def _done(self) -> None:
         """Record the finished request (once) and make the connection idle again."""
@@ -485,29 +466,9 @@ class ExpressServer(asyncio.Protocol):
             if self.flag == "-" and self.status < 500:
                 ep.rq_success += 1
         now = self.last_active = self.loop.time()
-        key = (self.service, self.status, self.grpc_status, self.flag)
-        series = self._series.get(key)
-        if series is None:
-            labels = self._request_labels(self.service, "http" if self.grpc_status == "-" else "grpc") + (
-                _CODES.get(self.status, str(self.status)), self.grpc_status, self.flag)
-            if len(self._series) >= 64:
-                self._series.clear()
-            series = self._series[key] = self.ctx.requests.series_for(labels)
-        series.observe((now - self.started) * 1000.0, self.req_bytes, self.resp_bytes)
-
-    def _request_labels(self, service: str, proto: str) -> tuple[str, ...]:
-        key = (service, proto)
-        labels = self._labels.get(key)
-        if labels is None:
-            peer = self.peer_info
-            if peer is not None:
-                labels = istio_labels(self.ctx.me, self.reporter, service or "unknown", proto, "mutual_tls",
-                                      peer.principal, peer.namespace)
-            else:
-                policy = "none" if self.reporter == "destination" else "unknown"
-                labels = istio_labels(self.ctx.me, self.reporter, service or "unknown", proto, policy)
-            self._labels[key] = labels
-        return labels
+        self.recorder.observe(self.service, "http" if self.grpc_status == "-" else "grpc", self.status,
+                              self.grpc_status, self.flag, (now - self.started) * 1000.0, self.req_bytes,
+                              self.resp_bytes)
 
     # === timeouts, drain, close ===
     def _watch_deadline(self, when: float) -> None:
@@ -575,26 +536,6 @@ class ExpressServer(asyncio.Protocol):
         self._cancel_timers()
         if self.transport is not None:
             self.transport.abort()
-
-
-# === rendering (the general codec's rules for the requests the lane takes) ===
-
-def _render_request(req: RequestHead, cl: int | None) -> bytes:
-    """``codec._http1_stream.Http1Sender._send_request_head`` for a request with no
-    body or a Content-Length body, sent alone."""
-    lines = [req.method + b" " + req.target + b" HTTP/1.1\r\n"]
-    seen = render_fields(lines, req.headers)
-    n = 1 + seen.count
-    if not seen.host and req.authority is not None:
-        lines.insert(1, b"host: %s\r\n" % req.authority)
-        n += 1
-    if cl is not None:
-        lines.append(b"content-length: %d\r\n" % cl)
-        n += 1
-    elif req.method in _EMPTY_BODY_METHODS:
-        lines.append(b"content-length: 0\r\n")
-        n += 1
-    return finish(lines, n)
 
 
 def _is_grpc(fields) -> bool:

@@ -25,9 +25,9 @@ from ..codec.events import (ConnectionEnded, Data, EndStream, ProtocolError, Req
 from ..codec.http1 import Http1Codec
 from ..codec.http2 import Http2Codec
 from ..errors import DOWNSTREAM_PROTOCOL_ERROR, REQUEST_HEADERS_TIMEOUT
-from ..observe.metrics import istio_labels
+from ..observe.requests import ConnectionSeries
 from . import headers as hdr
-from .exchange import _CODES, Exchange
+from .exchange import Exchange
 
 log = logging.getLogger("meshproxy.http")
 
@@ -70,10 +70,8 @@ class HttpServerConnection(asyncio.Protocol):
         self.closed = False
         self.head_since: float | None = None
         self.last_active = self.loop.time()
-        self._labels: dict[tuple[str, str], tuple[str, ...]] = {}
-        self._series: dict[tuple, object] = {}
-        """(service, grpc, status, grpc status, flags) → its ``observe.requests.Series``: recording
-        a request on this connection is one small tuple lookup (bounded)."""
+        self.recorder = ConnectionSeries(ctx.requests, ctx.me, self.reporter, conn.peer_info)
+        """This connection's request series: recording a request is one small tuple lookup."""
         self._tick: asyncio.TimerHandle | None = None
         self._deadline_timer: asyncio.TimerHandle | None = None
         """One timer for every exchange's response deadline: armed for the earliest, never
@@ -189,9 +187,8 @@ class HttpServerConnection(asyncio.Protocol):
                                          http_version=self.http_version, keep_alive=not ev.connection_fatal)
             self.codec.send_head(head)
             self.codec.send_data(ev.stream_id, body, True)
-            self.ctx.requests.record(self._request_labels(self.passthrough_service, "http") +
-                                     (_CODES.get(ev.status, str(ev.status)), "-", DOWNSTREAM_PROTOCOL_ERROR.flag),
-                                     0.0, 0, len(body))
+            self.recorder.observe(self.passthrough_service, "http", ev.status, "-", DOWNSTREAM_PROTOCOL_ERROR.flag,
+                                  0.0, 0, len(body))
             log.debug("%s: %d %s", self.conn.peer, ev.status, ev.message)
         self.mark()
         if ev.connection_fatal and (self.h2 or not self.exchanges):
@@ -285,16 +282,9 @@ class HttpServerConnection(asyncio.Protocol):
         ctx = self.ctx
         now = self.loop.time()
         grpc = ex.grpc_status != "-" or _is_grpc(ex.head)
-        key = (ex.service, grpc, ex.status, ex.grpc_status, ex.flag)
-        series = self._series.get(key)
-        if series is None:
-            labels = self._request_labels(ex.service, "grpc" if grpc else "http") + (
-                _CODES.get(ex.status, str(ex.status)), ex.grpc_status, ex.flag)
-            if len(self._series) >= 64:
-                self._series.clear()
-            series = self._series[key] = ctx.requests.series_for(labels)
         duration = (now - ex.started) * 1000.0
-        series.observe(duration, ex.req_bytes, ex.resp_bytes)
+        self.recorder.observe(ex.service, "grpc" if grpc else "http", ex.status, ex.grpc_status, ex.flag, duration,
+                              ex.req_bytes, ex.resp_bytes)
         if ex.span is not None:
             ex.span.end(ex.status, ex.flag, ex.upstream_host, ex.req_bytes, ex.resp_bytes,
                         None if ex.grpc_status == "-" else ex.grpc_status)
@@ -305,20 +295,6 @@ class HttpServerConnection(asyncio.Protocol):
             if self.h2 and self.ctx.draining:
                 self.mark()
                 self.close()
-
-    def _request_labels(self, service: str | None, proto: str) -> tuple[str, ...]:
-        key = (service or "unknown", proto)
-        labels = self._labels.get(key)
-        if labels is None:
-            peer = self.peer_info
-            if peer is not None:
-                labels = istio_labels(self.ctx.me, self.reporter, key[0], proto, "mutual_tls", peer.principal,
-                                      peer.namespace)
-            else:
-                policy = "none" if self.reporter == "destination" else "unknown"
-                labels = istio_labels(self.ctx.me, self.reporter, key[0], proto, policy)
-            self._labels[key] = labels
-        return labels
 
     def _log_entry(self, ex: Exchange, duration: float) -> dict:
         h = ex.head

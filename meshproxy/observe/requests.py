@@ -19,7 +19,7 @@ from bisect import bisect_left
 
 from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily
 
-from .metrics import ISTIO_LABELS
+from .metrics import ISTIO_LABELS, istio_labels
 
 DURATION_BUCKETS_MS = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000,
                        300000, 600000, 1800000, 3600000)
@@ -28,6 +28,8 @@ SIZE_BUCKETS = (1, 10, 100, 1000, 10000, 100000, 1000000, 10000000, 100000000)
 """Istio's default buckets for istio_request_bytes / istio_response_bytes."""
 
 REQUEST_LABELS = ISTIO_LABELS + ("response_code", "grpc_response_status", "response_flags")
+CODES = {c: str(c) for c in range(100, 600)}
+"""``response_code`` label values, made once."""
 
 
 class Series:
@@ -95,6 +97,51 @@ class RequestMetrics:
         yield dur
         yield req
         yield resp
+
+
+class ConnectionSeries:
+    """One downstream connection's view of the request metrics (``http/server.py`` and
+    ``http/express.py`` each keep one): Istio's labels built once per (service, protocol)
+    and the series of each outcome kept, both bounded, so recording a request is a tuple
+    lookup. ``peer``: the mTLS peer sidecar's ``net.mesh.PeerInfo``, or None."""
+
+    __slots__ = ("requests", "me", "reporter", "peer", "_labels", "_series")
+
+    def __init__(self, requests: RequestMetrics, me, reporter: str, peer=None):
+        self.requests = requests
+        self.me = me
+        self.reporter = reporter
+        self.peer = peer
+        self._labels: dict[tuple, tuple[str, ...]] = {}
+        self._series: dict[tuple, Series] = {}
+
+    def labels(self, service: str | None, proto: str) -> tuple[str, ...]:
+        """Istio's labels (``ISTIO_LABELS`` order) of requests to ``service`` over ``proto``."""
+        key = (service, proto)
+        labels = self._labels.get(key)
+        if labels is None:
+            peer = self.peer
+            if peer is not None:
+                labels = istio_labels(self.me, self.reporter, service or "unknown", proto, "mutual_tls",
+                                      peer.principal, peer.namespace)
+            else:
+                policy = "none" if self.reporter == "destination" else "unknown"
+                labels = istio_labels(self.me, self.reporter, service or "unknown", proto, policy)
+            if len(self._labels) >= 64:
+                self._labels.clear()
+            self._labels[key] = labels
+        return labels
+
+    def observe(self, service: str | None, proto: str, status: int, grpc_status: str, flag: str,
+                duration_ms: float, request_bytes: int, response_bytes: int) -> None:
+        key = (service, proto, status, grpc_status, flag)
+        series = self._series.get(key)
+        if series is None:
+            if len(self._series) >= 64:
+                self._series.clear()
+            series = self._series[key] = self.requests.series_for(
+                self.labels(service, proto) + (CODES.get(status) or str(status), grpc_status, flag))
+        series.observe(duration_ms, request_bytes, response_bytes)
 
 
 def _cumulative(bounds, counts) -> list[tuple[str, float]]:

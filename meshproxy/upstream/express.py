@@ -173,7 +173,7 @@ class ExpressConnection(asyncio.Protocol):
             self.remaining = 0
             self._done(data, rest)
         elif st == _CHUNKED:
-            self._chunked(data, False)
+            self._chunked(data)
         elif st == _UNTIL_EOF:
             self.call.response_body(data, False)
         else:  # _IDLE: bytes nobody asked for, the connection is out of step
@@ -269,13 +269,13 @@ class ExpressConnection(asyncio.Protocol):
             self.fields = []  # from here on: trailer fields
             call.response_start(status, reason, lines, grpc, None, True, b"", False)
             if rest and self.call is call:
-                self._chunked(rest, True)
+                self._chunked(rest)
         else:
             self.state = _UNTIL_EOF
             call.response_start(status, reason, lines, grpc, None, True, rest, False)
         return True
 
-    def _chunked(self, data: bytes, first: bool) -> None:
+    def _chunked(self, data: bytes) -> None:
         parser = self.parser
         start = 0
         for end in piece_ends(self.tail, data):
