@@ -90,3 +90,16 @@ def free_port() -> int:
     port = s.getsockname()[1]
     s.close()
     return port
+
+
+_held: list[socket.socket] = []
+
+
+def refused_port() -> int:
+    """A loopback port whose connects are refused for the rest of the test run: bound and
+    never listening, so no listener started later (the proxy's own port-0 sites included)
+    can be handed it, as can happen with ``free_port``'s released port."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    _held.append(s)
+    return s.getsockname()[1]

@@ -18,7 +18,7 @@ import struct
 
 import httptools
 import pytest
-from e2e_support import free_port
+from e2e_support import refused_port
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -257,7 +257,7 @@ async def test_express_lane_matches_general_path(pair, monkeypatch, case):
 
 async def test_route_timeout_and_refused_match(proxy, monkeypatch):
     up = await Scripted().start()
-    dead = free_port()
+    dead = refused_port()
 
     def cfg(express: bool, port: int) -> dict:
         return {"listeners": [{"name": "web", "port": 0, "protocol": "http", "upstream": f"127.0.0.1:{port}"}],

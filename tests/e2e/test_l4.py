@@ -9,7 +9,7 @@ import random
 import socket
 
 import pytest
-from e2e_support import free_port, metric_value, metrics_text
+from e2e_support import metric_value, metrics_text, refused_port
 
 from meshproxy.net.addrs import OrigDst
 
@@ -200,10 +200,8 @@ async def test_active_connection_is_not_idle(proxy):
     server.close()
 
 
-closed_port = free_port
-
 async def test_upstream_refused_resets_downstream_with_UF(proxy):
-    r = await proxy(explicit(closed_port()))
+    r = await proxy(explicit(refused_port()))
     reader, writer = await asyncio.open_connection("127.0.0.1", r.port("l4"))
     with pytest.raises((ConnectionResetError, asyncio.IncompleteReadError)):
         data = await asyncio.wait_for(reader.read(10), 5)

@@ -16,6 +16,7 @@ import subprocess
 
 import aiohttp
 import pytest
+from e2e_support import refused_port
 from l7_peers import EchoH1, free_port, need_tool
 
 from meshproxy.config.routing import Tracing
@@ -129,7 +130,7 @@ ACCESS_FIELDS = ("method", "path", "response_code", "response_flags", "bytes_rec
 
 async def test_access_log_one_json_line_per_request(proxy, tmp_path):
     app = await EchoH1("app").start()
-    dead = free_port()
+    dead = refused_port()
     log_path = tmp_path / "access.log"
     try:
         r = await proxy({
