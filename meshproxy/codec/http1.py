@@ -49,7 +49,7 @@ from ._http1_checks import (
     piece_ends,
     version_of,
 )
-from ._http1_stream import CHUNKS, CLOSE, FIXED, NONE, RAW, Http1Sender, Stream
+from ._http1_stream import NONE, Http1Sender, Stream
 from ._http1_write import LocalProtocolError
 from .events import CANCEL, ConnectionEnded, Data, EndStream, Event, ProtocolError, RequestHead, ResponseHead
 from .events import Reset, Trailers

@@ -54,7 +54,7 @@ from ..errors import DOWNSTREAM_CONNECTION_TERMINATION, UPSTREAM_CONNECT_FAILURE
 from ..observe.requests import ConnectionSeries
 from ..upstream.pool import Key
 from . import headers as hdr
-from .express_heads import plain_request
+from .express_heads import fields_of, plain_request
 from .router import PASSTHROUGH
 from .server import DEADLINE_SLACK, HIGH_WATER, HttpServerConnection
 
@@ -136,9 +136,6 @@ class ExpressServer(asyncio.Protocol):
         self.request_id: bytes | None = None
         self.deadline = 0.0
         self.grpc_status = "-"
-        # scratch filled by the request parser's callbacks
-        self._url = b""
-        self._fields: list[tuple[bytes, bytes]] = []
 
     # === transport callbacks ===
     def connection_made(self, transport) -> None:
@@ -194,13 +191,6 @@ class ExpressServer(asyncio.Protocol):
         if self.up is not None:
             self.up.resume_reading()
 
-    # === httptools callbacks (called only from feed_data) ===
-    def on_url(self, url: bytes) -> None:
-        self._url += url
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._fields.append((name.lower(), value))
-
     # === a request ===
     def _request(self, data: bytes) -> None:
         """One read with no request in flight: take it, or hand the connection over."""
@@ -212,24 +202,27 @@ class ExpressServer(asyncio.Protocol):
         le = head.find(b"\r\n")
         if le > limits.max_request_line or head[le - 8:le] != b"HTTP/1.1":
             return self._handover(data)
-        self._url = b""
-        fields = self._fields = []
         parser = self.parser
         if parser is None:
-            parser = self.parser = HttpRequestParser(self)
+            parser = self.parser = HttpRequestParser(_SILENT)
         try:
             parser.feed_data(data)  # head and body: the parser ends at the message boundary
         except (HttpParserError, HttpParserUpgrade):  # malformed, or an upgrade/CONNECT: the general path's
             return self._handover(data)
-        url = self._url
-        if url[:1] != b"/" or len(fields) > limits.max_headers:
+        lines = head.split(b"\r\n")  # the parser accepted it: one start line, field lines, blank line
+        start = lines[0]
+        sp = start.find(b" ")
+        method = start[:sp]
+        url = start[sp + 1:-9]  # the start line ends with " HTTP/1.1"
+        del lines[-2:]
+        del lines[0]
+        if url[:1] != b"/" or len(lines) > limits.max_headers:
             return self._handover(data)
-        method = head[:head.find(b" ")]
         plain = None if self.ctx.router.needs_headers else plain_request(
-            method, url, fields, self.inbound, self.peer_ip_bytes, not limits.reject_underscore_names,
+            method, url, lines, self.inbound, self.peer_ip_bytes, not limits.reject_underscore_names,
             len(data) - end, self.scheme_b, self.xfcc_line)
         if plain is None:  # something unusual, or the body is not exactly what followed the head
-            return self._request_exact(data, head, method, url, fields)
+            return self._request_exact(data, head, method, url, fields_of(head, HttpRequestParser))
         out, rid, authority, cl, keep = plain
         if cl:
             out += data[end:]
@@ -536,6 +529,14 @@ class ExpressServer(asyncio.Protocol):
         self._cancel_timers()
         if self.transport is not None:
             self.transport.abort()
+
+
+class _Silent:
+    """A parser protocol with no callbacks: the request parser only checks each message and
+    finds its end; what the lane needs of the head it reads from the head's lines."""
+
+
+_SILENT = _Silent()
 
 
 def _is_grpc(fields) -> bool:

@@ -2,7 +2,10 @@
 
 Where this sits: ``http/express.py`` calls ``plain_request`` on each request head
 httptools has accepted, and ``upstream/express.py`` calls ``plain_response`` on
-each response head. Each does, in one loop over the fields, what the general
+each response head. Both take the head's raw field lines (no per-field parser
+callbacks) and read each through a bounded memo of lines already classified,
+since a sidecar sees the same few lines over and over. Each does, in one loop
+over the lines, what the general
 path does in several passes — the codec's checks (``codec/_http1_checks``),
 header hygiene (``headers.clean_request`` / ``clean_response``), the Host rule
 (``headers.to_http1_request``) and rendering (``codec/_http1_write``) — and
@@ -22,87 +25,154 @@ from __future__ import annotations
 from ..codec._http1_checks import _GOOD_HOSTS
 from .headers import MESHPROXY_PREFIX, new_request_id
 
-_HOST, _CL, _CONN, _DROP, _RID, _XFF, _XFP, _ODD, _TE, _CT = range(10)
+# What a raw field line is, as each function reads it: ``bytes`` for an ordinary line (what is
+# forwarded for it: name lower-cased, ``name: value\r\n``; empty when it is dropped) or a tuple
+# whose first item is one of these kinds. Lines repeat (a sidecar sees the same few clients and
+# apps), so each classification is kept in a bounded memo keyed by the raw line.
+_HOST, _CL, _CLOSE, _RID, _XFF, _XFP, _UNDER, _ODD, _CHUNKED, _GRPC = range(10)
+_ODD_LINE = (_ODD,)
+_CONN, _KDROP, _CT, _TE = range(100, 104)
+"""Name kinds that only say how to read the value (the name's line kinds are the ones above)."""
 _REQUEST_KINDS = {
     b"content-type": _CT,
     b"host": _HOST, b"content-length": _CL, b"connection": _CONN,
-    b"keep-alive": _DROP, b"proxy-connection": _DROP, b"x-forwarded-client-cert": _DROP,
+    b"keep-alive": _KDROP, b"proxy-connection": _KDROP, b"x-forwarded-client-cert": _KDROP,
     b"x-request-id": _RID, b"x-forwarded-for": _XFF, b"x-forwarded-proto": _XFP,
     b"transfer-encoding": _ODD, b"te": _ODD, b"upgrade": _ODD, b"expect": _ODD,
 }
 _RESPONSE_KINDS = {
     b"content-length": _CL, b"connection": _CONN, b"transfer-encoding": _TE,
-    b"keep-alive": _DROP, b"proxy-connection": _DROP, b"te": _DROP, b"upgrade": _DROP,
+    b"keep-alive": _KDROP, b"proxy-connection": _KDROP, b"te": _KDROP, b"upgrade": _KDROP,
 }
+_BLANKS = b" \t"
 _X = MESHPROXY_PREFIX[0]
 _XPLEN = len(MESHPROXY_PREFIX)
 _BODY_METHODS = frozenset((b"POST", b"PUT", b"PATCH"))
+_MEMO_MAX = 2048
+_REQ_MEMO: dict[bytes, object] = {}
+_RESP_MEMO: dict[bytes, object] = {}
 
 
-def plain_request(method: bytes, target: bytes, fields, inbound: bool, peer_ip: bytes,
+def split_field_line(line: bytes) -> tuple[bytes, bytes] | None:
+    """``(lower-case name, value)`` of one field line of a head the HTTP/1 parser accepted, read
+    as that parser reports it (blanks before the value dropped, blanks after it kept), or None for a line that is not
+    exactly one field (an obs-fold continuation, a stray CR or LF inside, no colon)."""
+    if not line or line[0] in _BLANKS or b"\n" in line or b"\r" in line:
+        return None
+    name, colon, value = line.partition(b":")
+    if not colon or not name:
+        return None
+    return name.lower(), value.lstrip(b" \t")
+
+
+def field_lines(head: bytes) -> list[bytes]:
+    """The field lines of a whole head (``...\r\n\r\n``): everything between the start
+    line and the blank line."""
+    lines = head.split(b"\r\n")
+    del lines[-2:]
+    del lines[0]
+    return lines
+
+
+def _request_line(line: bytes):
+    """Classify a request field line (see the kinds above) and remember it; None: decline."""
+    nv = split_field_line(line)
+    if nv is None:
+        return None
+    name, value = nv
+    kind = _REQUEST_KINDS.get(name)
+    if kind is None:
+        if name[0] == _X and name[:_XPLEN] == MESHPROXY_PREFIX:
+            e = b""  # only meshproxy may say these
+        elif b"_" in name:
+            e = (_UNDER, name + b": " + value + b"\r\n")
+        else:
+            e = name + b": " + value + b"\r\n"
+    elif kind == _HOST:
+        if value not in _GOOD_HOSTS:
+            return None  # not checked yet: the exact path checks it (and remembers it there)
+        e = (_HOST, value, b"host: " + value + b"\r\n")
+    elif kind == _CL:
+        n = _length(value)
+        e = _ODD_LINE if n is None else (_CL, n)
+    elif kind == _CONN:
+        e = b"" if _keeps(value) else (_CLOSE,) if value.lower() == b"close" else _ODD_LINE
+    elif kind == _RID:
+        return (_RID, value, b"x-request-id: " + value + b"\r\n")  # unique per request: not remembered
+    elif kind == _XFF:
+        e = (_XFF, b"x-forwarded-for: " + value + b"\r\n")
+    elif kind == _XFP:
+        e = (_XFP, b"x-forwarded-proto: " + value + b"\r\n")
+    elif kind == _CT:
+        e = _ODD_LINE if value.startswith(b"application/grpc") else b"content-type: " + value + b"\r\n"
+    elif kind == _KDROP:
+        e = b""
+    else:
+        e = _ODD_LINE
+    if len(_REQ_MEMO) >= _MEMO_MAX:
+        _REQ_MEMO.clear()
+    _REQ_MEMO[line] = e
+    return e
+
+
+def plain_request(method: bytes, target: bytes, lines, inbound: bool, peer_ip: bytes,
                   underscores_ok: bool, available: int, scheme: bytes = b"http", extra: bytes = b""):
     """``(upstream head bytes, request id, authority, body length, keep-alive)`` for an
-    HTTP/1.1 request head whose (lower-case) ``fields`` need nothing unusual and whose
-    body is exactly the ``available`` bytes that followed the head, else None.
+    HTTP/1.1 request head whose raw field ``lines`` (``field_lines``) need nothing unusual
+    and whose body is exactly the ``available`` bytes that followed the head, else None.
 
-    ``target`` is origin-form. The head is what ``clean_request`` (with ``scheme``),
-    ``to_http1_request`` and the codec's request rendering make of it; ``extra`` (whole
-    field lines) is added after hygiene's own fields, as ``x-forwarded-client-cert`` is
-    on the general path."""
-    lines = [method + b" " + target + b" HTTP/1.1\r\n"]
-    append = lines.append
-    kinds = _REQUEST_KINDS
+    The head must already have passed the HTTP/1 parser; ``target`` is origin-form. The
+    result is what ``clean_request`` (with ``scheme``), ``to_http1_request`` and the codec's
+    request rendering make of it; ``extra`` (whole field lines) is added after hygiene's own
+    fields, as ``x-forwarded-client-cert`` is on the general path."""
+    out = [method + b" " + target + b" HTTP/1.1\r\n"]
+    append = out.append
+    memo = _REQ_MEMO
     host = cl = rid = None
     keep = True
     xfp = False
-    for name, value in fields:
-        kind = kinds.get(name)
-        if kind is None:
-            if name[0] == _X and name[:_XPLEN] == MESHPROXY_PREFIX:
-                continue  # only meshproxy may say these
-            if not underscores_ok and b"_" in name:
+    for line in lines:
+        e = memo.get(line)
+        if e is None:
+            e = _request_line(line)
+            if e is None:
                 return None
-            append(name + b": " + value + b"\r\n")
-        elif kind == _HOST:
-            if host is not None or value not in _GOOD_HOSTS:
+        if e.__class__ is bytes:
+            append(e)
+            continue
+        kind = e[0]
+        if kind == _HOST:
+            if host is not None:
                 return None
-            host = value
-            append(b"host: " + value + b"\r\n")
+            host = e[1]
+            append(e[2])
         elif kind == _CL:
             if cl is not None:
                 return None
-            cl = value
-        elif kind == _CONN:
-            if not _keeps(value):
-                if value.lower() != b"close":
-                    return None
-                keep = False
+            cl = e[1]
+        elif kind == _CLOSE:
+            keep = False
         elif kind == _RID:
-            if rid is None and value:
-                rid = value
-                append(b"x-request-id: " + value + b"\r\n")
+            if rid is None and e[1]:
+                rid = e[1]
+                append(e[2])
         elif kind == _XFF:
             if inbound:
                 return None
-            append(b"x-forwarded-for: " + value + b"\r\n")
+            append(e[1])
         elif kind == _XFP:
             if not inbound:
                 xfp = True
-                append(b"x-forwarded-proto: " + value + b"\r\n")
-        elif kind == _CT:
-            if value.startswith(b"application/grpc"):
+                append(e[1])
+        elif kind == _UNDER:
+            if not underscores_ok:
                 return None
-            append(b"content-type: " + value + b"\r\n")
-        elif kind == _ODD:
+            append(e[1])
+        else:  # _ODD
             return None
-        # _DROP: nothing
     if host is None:
         return None
-    n = 0
-    if cl is not None:
-        n = _length(cl)
-        if n is None:
-            return None
+    n = 0 if cl is None else cl
     if n != available:
         return None
     if rid is None:
@@ -120,48 +190,98 @@ def plain_request(method: bytes, target: bytes, fields, inbound: bool, peer_ip: 
         append(b"content-length: 0\r\n\r\n")
     else:
         append(b"\r\n")
-    return b"".join(lines), rid, host, n, keep
+    return b"".join(out), rid, host, n, keep
 
 
-def plain_response(fields):
-    """``(field lines, content length or None, chunked, keep-alive, grpc-status or None)``
-    for an HTTP/1.1 response head (not 1xx) whose lower-case ``fields`` need nothing
-    unusual, else None. The lines are what ``clean_response`` and the codec's
-    ``render_fields`` keep, one ``name: value\\r\\n`` each; framing is the caller's."""
-    lines = []
-    append = lines.append
-    kinds = _RESPONSE_KINDS
+def _response_line(line: bytes):
+    """Classify a response field line and remember it; None: decline."""
+    nv = split_field_line(line)
+    if nv is None:
+        return None
+    name, value = nv
+    kind = _RESPONSE_KINDS.get(name)
+    if kind is None:
+        if name[0] == _X and name[:_XPLEN] == MESHPROXY_PREFIX:
+            e = b""
+        elif name == b"grpc-status":
+            e = (_GRPC, value, name + b": " + value + b"\r\n")
+        else:
+            e = name + b": " + value + b"\r\n"
+    elif kind == _CL:
+        n = _length(value)
+        e = _ODD_LINE if n is None else (_CL, n)
+    elif kind == _CONN:
+        e = b"" if _keeps(value) else (_CLOSE,) if value.lower() == b"close" else _ODD_LINE
+    elif kind == _TE:
+        e = (_CHUNKED,) if value.lower() == b"chunked" else _ODD_LINE
+    else:  # hop-by-hop: dropped
+        e = b""
+    if len(_RESP_MEMO) >= _MEMO_MAX:
+        _RESP_MEMO.clear()
+    _RESP_MEMO[line] = e
+    return e
+
+
+def plain_response(lines):
+    """``(forwarded field lines, content length or None, chunked, keep-alive, grpc-status or
+    None)`` for an HTTP/1.1 response head (not 1xx), already accepted by the HTTP/1 parser,
+    whose raw field ``lines`` (``field_lines``) need nothing unusual, else None. The forwarded
+    lines are what ``clean_response`` and the codec's ``render_fields`` keep, one
+    ``name: value\r\n`` each (dropped ones as empty bytes); framing is the caller's."""
+    out = []
+    append = out.append
+    memo = _RESP_MEMO
     cl = None
     chunked = False
     keep = True
     grpc = None
-    for name, value in fields:
-        kind = kinds.get(name)
-        if kind is None:
-            if name[0] == _X and name[:_XPLEN] == MESHPROXY_PREFIX:
-                continue
-            if name == b"grpc-status" and grpc is None:
-                grpc = value
-            append(name + b": " + value + b"\r\n")
-        elif kind == _CL:
+    for line in lines:
+        e = memo.get(line)
+        if e is None:
+            e = _response_line(line)
+            if e is None:
+                return None
+        if e.__class__ is bytes:
+            append(e)
+            continue
+        kind = e[0]
+        if kind == _CL:
             if cl is not None:
                 return None
-            cl = _length(value)
-            if cl is None:
-                return None
-        elif kind == _CONN:
-            if not _keeps(value):
-                if value.lower() != b"close":
-                    return None
-                keep = False
-        elif kind == _TE:
-            if chunked or value.lower() != b"chunked":
+            cl = e[1]
+        elif kind == _CLOSE:
+            keep = False
+        elif kind == _CHUNKED:
+            if chunked:
                 return None
             chunked = True
-        # _DROP: nothing
+        elif kind == _GRPC:
+            if grpc is None:
+                grpc = e[1]
+            append(e[2])
+        else:  # _ODD
+            return None
     if chunked and cl is not None:
         return None
-    return lines, cl, chunked, keep, grpc
+    return out, cl, chunked, keep, grpc
+
+
+class _Fields:
+    """Collects a head's fields the way httptools reports them: the exact path's input."""
+
+    def __init__(self):
+        self.fields: list[tuple[bytes, bytes]] = []
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.fields.append((name.lower(), value))
+
+
+def fields_of(head: bytes, parser_class) -> list[tuple[bytes, bytes]]:
+    """``(lower-case name, value)`` of each field of a ``head`` the parser already accepted
+    (``parser_class``: httptools' request or response parser)."""
+    sink = _Fields()
+    parser_class(sink).feed_data(head)
+    return sink.fields
 
 
 def _length(value: bytes) -> int | None:

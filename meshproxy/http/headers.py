@@ -281,7 +281,6 @@ def clean_response(head: ResponseHead, *, local: bool = False) -> None:
     ``head``: ``head.headers`` becomes a new list.
     """
     keep_upgrade = head.status == 101
-    actions = _RESPONSE_ACTIONS
     if not keep_upgrade:
         found = None
         for item in head.headers:

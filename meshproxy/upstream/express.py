@@ -36,7 +36,7 @@ from ..codec._http1_checks import (DEFAULT_LIMITS, SPECIAL, Reject, find_head, i
 from ..codec._http1_write import render_fields
 from ..codec.events import ResponseHead
 from ..errors import UPSTREAM_CONNECTION_TERMINATION, UPSTREAM_PROTOCOL_ERROR, UPSTREAM_RESET
-from ..http.express_heads import plain_response
+from ..http.express_heads import fields_of, plain_response
 from ..http.headers import clean_response
 
 log = logging.getLogger("meshproxy.upstream")
@@ -70,7 +70,8 @@ class ExpressConnection(asyncio.Protocol):
         self.tail = b""
         # scratch filled by the parser callbacks
         self.fields: list[tuple[bytes, bytes]] = []
-        self.reason = b""
+        """Trailer fields of a chunked body."""
+        self.sink = _HeadSink()
         self.body: list[bytes] = []
         self.complete = False
 
@@ -209,25 +210,30 @@ class ExpressConnection(asyncio.Protocol):
 
     def _head(self, head: bytes, rest: bytes) -> bool:
         """A whole response head; False when the connection failed on it."""
-        self.fields = []
-        self.reason = b""
-        self.complete = False
-        parser = self.parser = HttpResponseParser(self)
+        sink = self.sink
+        sink.complete = False
+        parser = HttpResponseParser(sink)  # checks the head; its fields are read from its lines
         try:
             parser.feed_data(head)
         except HttpParserUpgrade:
             pass
         except HttpParserError as e:
-            if not self.complete:
+            if not sink.complete:
                 return self._fault(f"malformed message head: {e}")
         status = parser.get_status_code()
-        fields = self.fields
-        if len(fields) > self.limits.max_headers:
+        lines = head.split(b"\r\n")
+        start = lines[0]
+        del lines[-2:]
+        del lines[0]
+        if len(lines) > self.limits.max_headers:
             return self._fault("too many response headers")
-        plain = plain_response(fields) if status >= 200 and head[:9] == b"HTTP/1.1 " else None
+        plain = plain_response(lines) if status >= 200 and start[:9] == b"HTTP/1.1 " else None
         if plain is not None:
             lines, cl, chunked, keep, grpc = plain
         else:  # the general path's checks and hygiene, one by one
+            fields = fields_of(head, HttpResponseParser)
+            if len(fields) > self.limits.max_headers:
+                return self._fault("too many response headers")
             special = [f for f in fields if f[0] in SPECIAL]
             try:
                 if head[:5] != b"HTTP/":
@@ -242,12 +248,13 @@ class ExpressConnection(asyncio.Protocol):
                 return True  # informational: dropped, the final response follows
             keep = keep_alive(version, special)
             lines, grpc = _clean_lines(status, fields)
+        parts = start.split(b" ", 2)
+        reason = parts[2] if len(parts) == 3 else b""
         no_body = self.is_head or status == 204 or status == 304
         if no_body:
             chunked = False
         self.keep = keep and (no_body or chunked or cl is not None)
         call = self.call
-        reason = self.reason
         if no_body or (not chunked and cl == 0):
             self.state = _IDLE
             call.response_start(status, reason, lines, grpc, cl, False, b"", True)
@@ -266,7 +273,10 @@ class ExpressConnection(asyncio.Protocol):
             self.state = _CHUNKED
             self.tail = b""
             self.body = []
-            self.fields = []  # from here on: trailer fields
+            self.parser = HttpResponseParser(self)  # decodes the chunks; its fields are the trailers
+            self.parser.feed_data(head)
+            self.fields = []
+            self.complete = False
             call.response_start(status, reason, lines, grpc, None, True, b"", False)
             if rest and self.call is call:
                 self._chunked(rest)
@@ -325,15 +335,25 @@ class ExpressConnection(asyncio.Protocol):
             call.upstream_failed(UPSTREAM_PROTOCOL_ERROR, message)
         return False
 
-    # === httptools callbacks (called only from feed_data) ===
-    def on_status(self, reason: bytes) -> None:
-        self.reason += reason
-
+    # === httptools callbacks of the chunked-body parser (called only from feed_data) ===
     def on_header(self, name: bytes, value: bytes) -> None:
         self.fields.append((name.lower(), value))
 
     def on_body(self, body: bytes) -> None:
         self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+
+
+class _HeadSink:
+    """The protocol of the parser that checks a response head: only whether the message
+    ended within it (a parse error after that end is not the head's fault)."""
+
+    __slots__ = ("complete",)
+
+    def __init__(self):
+        self.complete = False
 
     def on_message_complete(self) -> None:
         self.complete = True

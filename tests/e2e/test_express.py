@@ -315,9 +315,10 @@ async def test_pipelined_while_in_flight_waits_its_turn(pair):
     writer.close()
 
 
-_token = st.text(alphabet="abcdefghijklmnopqrstuvwxyz-", min_size=1, max_size=12).filter(
+_token = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCXYZ-", min_size=1, max_size=12).filter(
     lambda s: not s.startswith("-"))
-_value = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJ0123456789 ,;=/.", max_size=20).map(str.strip)
+_value = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJ0123456789 ,;=/.", max_size=20)
+"""Raw: blanks before and after the value included (the parser drops the ones before)."""
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -333,12 +334,12 @@ async def test_random_exchanges_match(pair, monkeypatch, method, path, fields, b
                                       resp_body, chunked):
     skip = {"content-length", "transfer-encoding", "host", "connection", "upgrade", "expect", "te", "trailer"}
     req = [b"%s /%s HTTP/1.1\r\nHost: h\r\n" % (method, path.encode())]
-    req += [b"%s: %s\r\n" % (k.encode(), v.encode()) for k, v in fields if k not in skip]
+    req += [b"%s:%s\r\n" % (k.encode(), v.encode()) for k, v in fields if k.lower() not in skip]
     if body:
         req.append(b"Content-Length: %d\r\n" % len(body))
     req.append(b"Connection: close\r\n\r\n")
     resp = [b"HTTP/1.1 %d X\r\n" % status]
-    resp += [b"%s: %s\r\n" % (k.encode(), v.encode()) for k, v in resp_fields if k not in skip]
+    resp += [b"%s:%s\r\n" % (k.encode(), v.encode()) for k, v in resp_fields if k.lower() not in skip]
     if status == 204:
         resp.append(b"\r\n")
     elif chunked:

@@ -3,13 +3,17 @@
 ``plain_request`` must render exactly what header hygiene + the Host rule + the
 HTTP/1 client codec render for the same head (or decline); ``plain_response``
 must keep exactly the lines ``clean_response`` + ``render_fields`` keep and read
-the same framing as ``inspect_response`` / ``keep_alive`` (or decline).
+the same framing as ``inspect_response`` / ``keep_alive`` (or decline). Both read
+raw field lines (any name case, blanks around the value) through a memo, so each
+case is checked twice: the first reading classifies the lines, the second comes
+from the memo.
 """
 
 from __future__ import annotations
 
 import random
 
+import httptools
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -18,7 +22,8 @@ from meshproxy.codec._http1_checks import SPECIAL, Reject, inspect_request, insp
 from meshproxy.codec.events import RequestHead
 from meshproxy.codec.http1 import Http1Codec
 from meshproxy.http import headers as hdr
-from meshproxy.http.express_heads import plain_request, plain_response
+from meshproxy.http import express_heads
+from meshproxy.http.express_heads import field_lines, fields_of, plain_request, plain_response, split_field_line
 from meshproxy.upstream.express import _clean_lines
 
 NAMES = [b"host", b"content-length", b"connection", b"keep-alive", b"proxy-connection", b"x-request-id",
@@ -38,6 +43,17 @@ fields_st = st.one_of(
     st.lists(st.tuples(st.sampled_from(NAMES), st.sampled_from(VALUES)), max_size=8),
     st.lists(st.tuples(st.sampled_from(PLAIN_NAMES), st.sampled_from(PLAIN_VALUES)), max_size=8),
 )
+
+
+def raw_lines(fields, seed, trailing=True):
+    """The fields as a client might write them: names in any case, blanks around values
+    (after them only when ``trailing``)."""
+    rnd = random.Random(seed)
+    out = []
+    for k, v in fields:
+        name = bytes(c ^ 0x20 if 97 <= c <= 122 and rnd.random() < 0.3 else c for c in k)
+        out.append(name + b":" + rnd.choice([b"", b" ", b"  ", b"\t"]) + v + (rnd.choice([b"", b" ", b"\t "]) if trailing else b""))
+    return out
 
 
 def general_request(method, target, fields, inbound, seed):
@@ -84,7 +100,19 @@ def test_plain_request_renders_what_the_general_path_renders(method, target, fie
                 inspect_request(b"GET", b"/", "1.1", [], [(b"host", v)], b"", Http1Codec().limits)
             except Reject:
                 pass
-    fast = plain_request(method, target, fields, inbound, b"10.0.0.9", False, cl if body else 0)
+    lines = raw_lines(fields, seed)
+    # what the parser reports for these lines is what the general path works on; a head the
+    # parser refuses never reaches plain_request (the lane hands it over)
+    try:
+        fields = fields_of(b"GET / HTTP/1.1\r\n" + b"".join(x + b"\r\n" for x in lines) + b"\r\n",
+                           httptools.HttpRequestParser)
+    except httptools.HttpParserError:
+        return
+    hdr._getrandbits = random.Random(seed).getrandbits
+    fast = plain_request(method, target, lines, inbound, b"10.0.0.9", False, cl if body else 0)
+    hdr._getrandbits = random.Random(seed).getrandbits
+    again = plain_request(method, target, lines, inbound, b"10.0.0.9", False, cl if body else 0)
+    assert fast == again  # the second reading comes from the memo
     if fast is None:
         return
     assert fast == general_request(method, target, fields, inbound, seed)
@@ -96,7 +124,7 @@ def test_plain_request_takes_the_common_heads():
                    [(b"host", b"h"), (b"connection", b"keep-alive"), (b"x-request-id", b"r1")],
                    [(b"host", b"h"), (b"content-type", b"application/json"), (b"content-length", b"2")]):
         cl = 2 if (b"content-length", b"2") in fields else 0
-        assert plain_request(b"POST", b"/", fields, False, b"1.1.1.1", False, cl) is not None
+        assert plain_request(b"POST", b"/", raw_lines(fields, 1, False), False, b"1.1.1.1", False, cl) is not None
 
 
 @pytest.mark.parametrize("fields", [
@@ -113,15 +141,16 @@ def test_plain_request_takes_the_common_heads():
 ])
 def test_plain_request_declines_what_needs_the_general_rules(fields):
     inspect_request(b"GET", b"/", "1.1", [], [(b"host", b"h")], b"", Http1Codec().limits)  # Host h is known
-    assert plain_request(b"GET", b"/", fields, False, b"1.1.1.1", False, 0) is None
+    assert plain_request(b"GET", b"/", raw_lines(fields, 2), False, b"1.1.1.1", False, 0) is None
+    assert plain_request(b"GET", b"/", raw_lines(fields, 2), False, b"1.1.1.1", False, 0) is None  # memo
 
 
 def test_plain_request_declines_a_body_that_is_not_all_there():
     inspect_request(b"GET", b"/", "1.1", [], [(b"host", b"h")], b"", Http1Codec().limits)
-    fields = [(b"host", b"h"), (b"content-length", b"5")]
-    assert plain_request(b"POST", b"/", fields, False, b"1.1.1.1", False, 3) is None
-    assert plain_request(b"POST", b"/", fields, False, b"1.1.1.1", False, 9) is None  # another request follows
-    assert plain_request(b"POST", b"/", fields, False, b"1.1.1.1", False, 5) is not None
+    lines = [b"Host: h", b"Content-Length: 5"]
+    assert plain_request(b"POST", b"/", lines, False, b"1.1.1.1", False, 3) is None
+    assert plain_request(b"POST", b"/", lines, False, b"1.1.1.1", False, 9) is None  # another request follows
+    assert plain_request(b"POST", b"/", lines, False, b"1.1.1.1", False, 5) is not None
 
 
 RESPONSE_NAMES = [b"content-length", b"connection", b"transfer-encoding", b"keep-alive", b"proxy-connection",
@@ -133,7 +162,14 @@ RESPONSE_NAMES = [b"content-length", b"connection", b"transfer-encoding", b"keep
 @given(fields=st.lists(st.tuples(st.sampled_from(RESPONSE_NAMES), st.sampled_from(VALUES)), max_size=8),
        status=st.sampled_from([200, 204, 304, 404]))
 def test_plain_response_keeps_what_the_general_path_keeps(fields, status):
-    fast = plain_response(fields)
+    lines = raw_lines(fields, status)
+    try:
+        fields = fields_of(b"HTTP/1.1 200 OK\r\n" + b"".join(x + b"\r\n" for x in lines) + b"\r\n",
+                           httptools.HttpResponseParser)
+    except httptools.HttpParserError:
+        return  # never reaches plain_response
+    fast = plain_response(lines)
+    assert plain_response(lines) == fast  # the second reading comes from the memo
     if fast is None:
         return
     lines, cl, chunked, keep, grpc = fast
@@ -146,11 +182,40 @@ def test_plain_response_keeps_what_the_general_path_keeps(fields, status):
 
 
 def test_plain_response_takes_nginx_heads_and_declines_odd_ones():
-    nginx = [(b"server", b"nginx"), (b"date", b"x"), (b"content-type", b"text/plain"),
-             (b"content-length", b"1013"), (b"connection", b"keep-alive")]
-    assert plain_response(nginx) == ([b"server: nginx\r\n", b"date: x\r\n", b"content-type: text/plain\r\n"],
-                                     1013, False, True, None)
-    assert plain_response([(b"connection", b"keep-alive, x-up"), (b"x-up", b"1")]) is None
-    assert plain_response([(b"transfer-encoding", b"gzip, chunked")]) is None
-    assert plain_response([(b"transfer-encoding", b"chunked"), (b"content-length", b"1")]) is None
-    assert plain_response([(b"content-length", b"1"), (b"content-length", b"1")]) is None
+    nginx = [b"Server: nginx", b"Date: x", b"Content-Type: text/plain", b"Content-Length: 1013",
+             b"Connection: keep-alive"]
+    assert plain_response(nginx) == ([b"server: nginx\r\n", b"date: x\r\n", b"content-type: text/plain\r\n",
+                                      b""], 1013, False, True, None)
+    assert plain_response([b"Connection: keep-alive, x-up", b"X-Up: 1"]) is None
+    assert plain_response([b"Transfer-Encoding: gzip, chunked"]) is None
+    assert plain_response([b"Transfer-Encoding: chunked", b"Content-Length: 1"]) is None
+    assert plain_response([b"Content-Length: 1", b"Content-Length: 1"]) is None
+
+
+@pytest.mark.parametrize("line", [b" folded", b"\tfolded", b"A: b\nC: d", b"A: b\rC", b"no-colon", b": v", b""])
+def test_a_line_that_is_not_exactly_one_field_is_declined(line):
+    assert split_field_line(line) is None
+    assert plain_response([b"Server: x", line]) is None
+    inspect_request(b"GET", b"/", "1.1", [], [(b"host", b"h")], b"", Http1Codec().limits)
+    assert plain_request(b"GET", b"/", [b"Host: h", line], False, b"1.1.1.1", False, 0) is None
+
+
+def test_lines_read_as_the_parser_reads_fields():
+    head = (b"HTTP/1.1 200 OK\r\nServer:  nginx \r\nX-Empty:\r\nContent-Length: 0\r\n"
+            b"Set-Cookie: a=b; Path=/\r\n\r\n")
+    lines = field_lines(head)
+    assert [split_field_line(x) for x in lines] == fields_of(head, httptools.HttpResponseParser)
+    assert lines == [b"Server:  nginx ", b"X-Empty:", b"Content-Length: 0", b"Set-Cookie: a=b; Path=/"]
+    assert split_field_line(lines[0]) == (b"server", b"nginx ")  # as httptools reports it
+
+
+def test_the_memo_is_bounded_and_never_keeps_request_ids():
+    express_heads._REQ_MEMO.clear()
+    inspect_request(b"GET", b"/", "1.1", [], [(b"host", b"h")], b"", Http1Codec().limits)
+    for i in range(express_heads._MEMO_MAX + 10):
+        out = plain_request(b"GET", b"/", [b"Host: h", b"X-Request-Id: r%d" % i, b"X-N: %d" % i], False,
+                            b"1.1.1.1", False, 0)
+        assert out is not None and out[1] == b"r%d" % i
+        assert b"x-n: %d\r\n" % i in out[0]
+    assert len(express_heads._REQ_MEMO) <= express_heads._MEMO_MAX
+    assert not any(k.lower().startswith(b"x-request-id") for k in express_heads._REQ_MEMO)
