@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import copy
 import socket
+from typing import TYPE_CHECKING
 
 from meshproxy.net.addrs import OrigDst
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from meshproxy.app import App
 
 BASE = {
     "inbound": {"enabled": False, "addresses": ["127.0.0.1"], "port": 0},

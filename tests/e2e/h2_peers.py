@@ -229,7 +229,6 @@ class H2Upstream:
         writer.write(conn.data_to_send())
         streams: dict[int, dict] = {}
         big: dict[int, int] = {}  # stream id -> bytes still to send
-        wakeup = asyncio.Event()
 
         def pump():
             for sid in list(big):

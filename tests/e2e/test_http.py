@@ -9,7 +9,6 @@ import re
 
 import aiohttp
 import pytest
-from aiohttp import web
 from e2e_support import merge, metric_value, metrics_text
 from l7_peers import EchoH1, start_ws_echo
 
