@@ -54,7 +54,7 @@ from ..errors import DOWNSTREAM_CONNECTION_TERMINATION, UPSTREAM_CONNECT_FAILURE
 from ..observe.requests import ConnectionSeries
 from ..upstream.pool import Key
 from . import headers as hdr
-from .express_heads import fields_of, plain_request
+from .express_heads import fields_of, head_lines, plain_request
 from .router import PASSTHROUGH
 from .server import DEADLINE_SLACK, HIGH_WATER, HttpServerConnection
 
@@ -209,13 +209,10 @@ class ExpressServer(asyncio.Protocol):
             parser.feed_data(data)  # head and body: the parser ends at the message boundary
         except (HttpParserError, HttpParserUpgrade):  # malformed, or an upgrade/CONNECT: the general path's
             return self._handover(data)
-        lines = head.split(b"\r\n")  # the parser accepted it: one start line, field lines, blank line
-        start = lines[0]
+        start, lines = head_lines(head)
         sp = start.find(b" ")
         method = start[:sp]
         url = start[sp + 1:-9]  # the start line ends with " HTTP/1.1"
-        del lines[-2:]
-        del lines[0]
         if url[:1] != b"/" or len(lines) > limits.max_headers:
             return self._handover(data)
         plain = None if self.ctx.router.needs_headers else plain_request(

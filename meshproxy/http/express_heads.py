@@ -62,16 +62,25 @@ def split_field_line(line: bytes) -> tuple[bytes, bytes] | None:
     name, colon, value = line.partition(b":")
     if not colon or not name:
         return None
-    return name.lower(), value.lstrip(b" \t")
+    return name.lower(), value.lstrip(_BLANKS)
 
 
-def field_lines(head: bytes) -> list[bytes]:
-    """The field lines of a whole head (``...\r\n\r\n``): everything between the start
-    line and the blank line."""
+def head_lines(head: bytes) -> tuple[bytes, list[bytes]]:
+    """``(start line, field lines)`` of a whole head (``...\r\n\r\n``) the HTTP/1 parser
+    accepted: the field lines are everything between the start line and the blank line."""
     lines = head.split(b"\r\n")
+    start = lines[0]
     del lines[-2:]
     del lines[0]
-    return lines
+    return start, lines
+
+
+def _remember(memo: dict, line: bytes, what):
+    """Keep what ``line`` was classified as (the memo is emptied when full); return it."""
+    if len(memo) >= _MEMO_MAX:
+        memo.clear()
+    memo[line] = what
+    return what
 
 
 def _request_line(line: bytes):
@@ -109,16 +118,13 @@ def _request_line(line: bytes):
         e = b""
     else:
         e = _ODD_LINE
-    if len(_REQ_MEMO) >= _MEMO_MAX:
-        _REQ_MEMO.clear()
-    _REQ_MEMO[line] = e
-    return e
+    return _remember(_REQ_MEMO, line, e)
 
 
 def plain_request(method: bytes, target: bytes, lines, inbound: bool, peer_ip: bytes,
                   underscores_ok: bool, available: int, scheme: bytes = b"http", extra: bytes = b""):
     """``(upstream head bytes, request id, authority, body length, keep-alive)`` for an
-    HTTP/1.1 request head whose raw field ``lines`` (``field_lines``) need nothing unusual
+    HTTP/1.1 request head whose raw field ``lines`` (``head_lines``) need nothing unusual
     and whose body is exactly the ``available`` bytes that followed the head, else None.
 
     The head must already have passed the HTTP/1 parser; ``target`` is origin-form. The
@@ -216,16 +222,13 @@ def _response_line(line: bytes):
         e = (_CHUNKED,) if value.lower() == b"chunked" else _ODD_LINE
     else:  # hop-by-hop: dropped
         e = b""
-    if len(_RESP_MEMO) >= _MEMO_MAX:
-        _RESP_MEMO.clear()
-    _RESP_MEMO[line] = e
-    return e
+    return _remember(_RESP_MEMO, line, e)
 
 
 def plain_response(lines):
     """``(forwarded field lines, content length or None, chunked, keep-alive, grpc-status or
     None)`` for an HTTP/1.1 response head (not 1xx), already accepted by the HTTP/1 parser,
-    whose raw field ``lines`` (``field_lines``) need nothing unusual, else None. The forwarded
+    whose raw field ``lines`` (``head_lines``) need nothing unusual, else None. The forwarded
     lines are what ``clean_response`` and the codec's ``render_fields`` keep, one
     ``name: value\r\n`` each (dropped ones as empty bytes); framing is the caller's."""
     out = []

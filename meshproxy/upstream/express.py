@@ -36,7 +36,7 @@ from ..codec._http1_checks import (DEFAULT_LIMITS, SPECIAL, Reject, find_head, i
 from ..codec._http1_write import render_fields
 from ..codec.events import ResponseHead
 from ..errors import UPSTREAM_CONNECTION_TERMINATION, UPSTREAM_PROTOCOL_ERROR, UPSTREAM_RESET
-from ..http.express_heads import fields_of, plain_response
+from ..http.express_heads import fields_of, head_lines, plain_response
 from ..http.headers import clean_response
 
 log = logging.getLogger("meshproxy.upstream")
@@ -221,19 +221,14 @@ class ExpressConnection(asyncio.Protocol):
             if not sink.complete:
                 return self._fault(f"malformed message head: {e}")
         status = parser.get_status_code()
-        lines = head.split(b"\r\n")
-        start = lines[0]
-        del lines[-2:]
-        del lines[0]
+        start, lines = head_lines(head)
         if len(lines) > self.limits.max_headers:
             return self._fault("too many response headers")
         plain = plain_response(lines) if status >= 200 and start[:9] == b"HTTP/1.1 " else None
         if plain is not None:
             lines, cl, chunked, keep, grpc = plain
         else:  # the general path's checks and hygiene, one by one
-            fields = fields_of(head, HttpResponseParser)
-            if len(fields) > self.limits.max_headers:
-                return self._fault("too many response headers")
+            fields = fields_of(head, HttpResponseParser)  # no more fields than lines
             special = [f for f in fields if f[0] in SPECIAL]
             try:
                 if head[:5] != b"HTTP/":

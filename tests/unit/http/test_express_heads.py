@@ -23,7 +23,7 @@ from meshproxy.codec.events import RequestHead
 from meshproxy.codec.http1 import Http1Codec
 from meshproxy.http import headers as hdr
 from meshproxy.http import express_heads
-from meshproxy.http.express_heads import field_lines, fields_of, plain_request, plain_response, split_field_line
+from meshproxy.http.express_heads import fields_of, head_lines, plain_request, plain_response, split_field_line
 from meshproxy.upstream.express import _clean_lines
 
 NAMES = [b"host", b"content-length", b"connection", b"keep-alive", b"proxy-connection", b"x-request-id",
@@ -203,7 +203,8 @@ def test_a_line_that_is_not_exactly_one_field_is_declined(line):
 def test_lines_read_as_the_parser_reads_fields():
     head = (b"HTTP/1.1 200 OK\r\nServer:  nginx \r\nX-Empty:\r\nContent-Length: 0\r\n"
             b"Set-Cookie: a=b; Path=/\r\n\r\n")
-    lines = field_lines(head)
+    start, lines = head_lines(head)
+    assert start == b"HTTP/1.1 200 OK"
     assert [split_field_line(x) for x in lines] == fields_of(head, httptools.HttpResponseParser)
     assert lines == [b"Server:  nginx ", b"X-Empty:", b"Content-Length: 0", b"Set-Cookie: a=b; Path=/"]
     assert split_field_line(lines[0]) == (b"server", b"nginx ")  # as httptools reports it
