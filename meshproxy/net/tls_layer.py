@@ -33,7 +33,12 @@ import asyncio
 import ssl
 from typing import Callable
 
-_READ = 256 * 1024
+_READ = 16 * 1024
+"""Bytes asked of ``SSLObject.read``: one TLS record's plaintext at most (RFC 8446 section 5.1),
+which is all one call returns anyway. A larger request costs more, not less: ``read(n)``
+allocates ``n`` bytes before shrinking them to what it got. At 256 KiB that allocation is
+above glibc's mmap threshold until something raises it: then every record costs an
+mmap/mremap/munmap (about 15 us a record here; ``bench/micro_tls_read.py``)."""
 
 
 class TlsLayer(asyncio.Protocol):

@@ -123,5 +123,15 @@ def test_tls_layer_delivers_every_record_of_one_read(tmp_path):
         cw.pump()
         assert b"".join(inner.got) == b"one" + b"two" * 9000 + b"three"
         assert not server.incoming.pending and not server.sslobj.pending()
+        # records of exactly the read size, and a write of many records: each read takes one
+        # whole record (never more than a record's 16 KiB of plaintext), nothing is left behind
+        inner.got.clear()
+        big = bytes(range(256)) * 400  # 102400 bytes: six full records and a partial one
+        for piece in (b"a" * 16384, b"b" * 16385, big):
+            client.write(piece)
+        cw.pump()
+        assert b"".join(inner.got) == b"a" * 16384 + b"b" * 16385 + big
+        assert max(len(c) for c in inner.got) == 16384
+        assert not server.incoming.pending and not server.sslobj.pending()
 
     asyncio.run(main())
