@@ -51,6 +51,10 @@ _BODY_METHODS = frozenset((b"POST", b"PUT", b"PATCH"))
 _MEMO_MAX = 2048
 _REQ_MEMO: dict[bytes, object] = {}
 _RESP_MEMO: dict[bytes, object] = {}
+_START_MEMO: dict[bytes, int] = {}
+"""Response start lines (``HTTP/1.1 <status> <reason>``, final statuses) of heads the parser
+accepted, with their status: with ``plain_response(..., known_only=True)`` they let a head made
+only of lines already accepted skip the parser (``known_response``)."""
 
 
 def split_field_line(line: bytes) -> tuple[bytes, bytes] | None:
@@ -225,12 +229,34 @@ def _response_line(line: bytes):
     return _remember(_RESP_MEMO, line, e)
 
 
-def plain_response(lines):
+def known_response(start: bytes, lines):
+    """``(status, plain_response(lines))`` for a response head made only of lines the HTTP/1
+    parser has already accepted in earlier heads (its start line in ``_START_MEMO``, every field
+    line in the line memo), else None: then the caller parses the head. The parser's verdict
+    on a head is the sum of its verdicts on its lines (obs-fold and stray CR/LF are never
+    remembered) plus what ``plain_response`` checks across lines (duplicate or conflicting
+    framing fields) and the caller's limits (head size, line length, field count)."""
+    status = _START_MEMO.get(start)
+    if status is None:
+        return None
+    plain = plain_response(lines, True)
+    return None if plain is None else (status, plain)
+
+
+def remember_start(start: bytes, status: int) -> None:
+    """Remember the start line of a final HTTP/1.1 response head the parser accepted and
+    ``plain_response`` took (``known_response`` then takes heads like it without the parser)."""
+    _remember(_START_MEMO, start, status)
+
+
+def plain_response(lines, known_only: bool = False):
     """``(forwarded field lines, content length or None, chunked, keep-alive, grpc-status or
     None)`` for an HTTP/1.1 response head (not 1xx), already accepted by the HTTP/1 parser,
     whose raw field ``lines`` (``head_lines``) need nothing unusual, else None. The forwarded
     lines are what ``clean_response`` and the codec's ``render_fields`` keep, one
-    ``name: value\r\n`` each (dropped ones as empty bytes); framing is the caller's."""
+    ``name: value\r\n`` each (dropped ones as empty bytes); framing is the caller's.
+    ``known_only``: decline at the first line not in the memo instead of classifying it
+    (for a head the parser has not seen)."""
     out = []
     append = out.append
     memo = _RESP_MEMO
@@ -241,6 +267,8 @@ def plain_response(lines):
     for line in lines:
         e = memo.get(line)
         if e is None:
+            if known_only:
+                return None
             e = _response_line(line)
             if e is None:
                 return None

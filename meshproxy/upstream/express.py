@@ -6,13 +6,16 @@ whole request with ``send``, and gets the response back through three calls on
 its side: ``response_start`` (status, fields, framing, the first body bytes),
 ``response_body`` (more body; ``ended`` on the last), ``upstream_failed``. The
 general path's ``upstream/client.py`` does the same job through codec events
-and an exchange; this does it with one fresh httptools parser per response
-head and no per-event objects, for the traffic the express lane takes.
+and an exchange; this does it with no per-event objects, for the traffic the
+express lane takes: a response head is checked by a fresh httptools parser
+unless every line of it was accepted in an earlier head (``known_response``).
 
 Invariants:
-1. The same acceptance as ``codec/http1.py`` on the client role: every head goes
-   through ``find_head`` and ``inspect_response``; a fault is
-   ``UPSTREAM_PROTOCOL_ERROR`` (502 before the response started).
+1. The same acceptance as ``codec/http1.py`` on the client role: a head is taken
+   by httptools and ``plain_response`` (or ``inspect_response``), or is made only of
+   a start line and field lines they took before, within the same size, line and
+   count limits; a fault is ``UPSTREAM_PROTOCOL_ERROR`` (502 before the response
+   started).
 2. Content-Length bodies are sliced without the parser; chunked bodies are fed
    to the parser in pieces that end at each CRLFCRLF (``piece_ends``), so the
    end of the message is always a piece end and nothing after it is taken as
@@ -36,7 +39,7 @@ from ..codec._http1_checks import (DEFAULT_LIMITS, SPECIAL, Reject, find_head, i
 from ..codec._http1_write import render_fields
 from ..codec.events import ResponseHead
 from ..errors import UPSTREAM_CONNECTION_TERMINATION, UPSTREAM_PROTOCOL_ERROR, UPSTREAM_RESET
-from ..http.express_heads import fields_of, head_lines, plain_response
+from ..http.express_heads import fields_of, head_lines, known_response, plain_response, remember_start
 from ..http.headers import clean_response
 
 log = logging.getLogger("meshproxy.upstream")
@@ -210,21 +213,27 @@ class ExpressConnection(asyncio.Protocol):
 
     def _head(self, head: bytes, rest: bytes) -> bool:
         """A whole response head; False when the connection failed on it."""
-        sink = self.sink
-        sink.complete = False
-        parser = HttpResponseParser(sink)  # checks the head; its fields are read from its lines
-        try:
-            parser.feed_data(head)
-        except HttpParserUpgrade:
-            pass
-        except HttpParserError as e:
-            if not sink.complete:
-                return self._fault(f"malformed message head: {e}")
-        status = parser.get_status_code()
         start, lines = head_lines(head)
         if len(lines) > self.limits.max_headers:
             return self._fault("too many response headers")
-        plain = plain_response(lines) if status >= 200 and start[:9] == b"HTTP/1.1 " else None
+        known = known_response(start, lines)  # every line accepted before: no parser needed
+        if known is not None:
+            status, plain = known
+        else:
+            sink = self.sink
+            sink.complete = False
+            parser = HttpResponseParser(sink)  # checks the head; its fields are read from its lines
+            try:
+                parser.feed_data(head)
+            except HttpParserUpgrade:
+                pass
+            except HttpParserError as e:
+                if not sink.complete:
+                    return self._fault(f"malformed message head: {e}")
+            status = parser.get_status_code()
+            plain = plain_response(lines) if status >= 200 and start[:9] == b"HTTP/1.1 " else None
+            if plain is not None:
+                remember_start(start, status)
         if plain is not None:
             lines, cl, chunked, keep, grpc = plain
         else:  # the general path's checks and hygiene, one by one

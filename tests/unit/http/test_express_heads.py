@@ -23,7 +23,8 @@ from meshproxy.codec.events import RequestHead
 from meshproxy.codec.http1 import Http1Codec
 from meshproxy.http import headers as hdr
 from meshproxy.http import express_heads
-from meshproxy.http.express_heads import fields_of, head_lines, plain_request, plain_response, split_field_line
+from meshproxy.http.express_heads import (fields_of, head_lines, known_response, plain_request, plain_response,
+                                          remember_start, split_field_line)
 from meshproxy.upstream.express import _clean_lines
 
 NAMES = [b"host", b"content-length", b"connection", b"keep-alive", b"proxy-connection", b"x-request-id",
@@ -220,3 +221,108 @@ def test_the_memo_is_bounded_and_never_keeps_request_ids():
         assert b"x-n: %d\r\n" % i in out[0]
     assert len(express_heads._REQ_MEMO) <= express_heads._MEMO_MAX
     assert not any(k.lower().startswith(b"x-request-id") for k in express_heads._REQ_MEMO)
+
+
+def test_known_response_needs_a_start_line_and_every_field_line_seen_before():
+    express_heads._START_MEMO.clear()
+    express_heads._RESP_MEMO.clear()
+    start = b"HTTP/1.1 200 OK"
+    nginx = [b"Server: nginx", b"Date: x", b"Content-Length: 3", b"Connection: keep-alive"]
+    assert known_response(start, nginx) is None  # nothing seen yet
+    plain = plain_response(nginx)
+    assert known_response(start, nginx) is None  # the lines are known, the start line is not
+    remember_start(start, 200)
+    assert known_response(start, nginx) == (200, plain)
+    assert known_response(b"HTTP/1.1 200 Fine", nginx) is None
+    assert known_response(start, nginx + [b"X-New: 1"]) is None
+    assert b"X-New: 1" not in express_heads._RESP_MEMO  # a head not yet parsed teaches the memo nothing
+    # what plain_response checks across lines still applies to known lines
+    assert known_response(start, nginx + [b"Content-Length: 3"]) is None
+    plain_response([b"Transfer-Encoding: chunked"])
+    assert known_response(start, [b"Transfer-Encoding: chunked", b"Content-Length: 3"]) is None
+    assert known_response(start, [b"Connection: keep-alive, x-up"]) is None  # remembered as odd
+
+
+class _Call:
+    """The express lane's downstream side, as an upstream ExpressConnection sees it."""
+
+    def __init__(self):
+        self.starts = []
+        self.failures = []
+
+    def response_start(self, status, reason, lines, grpc, cl, chunked, body, ended):
+        self.starts.append((status, reason, b"".join(lines), cl, body, ended))
+
+    def response_body(self, data, ended, trailers=None):
+        self.starts.append((data, ended))
+
+    def upstream_failed(self, kind, message):
+        self.failures.append((kind.flag, message))
+
+
+class _Pool:
+    def __init__(self):
+        self.released = []
+
+    def release(self, conn):
+        self.released.append(conn)
+
+    def forget(self, conn):
+        pass
+
+
+class _Transport:
+    def write(self, data):
+        pass
+
+    def abort(self):
+        pass
+
+    close = abort
+
+
+def _upstream():
+    from meshproxy.upstream.express import ExpressConnection
+    conn = ExpressConnection(None, _Pool())
+    conn.connection_made(_Transport())
+    return conn
+
+
+GOOD = b"HTTP/1.1 200 OK\r\nServer: s\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok"
+
+
+def test_a_response_head_of_known_lines_skips_the_parser(monkeypatch):
+    from meshproxy.upstream import express as up_express
+    conn, call = _upstream(), _Call()
+    conn.send(call, b"GET / HTTP/1.1\r\n\r\n", False)
+    conn.data_received(GOOD)  # parsed: its lines are remembered
+    assert call.starts[-1] == (200, b"OK", b"server: s\r\ncontent-type: text/plain\r\n", 2, b"ok", True)
+
+    def no_parser(*a):
+        raise AssertionError("parsed a head made of known lines")
+
+    monkeypatch.setattr(up_express, "HttpResponseParser", no_parser)
+    conn.send(call, b"GET / HTTP/1.1\r\n\r\n", False)
+    conn.data_received(GOOD)
+    assert call.starts[-1] == (200, b"OK", b"server: s\r\ncontent-type: text/plain\r\n", 2, b"ok", True)
+    assert not call.failures and len(conn.pool.released) == 2
+
+
+@pytest.mark.parametrize("bad", [
+    GOOD.replace(b"Server: s", b"Bad Name: s"),  # a space in a name
+    GOOD.replace(b"Server: s", b"Server: s\x01"),  # a control byte in a value
+    GOOD.replace(b"200 OK", b"2x0 OK"),  # a broken status line, every field line known
+    GOOD.replace(b"HTTP/1.1 200", b"HTTP/9.9 200"),
+    GOOD.replace(b"Server: s\r\n", b"Server: s\r\n folded\r\n"),
+    GOOD.replace(b"Server: s\r\n", b"Content-Length: 2\r\n"),  # known lines, a duplicate Content-Length
+])
+def test_a_bad_response_head_fails_after_good_ones_taught_the_memo(bad):
+    warm, call = _upstream(), _Call()
+    warm.send(call, b"GET / HTTP/1.1\r\n\r\n", False)
+    warm.data_received(GOOD)
+    assert not call.failures
+    conn, call = _upstream(), _Call()
+    conn.send(call, b"GET / HTTP/1.1\r\n\r\n", False)
+    conn.data_received(bad)
+    assert [f for f, _ in call.failures] == ["UPE"], (call.starts, call.failures)
+    assert conn.closed and not conn.pool.released
