@@ -326,3 +326,50 @@ def test_a_bad_response_head_fails_after_good_ones_taught_the_memo(bad):
     conn.data_received(bad)
     assert [f for f, _ in call.failures] == ["UPE"], (call.starts, call.failures)
     assert conn.closed and not conn.pool.released
+
+
+START_LINES = [b"HTTP/1.1 200 OK", b"HTTP/1.1 204 No Content", b"HTTP/1.1 304 Not Modified", b"HTTP/1.1 404 Nope",
+               b"HTTP/1.1 500 ", b"HTTP/1.1 302 Found"]
+FIELD_LINES = [b"Server: s", b"Content-Length: 0", b"Content-Length: 5", b"content-length:7 ",
+               b"Transfer-Encoding: chunked", b"Transfer-Encoding: gzip", b"Connection: close",
+               b"Connection: keep-alive", b"Connection: Upgrade", b"Upgrade: h2c", b"Keep-Alive: timeout=5",
+               b"Content-Type: text/plain", b"grpc-status: 0", b"X-Meshproxy-Flags: UF", b"Trailer: x",
+               b"Set-Cookie: a=b; Path=/", b"X-Empty:", b"Via:  1.1 p \t", b"X-Obs: caf\xe9"]
+
+
+def _parser_accepts(head: bytes) -> bool:
+    class Sink:
+        def on_message_complete(self):
+            pass
+
+    try:
+        httptools.HttpResponseParser(Sink()).feed_data(head)
+    except httptools.HttpParserUpgrade:
+        pass
+    except httptools.HttpParserError:
+        return False
+    return True
+
+
+@settings(max_examples=400, deadline=None)
+@given(start=st.sampled_from(START_LINES), picks=st.lists(st.sampled_from(FIELD_LINES), max_size=6))
+def test_what_known_response_takes_the_parser_takes_and_reads_the_same(start, picks):
+    """The memo is taught the way ``ExpressConnection`` teaches it (only lines of heads the parser
+    accepted); any head ``known_response`` then takes, the parser takes too, and it is read
+    exactly as the parser path reads it."""
+    express_heads._START_MEMO.clear()
+    express_heads._RESP_MEMO.clear()
+    for s in START_LINES:
+        for line in FIELD_LINES:
+            if _parser_accepts(s + b"\r\n" + line + b"\r\n\r\n"):
+                if plain_response([line]) is not None:
+                    remember_start(s, int(s[9:12]))
+    head = start + b"\r\n" + b"".join(x + b"\r\n" for x in picks) + b"\r\n"
+    got_start, lines = head_lines(head)
+    known = known_response(got_start, lines)
+    if known is None:
+        return
+    assert _parser_accepts(head), head
+    status, plain = known
+    assert status == int(start[9:12])
+    assert plain == plain_response(lines)
