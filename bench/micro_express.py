@@ -24,9 +24,7 @@ import statistics
 import sys
 import time
 
-from meshproxy.app import App
-from meshproxy.config.load import from_dict
-from meshproxy.config.snapshot import Snapshot
+from micro_support import install_uvloop, restore_transports, start_app, swap_transports
 
 BODY = b"x" * 1024
 RESPONSE = (b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Tue, 01 Dec 2026 20:00:00 GMT\r\n"
@@ -34,40 +32,6 @@ RESPONSE = (b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Tue, 01 Dec 2026 
             b"Last-Modified: Tue, 01 Dec 2026 19:00:00 GMT\r\nConnection: keep-alive\r\n"
             b'ETag: "6568a3c0-400"\r\nAccept-Ranges: bytes\r\n\r\n' + BODY)
 REQUEST = b"GET /1k HTTP/1.1\r\nHost: 127.0.0.1:18081\r\nUser-Agent: wrk\r\nAccept: */*\r\n\r\n"
-
-
-class FakeTransport:
-    """Records writes; everything else a transport does is a no-op."""
-
-    def __init__(self, real):
-        self.real = real
-        self.out: list[bytes] = []
-
-    def write(self, data):
-        self.out.append(data)
-
-    def writelines(self, parts):
-        self.out.append(b"".join(parts))
-
-    def get_write_buffer_size(self):
-        return 0
-
-    def pause_reading(self):
-        pass
-
-    def resume_reading(self):
-        pass
-
-    def is_closing(self):
-        return False
-
-    def get_extra_info(self, name, default=None):
-        return self.real.get_extra_info(name, default)
-
-    def close(self):
-        raise AssertionError("the lane closed a connection in the micro benchmark")
-
-    abort = close
 
 
 class Upstream(asyncio.Protocol):
@@ -81,19 +45,7 @@ class Upstream(asyncio.Protocol):
 async def setup():
     loop = asyncio.get_running_loop()
     up = await loop.create_server(Upstream, "127.0.0.1", 0)
-    up_port = up.sockets[0].getsockname()[1]
-    cfg = {
-        "inbound": {"enabled": False}, "outbound": {"enabled": False},
-        "admin": {"port": 0}, "health": {"address": "127.0.0.1", "port": 0},
-        "prometheus": {"address": "127.0.0.1", "port": 0}, "log": {"level": "warning"},
-        "listeners": [{"name": "bench", "address": "127.0.0.1", "port": 0, "protocol": "http",
-                       "upstream": f"127.0.0.1:{up_port}"}],
-        "clusters": [{"name": "app", "endpoints": [f"127.0.0.1:{up_port}"], "protocol": "http1"}],
-        "routes": [{"name": "all", "cluster": "app"}],
-    }
-    app = App(Snapshot(from_dict(cfg, "<micro_express>")))
-    await app.start()
-    port = app.listeners[0].bound[0].port
+    app, port = await start_app(up.sockets[0].getsockname()[1], "http1", "<micro_express>")
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(REQUEST)
     head = await reader.readuntil(b"\r\n\r\n")
@@ -134,8 +86,7 @@ async def main() -> int:
     args = ap.parse_args()
     app, server, upconn, writer = await setup()
     try:
-        server.transport = FakeTransport(server.transport)
-        upconn.transport = FakeTransport(upconn.transport)
+        swap_transports(server, upconn)
         drive(server, upconn, 2000)  # warm the memos and caches
         per = [drive(server, upconn, args.n) / args.n * 1e6 for _ in range(args.rounds)]
         print(f"express lane, Python only: best {min(per):.2f} us/request, median {statistics.median(per):.2f}"
@@ -148,17 +99,12 @@ async def main() -> int:
             prof.dump_stats(args.profile)
             print(f"profile written to {args.profile}")
     finally:
-        server.transport = server.transport.real
-        upconn.transport = upconn.transport.real
+        restore_transports(server, upconn)
         writer.close()
         await app._close_all()
     return 0
 
 
 if __name__ == "__main__":
-    try:
-        import uvloop
-        uvloop.install()
-    except ImportError:
-        pass
+    install_uvloop()
     sys.exit(asyncio.run(main()))

@@ -32,9 +32,7 @@ import h2.config
 import h2.connection
 import h2.events
 
-from meshproxy.app import App
-from meshproxy.config.load import from_dict
-from meshproxy.config.snapshot import Snapshot
+from micro_support import install_uvloop, restore_transports, start_app, swap_transports
 
 BODY = b"x" * 1024
 RESPONSE_HEADERS = [(b":status", b"200"), (b"server", b"nginx/1.22.1"), (b"date", b"Tue, 01 Dec 2026 20:00:00 GMT"),
@@ -45,45 +43,6 @@ RESPONSE_HEADERS = [(b":status", b"200"), (b"server", b"nginx/1.22.1"), (b"date"
 
 def _nothing() -> None:
     pass
-
-
-class FakeTransport:
-    """Records writes; everything else a transport does is a no-op."""
-
-    def __init__(self, real):
-        self.real = real
-        self.out: list[bytes] = []
-
-    def write(self, data):
-        self.out.append(bytes(data))
-
-    def writelines(self, parts):
-        self.out.append(b"".join(parts))
-
-    def take(self) -> bytes:
-        data = b"".join(self.out)
-        self.out.clear()
-        return data
-
-    def get_write_buffer_size(self):
-        return 0
-
-    def pause_reading(self):
-        pass
-
-    def resume_reading(self):
-        pass
-
-    def is_closing(self):
-        return False
-
-    def get_extra_info(self, name, default=None):
-        return self.real.get_extra_info(name, default)
-
-    def close(self):
-        raise AssertionError("the proxy closed a connection in the micro benchmark")
-
-    abort = close
 
 
 class Origin:
@@ -158,18 +117,7 @@ async def setup():
     holder: list[Origin] = []
     up = await loop.create_server(lambda: OriginProtocol(holder), "127.0.0.1", 0)
     up_port = up.sockets[0].getsockname()[1]
-    cfg = {
-        "inbound": {"enabled": False}, "outbound": {"enabled": False},
-        "admin": {"port": 0}, "health": {"address": "127.0.0.1", "port": 0},
-        "prometheus": {"address": "127.0.0.1", "port": 0}, "log": {"level": "warning"},
-        "listeners": [{"name": "bench", "address": "127.0.0.1", "port": 0, "protocol": "http",
-                       "upstream": f"127.0.0.1:{up_port}"}],
-        "clusters": [{"name": "app", "endpoints": [f"127.0.0.1:{up_port}"], "protocol": "http2"}],
-        "routes": [{"name": "all", "cluster": "app"}],
-    }
-    app = App(Snapshot(from_dict(cfg, "<micro_h2>")))
-    await app.start()
-    port = app.listeners[0].bound[0].port
+    app, port = await start_app(up_port, "http2", "<micro_h2>")
     client = Client(b"127.0.0.1:%d" % port)
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(client.requests(1))
@@ -244,8 +192,7 @@ async def main() -> int:
     ap.add_argument("--profile", help="write a cProfile of one extra round here")
     args = ap.parse_args()
     app, client, server, upconn, origin, writer = await setup()
-    server.transport = FakeTransport(server.transport)
-    upconn.transport = FakeTransport(upconn.transport)
+    swap_transports(server, upconn)
     try:
         drive(client, server, upconn, origin, 500, args.batch)  # warm up
         per = [drive(client, server, upconn, origin, args.n, args.batch) / args.n * 1e6 for _ in range(args.rounds)]
@@ -257,17 +204,12 @@ async def main() -> int:
             prof.dump_stats(args.profile)
             print(f"profile written to {args.profile}")
     finally:
-        server.transport = server.transport.real
-        upconn.transport = upconn.transport.real
+        restore_transports(server, upconn)
         writer.close()
         await app._close_all()
     return 0
 
 
 if __name__ == "__main__":
-    try:
-        import uvloop
-        uvloop.install()
-    except ImportError:
-        pass
+    install_uvloop()
     sys.exit(asyncio.run(main()))

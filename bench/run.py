@@ -1037,8 +1037,8 @@ class Wrk(Measurement):
         if not os.path.exists(lua):
             with open(lua, "w") as f:
                 f.write(WRK_LUA)
-        # wrk takes whole seconds only ("-d2.5s" is a usage error)
         url = f"http://127.0.0.1:{sc.ports[self.port]}{self.path}"
+        # wrk takes whole seconds only ("-d2.5s" is a usage error)
         argv = ["wrk", "-t1", f"-c{self.conns}", f"-d{max(1, round(ctx.dur))}s", "--timeout", "5s", "-s", lua, url]
         out, info = self.timed(sc, lambda: run_client(argv, timeout=ctx.dur + 60))
         r = parse_kv(out, "BENCH")
