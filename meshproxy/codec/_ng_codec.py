@@ -51,6 +51,12 @@ How it drives nghttp2:
   its connection on either backend.
 
 The C boundary (constants, header-list packing, the callbacks) is ``_ng_wire``.
+When the optional extension ``_ngfast`` was built (``_ng_wire.native``), the
+per-field and per-chunk callbacks are C functions collecting into a
+``Collector`` (``_col``), ``mem_recv``/``mem_send``/``submit_*`` are called
+through it with the GIL held (cffi would release and retake it around every call
+and callback), and header lists go to C without ``nva``; the events, and every
+behaviour the tests check, are the same either way.
 
 Invariants (besides ``_h2_codec``'s): callbacks only run inside ``mem_recv`` and
 ``mem_send``, never free the session and never raise into C (a failure is
@@ -65,6 +71,7 @@ import logging
 import struct
 from collections import deque
 
+from . import _ng_wire
 from ._ng_wire import (CLIENT_CALLBACKS, DEFAULT_WINDOW, ERR_BAD_CLIENT_MAGIC, ERR_CALLBACK_FAILURE,
                        ERR_FLOODED, ERR_TOO_MANY_CONTINUATIONS, FLAG_END_STREAM, GOAWAY,
                        HCAT_REQUEST, HCAT_RESPONSE, MAX_STREAM_ID, NULL, PREFACE, PROVIDER,
@@ -159,12 +166,25 @@ class NgHttp2Codec(StreamTable):
                 lib.nghttp2_option_set_stream_reset_rate_limit(opt, 2**62, 2**62)
             session_p = ffi.new("nghttp2_session **")
             new = lib.nghttp2_session_client_new2 if client else lib.nghttp2_session_server_new2
-            rv = new(session_p, CLIENT_CALLBACKS if client else SERVER_CALLBACKS, self._handle, opt)
+            native = _ng_wire.native
+            if native is not None:
+                table = native.callbacks
+            else:
+                table = CLIENT_CALLBACKS if client else SERVER_CALLBACKS
+            rv = new(session_p, table, self._handle, opt)
         finally:
             lib.nghttp2_option_del(opt)
         if rv != 0:
             raise MemoryError(f"nghttp2 session: error {rv}")
         self._s = ffi.gc(session_p[0], lib.nghttp2_session_del)
+        self._fast = None if native is None else native.fast
+        """The C helpers (``_ngfast``) when built: then ``_col`` collects what the
+        Python callbacks ``_on_header``/``_on_chunk`` would, and ``_sa`` is the
+        session's address (0 once freed)."""
+        if native is not None:
+            self._col = self._fast.Collector(2 * limits.max_header_list_size)
+            self._sa = int(ffi.cast("uintptr_t", self._s))
+            self._provider = native.provider
         self._pp = ffi.new("const char **")
         self._streams: dict[int, _Stream] = {}
         self._out: list[bytes] = []
@@ -264,8 +284,17 @@ class NgHttp2Codec(StreamTable):
         out = self._ev = self._late
         self._late = []
         try:
-            rv = lib.nghttp2_session_mem_recv(
-                self._s, data if data.__class__ is bytes else ffi.from_buffer(data), len(data))
+            fast = self._fast
+            if fast is not None:
+                col = self._col
+                rv = fast.recv(self._sa, data, col)
+                if rv < 0 and (col.over or col.failed) and self._fatal is None:
+                    self._fatal = ((ENHANCE_YOUR_CALM, "header list larger than %d bytes"
+                                    % col.hard_limit) if col.over
+                                   else (INTERNAL_ERROR, "internal error: MemoryError"))
+            else:
+                rv = lib.nghttp2_session_mem_recv(
+                    self._s, data if data.__class__ is bytes else ffi.from_buffer(data), len(data))
             if self._dead:  # a GOAWAY with an error: events are out, nothing more
                 self._free()
                 return out
@@ -298,10 +327,13 @@ class NgHttp2Codec(StreamTable):
         return out
 
     def _on_headers(self, sid: int, flags: int, cat: int) -> None:
-        fields = self._fields
-        size = self._fsize  # what lift_* would count again
-        self._fields = []
-        self._fsize = 0
+        if self._fast is not None:
+            fields, size = self._col.take()
+        else:
+            fields = self._fields
+            size = self._fsize  # what lift_* would count again
+            self._fields = []
+            self._fsize = 0
         self._guard.empty_frames = 0
         end = flags & FLAG_END_STREAM
         if cat == HCAT_REQUEST:
@@ -367,12 +399,15 @@ class NgHttp2Codec(StreamTable):
             self._ev.append(Reset(sid, PROTOCOL_ERROR, False))
 
     def _on_data(self, sid: int, flags: int, length: int) -> None:
-        chunks = self._chunks
-        if chunks:
-            data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-            chunks.clear()
+        if self._fast is not None:
+            data = self._col.data()
         else:
-            data = b""
+            chunks = self._chunks
+            if chunks:
+                data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                chunks.clear()
+            else:
+                data = b""
         end = flags & FLAG_END_STREAM
         st = self._streams.get(sid)
         if not data:
@@ -470,10 +505,18 @@ class NgHttp2Codec(StreamTable):
         if self._client:
             if not self.can_open_stream():
                 raise StreamUnavailable("connection cannot open another stream")
-            arr, n, _keep = nva(request_block(head))
             end = head.end_stream
-            sid = lib.nghttp2_submit_request(self._s, NULL, arr, n,
-                                             NULL if end else PROVIDER, NULL)
+            block = request_block(head)
+            sid = None
+            if self._fast is not None:
+                try:
+                    sid = self._fast.submit_request(self._sa, block, None if end else self._provider)
+                except TypeError:  # a field that is not plain bytes: packed below
+                    pass
+            if sid is None:
+                arr, n, _keep = nva(block)
+                sid = lib.nghttp2_submit_request(self._s, NULL, arr, n,
+                                                 NULL if end else PROVIDER, NULL)
             if sid < 0:
                 raise StreamUnavailable(f"nghttp2 cannot open a stream: error {sid}")
             self._next_id = sid + 2
@@ -488,11 +531,21 @@ class NgHttp2Codec(StreamTable):
         st = self._streams.get(sid)
         if st is None or st.end_requested or self._dead:
             return sid
-        arr, n, _keep = nva(response_block(head))
-        if head.end_stream:
-            lib.nghttp2_submit_response(self._s, sid, arr, n, NULL)
-        else:
-            lib.nghttp2_submit_headers(self._s, 0, sid, NULL, arr, n, NULL)
+        block = response_block(head)
+        fast = self._fast
+        try:
+            if fast is None:
+                raise TypeError
+            if head.end_stream:
+                fast.submit_response(self._sa, sid, block, None)
+            else:
+                fast.submit_headers(self._sa, 0, sid, block)
+        except TypeError:  # no C helpers, or a field that is not plain bytes
+            arr, n, _keep = nva(block)
+            if head.end_stream:
+                lib.nghttp2_submit_response(self._s, sid, arr, n, NULL)
+            else:
+                lib.nghttp2_submit_headers(self._s, 0, sid, NULL, arr, n, NULL)
         if head.status >= 200:
             st.responded = True
         if head.end_stream:
@@ -565,13 +618,19 @@ class NgHttp2Codec(StreamTable):
 
     def _send(self) -> None:
         """Move everything nghttp2 can send now into ``_out``."""
-        s, pp, out = self._s, self._pp, self._out
-        send = lib.nghttp2_session_mem_send
-        while True:
-            n = send(s, pp)
-            if n <= 0:
-                break
-            out.append(unpack(pp[0], n))
+        out = self._out
+        if self._fast is not None:
+            data, n = self._fast.send(self._sa)
+            if data:
+                out.append(data)
+        else:
+            s, pp = self._s, self._pp
+            send = lib.nghttp2_session_mem_send
+            while True:
+                n = send(s, pp)
+                if n <= 0:
+                    break
+                out.append(unpack(pp[0], n))
         if n < 0:  # fatal (an exception in the read callback, out of memory)
             exc, callback_error[0] = callback_error[0], None
             self._die(self._ev, f"internal error: {exc.__class__.__name__ if exc else n}",
@@ -616,5 +675,6 @@ class NgHttp2Codec(StreamTable):
     def _free(self) -> None:
         """Delete the nghttp2 session now (once); later calls are no-ops."""
         s, self._s = self._s, None
+        self._sa = 0
         if s is not None:
             ffi.release(s)

@@ -13,6 +13,7 @@ makes ``mem_recv``/``mem_send`` fail and the codec end the connection.
 
 from __future__ import annotations
 
+import os
 import struct
 import sys
 from itertools import chain
@@ -306,6 +307,55 @@ SERVER_CALLBACKS = _callback_table(False)
 """The callback table of server sessions (nghttp2 copies it)."""
 CLIENT_CALLBACKS = _callback_table(True)
 """The callback table of client sessions, whose HTTP checks nghttp2 does."""
+
 PROVIDER = ffi.new("nghttp2_data_provider *")
 """The data provider attached to every stream with a body (nghttp2 copies it)."""
 PROVIDER.read_callback = _on_read
+
+
+# === the optional C helpers (_ngfast.c) ===
+
+class Native:
+    """The ``_ngfast`` extension bound to the loaded libnghttp2, and the callback
+    table (server and client alike) whose header, begin-headers and DATA-chunk
+    callbacks are its C ones: a codec that uses it passes ``fast.Collector``
+    objects to ``fast.recv`` instead of collecting in Python."""
+
+    def __init__(self, fast) -> None:  # noqa: ANN001 - the extension module
+        def addr(fn) -> int:  # noqa: ANN001 - an ABI-mode function pointer
+            return int(_cast(_uintptr, fn))
+
+        fast.bind(addr(lib.nghttp2_session_mem_recv), addr(lib.nghttp2_session_mem_send),
+                  addr(lib.nghttp2_submit_request), addr(lib.nghttp2_submit_response),
+                  addr(lib.nghttp2_submit_headers))
+        self.fast = fast
+        self.provider = addr(PROVIDER)
+        c = fast.callbacks()
+        table_p = ffi.new("nghttp2_session_callbacks **")
+        if lib.nghttp2_session_callbacks_new(table_p) != 0:
+            raise MemoryError("nghttp2_session_callbacks_new failed")
+        table = self.callbacks = ffi.gc(table_p[0], lib.nghttp2_session_callbacks_del)
+        lib.nghttp2_session_callbacks_set_on_header_callback(
+            table, _cast(ffi.typeof("nghttp2_on_header_callback"), c["on_header"]))
+        lib.nghttp2_session_callbacks_set_on_begin_headers_callback(
+            table, _cast(ffi.typeof("nghttp2_on_begin_headers_callback"), c["on_begin_headers"]))
+        lib.nghttp2_session_callbacks_set_on_data_chunk_recv_callback(
+            table, _cast(ffi.typeof("nghttp2_on_data_chunk_recv_callback"), c["on_data_chunk_recv"]))
+        lib.nghttp2_session_callbacks_set_on_frame_recv_callback(table, _on_frame)
+        lib.nghttp2_session_callbacks_set_on_stream_close_callback(table, _on_close)
+
+
+def _load_native() -> Native | None:
+    """``Native`` when the extension was built and ``MESHPROXY_NGFAST`` is not ``0``."""
+    if os.environ.get("MESHPROXY_NGFAST", "1") == "0":
+        return None
+    try:
+        from . import _ngfast
+    except ImportError:
+        return None
+    return Native(_ngfast)
+
+
+native: Native | None = _load_native()
+"""The C helpers, or None (not built, or switched off): codecs read this when they
+are created, so tests may swap it."""

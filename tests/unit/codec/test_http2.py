@@ -15,13 +15,17 @@ from meshproxy.codec import http2
 from meshproxy.codec.http2 import Http2Limits, StreamUnavailable
 
 
-@pytest.fixture(autouse=True, params=["h2", "nghttp2"])
+@pytest.fixture(autouse=True, params=["h2", "nghttp2", "nghttp2-cffi"])
 def backend(request, monkeypatch):
-    """Every test runs on both codec backends (nghttp2 only where libnghttp2 loads)."""
+    """Every test runs on both codec backends (nghttp2 only where libnghttp2 loads),
+    and nghttp2 both with its C helpers (``_ngfast``, when built) and without."""
     try:
-        cls = http2.codec_class(request.param)
+        cls = http2.codec_class(request.param.split("-")[0])
     except ImportError as exc:
         pytest.skip(f"{request.param} backend unavailable: {exc}")
+    if request.param == "nghttp2-cffi":
+        from meshproxy.codec import _ng_wire
+        monkeypatch.setattr(_ng_wire, "native", None)
     monkeypatch.setattr(http2, "Http2Codec", cls)
     return request.param
 

@@ -1,0 +1,559 @@
+/* Native helpers of the nghttp2 codec: the per-field and per-chunk work in C.
+ *
+ * Where this sits: an optional CPython extension next to _ng_wire.py, which
+ * uses it when it was built (setup.py builds it when a C compiler is present;
+ * without one the codec keeps its pure-cffi path and behaves the same).
+ * It does not link against libnghttp2 and needs no nghttp2 headers: _ng_wire
+ * hands it the addresses of the few libnghttp2 functions it calls (``bind``),
+ * which cffi has already loaded, and registers the callbacks below (``callbacks``)
+ * in the session callback tables. The structures it reads are nghttp2's
+ * ABI, stable since nghttp2 1.0.
+ *
+ * What it replaces, per request, on the cffi path:
+ * - one Python callback per received header field (``on_header``) and per DATA
+ *   chunk (``on_data_chunk_recv``): here they append (name, value) tuples and
+ *   chunk bytes to a ``Collector`` the codec owns;
+ * - the GIL being released and taken again around every libnghttp2 call and
+ *   every Python callback inside it: ``recv`` and ``send`` call
+ *   ``mem_recv``/``mem_send`` holding the GIL, so the codec's remaining Python
+ *   callbacks (frames, stream close, the data provider) enter directly;
+ * - building ``nghttp2_nv`` arrays in Python: ``submit_*`` read a list of
+ *   (name, value) ``bytes`` tuples directly.
+ *
+ * Invariants:
+ * 1. The collecting callbacks only run inside ``recv`` (the thread's current
+ *    collector is set for exactly that call); anywhere else they fail the
+ *    session (NGHTTP2_ERR_CALLBACK_FAILURE) instead of touching memory.
+ * 2. They never leave a Python exception set inside libnghttp2: a failure is
+ *    recorded in the collector (``failed``) and reported as a callback failure.
+ * 3. ``recv``/``send`` re-raise an exception a Python callback left set.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+#include <stdint.h>
+#include <string.h>
+
+#define ERR_CALLBACK_FAILURE (-902)
+#define NV_FLAG_NO_INDEX 0x01
+#define STACK_NV 64
+
+typedef struct {
+    const uint8_t *name;
+    const uint8_t *value;
+    size_t namelen;
+    size_t valuelen;
+    uint8_t flags;
+} nv_t; /* nghttp2_nv */
+
+typedef Py_ssize_t (*mem_recv_fn)(void *session, const uint8_t *in, size_t inlen);
+typedef Py_ssize_t (*mem_send_fn)(void *session, const uint8_t **data_ptr);
+typedef int32_t (*submit_request_fn)(void *session, const void *pri_spec, const nv_t *nva, size_t nvlen,
+                                     const void *data_prd, void *stream_user_data);
+typedef int (*submit_response_fn)(void *session, int32_t stream_id, const nv_t *nva, size_t nvlen,
+                                  const void *data_prd);
+typedef int32_t (*submit_headers_fn)(void *session, uint8_t flags, int32_t stream_id, const void *pri_spec,
+                                     const nv_t *nva, size_t nvlen, void *stream_user_data);
+
+static mem_recv_fn f_mem_recv;
+static mem_send_fn f_mem_send;
+static submit_request_fn f_submit_request;
+static submit_response_fn f_submit_response;
+static submit_headers_fn f_submit_headers;
+
+/* === Collector ========================================================= */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *fields;      /* list of (name, value) of the header block being received */
+    PyObject *chunks;      /* list of DATA chunk bytes of the frame being received */
+    Py_ssize_t fsize;      /* RFC 7541 size of ``fields`` (name + value + 32 each) */
+    Py_ssize_t hard_limit; /* above this the block is refused (``over``) */
+    int over;
+    int failed;
+} Collector;
+
+static _Thread_local Collector *current;
+
+static int
+Collector_init(Collector *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"hard_limit", NULL};
+    Py_ssize_t hard_limit;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "n", kwlist, &hard_limit))
+        return -1;
+    PyObject *fields = PyList_New(0), *chunks = PyList_New(0);
+    if (fields == NULL || chunks == NULL) {
+        Py_XDECREF(fields);
+        Py_XDECREF(chunks);
+        return -1;
+    }
+    Py_XSETREF(self->fields, fields);
+    Py_XSETREF(self->chunks, chunks);
+    self->fsize = 0;
+    self->hard_limit = hard_limit;
+    self->over = 0;
+    self->failed = 0;
+    return 0;
+}
+
+static void
+Collector_dealloc(Collector *self)
+{
+    Py_XDECREF(self->fields);
+    Py_XDECREF(self->chunks);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* take() -> (fields, fsize): the header block received so far; starts a new one. */
+static PyObject *
+Collector_take(Collector *self, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *fresh = PyList_New(0);
+    if (fresh == NULL)
+        return NULL;
+    PyObject *size = PyLong_FromSsize_t(self->fsize);
+    if (size == NULL) {
+        Py_DECREF(fresh);
+        return NULL;
+    }
+    PyObject *out = PyTuple_New(2);
+    if (out == NULL) {
+        Py_DECREF(fresh);
+        Py_DECREF(size);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(out, 0, self->fields); /* the reference moves into the tuple */
+    PyTuple_SET_ITEM(out, 1, size);
+    self->fields = fresh;
+    self->fsize = 0;
+    return out;
+}
+
+/* data() -> bytes: the DATA frame's chunks joined (b"" when none); starts a new frame. */
+static PyObject *
+Collector_data(Collector *self, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *chunks = self->chunks;
+    Py_ssize_t n = PyList_GET_SIZE(chunks);
+    PyObject *out;
+    if (n == 0)
+        return PyBytes_FromStringAndSize(NULL, 0);
+    if (n == 1) {
+        out = PyList_GET_ITEM(chunks, 0);
+        Py_INCREF(out);
+    } else {
+        PyObject *empty = PyBytes_FromStringAndSize(NULL, 0);
+        if (empty == NULL)
+            return NULL;
+        out = _PyBytes_Join(empty, chunks);
+        Py_DECREF(empty);
+        if (out == NULL)
+            return NULL;
+    }
+    if (PyList_SetSlice(chunks, 0, n, NULL) < 0) {
+        Py_DECREF(out);
+        return NULL;
+    }
+    return out;
+}
+
+static PyMethodDef Collector_methods[] = {
+    {"take", (PyCFunction)Collector_take, METH_NOARGS,
+     "take() -> (fields, size): the header fields collected and their RFC 7541 size; resets both."},
+    {"data", (PyCFunction)Collector_data, METH_NOARGS,
+     "data() -> bytes: the DATA chunks collected, joined; resets them."},
+    {NULL}};
+
+static PyMemberDef Collector_members[] = {
+    {"fields", T_OBJECT_EX, offsetof(Collector, fields), READONLY, "header fields collected so far"},
+    {"fsize", T_PYSSIZET, offsetof(Collector, fsize), READONLY, "their RFC 7541 size"},
+    {"hard_limit", T_PYSSIZET, offsetof(Collector, hard_limit), READONLY, "the size that fails a block"},
+    {"over", T_INT, offsetof(Collector, over), 0, "1 once a header block went over hard_limit"},
+    {"failed", T_INT, offsetof(Collector, failed), 0, "1 once collecting failed (out of memory)"},
+    {NULL}};
+
+static PyTypeObject CollectorType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "meshproxy.codec._ngfast.Collector",
+    .tp_doc = PyDoc_STR("Collector(hard_limit): the header fields and DATA chunks nghttp2 hands one session "
+                        "during recv()."),
+    .tp_basicsize = sizeof(Collector),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Collector_init,
+    .tp_dealloc = (destructor)Collector_dealloc,
+    .tp_methods = Collector_methods,
+    .tp_members = Collector_members,
+};
+
+/* === callbacks nghttp2 calls (inside recv, with the GIL held) ========== */
+
+static int
+cb_on_header(void *session, const void *frame, const uint8_t *name, size_t namelen, const uint8_t *value,
+             size_t valuelen, uint8_t flags, void *user_data)
+{
+    Collector *c = current;
+    if (c == NULL)
+        return ERR_CALLBACK_FAILURE;
+    c->fsize += (Py_ssize_t)(namelen + valuelen + 32);
+    if (c->fsize > c->hard_limit) {
+        c->over = 1;
+        return ERR_CALLBACK_FAILURE;
+    }
+    PyObject *n = PyBytes_FromStringAndSize((const char *)name, (Py_ssize_t)namelen);
+    PyObject *v = PyBytes_FromStringAndSize((const char *)value, (Py_ssize_t)valuelen);
+    PyObject *t = PyTuple_New(2);
+    if (n == NULL || v == NULL || t == NULL) {
+        Py_XDECREF(n);
+        Py_XDECREF(v);
+        Py_XDECREF(t);
+        goto fail;
+    }
+    PyTuple_SET_ITEM(t, 0, n);
+    PyTuple_SET_ITEM(t, 1, v);
+    int rv = PyList_Append(c->fields, t);
+    Py_DECREF(t);
+    if (rv < 0)
+        goto fail;
+    return 0;
+fail:
+    PyErr_Clear();
+    c->failed = 1;
+    return ERR_CALLBACK_FAILURE;
+}
+
+static int
+cb_on_begin_headers(void *session, const void *frame, void *user_data)
+{
+    Collector *c = current;
+    if (c == NULL)
+        return ERR_CALLBACK_FAILURE;
+    Py_ssize_t n = PyList_GET_SIZE(c->fields);
+    if (n && PyList_SetSlice(c->fields, 0, n, NULL) < 0) {
+        PyErr_Clear();
+        c->failed = 1;
+        return ERR_CALLBACK_FAILURE;
+    }
+    c->fsize = 0;
+    return 0;
+}
+
+static int
+cb_on_data_chunk_recv(void *session, uint8_t flags, int32_t stream_id, const uint8_t *data, size_t len,
+                      void *user_data)
+{
+    Collector *c = current;
+    if (c == NULL)
+        return ERR_CALLBACK_FAILURE;
+    PyObject *b = PyBytes_FromStringAndSize((const char *)data, (Py_ssize_t)len);
+    if (b == NULL || PyList_Append(c->chunks, b) < 0) {
+        Py_XDECREF(b);
+        PyErr_Clear();
+        c->failed = 1;
+        return ERR_CALLBACK_FAILURE;
+    }
+    Py_DECREF(b);
+    return 0;
+}
+
+/* === calls into libnghttp2 ============================================= */
+
+static int
+not_bound(void)
+{
+    if (f_mem_recv == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "_ngfast.bind() has not been called");
+        return 1;
+    }
+    return 0;
+}
+
+static void *
+session_of(PyObject *addr)
+{
+    void *s = PyLong_AsVoidPtr(addr);
+    if (s == NULL && !PyErr_Occurred())
+        PyErr_SetString(PyExc_ValueError, "no nghttp2 session (freed)");
+    return s;
+}
+
+/* recv(session, data, collector) -> int: nghttp2_session_mem_recv, collecting into ``collector``. */
+static PyObject *
+fast_recv(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 || !PyObject_TypeCheck(args[2], &CollectorType)) {
+        PyErr_SetString(PyExc_TypeError, "recv(session, data, collector)");
+        return NULL;
+    }
+    if (not_bound())
+        return NULL;
+    void *s = session_of(args[0]);
+    if (s == NULL)
+        return NULL;
+    Py_buffer buf;
+    if (PyObject_GetBuffer(args[1], &buf, PyBUF_SIMPLE) < 0)
+        return NULL;
+    Collector *prev = current;
+    current = (Collector *)args[2];
+    Py_INCREF(args[2]);
+    Py_ssize_t rv = f_mem_recv(s, (const uint8_t *)buf.buf, (size_t)buf.len);
+    current = prev;
+    Py_DECREF(args[2]);
+    PyBuffer_Release(&buf);
+    if (PyErr_Occurred())
+        return NULL;
+    return PyLong_FromSsize_t(rv);
+}
+
+/* send(session) -> (bytes, rv): everything nghttp2_session_mem_send gives now, joined; rv is 0 or
+   the negative error that stopped it. */
+static PyObject *
+fast_send(PyObject *module, PyObject *addr)
+{
+    if (not_bound())
+        return NULL;
+    void *s = session_of(addr);
+    if (s == NULL)
+        return NULL;
+    PyObject *out = NULL; /* bytes, grown as needed */
+    Py_ssize_t used = 0, rv;
+    for (;;) {
+        const uint8_t *p = NULL;
+        rv = f_mem_send(s, &p);
+        if (PyErr_Occurred()) {
+            Py_XDECREF(out);
+            return NULL;
+        }
+        if (rv <= 0)
+            break;
+        if (out == NULL) {
+            out = PyBytes_FromStringAndSize((const char *)p, rv);
+            if (out == NULL)
+                return NULL;
+            used = rv;
+            continue;
+        }
+        Py_ssize_t have = PyBytes_GET_SIZE(out);
+        if (used + rv > have) {
+            Py_ssize_t want = have * 2 > used + rv ? have * 2 : used + rv;
+            if (_PyBytes_Resize(&out, want) < 0)
+                return NULL;
+        }
+        memcpy(PyBytes_AS_STRING(out) + used, p, (size_t)rv);
+        used += rv;
+    }
+    if (out == NULL) {
+        out = PyBytes_FromStringAndSize(NULL, 0);
+        if (out == NULL)
+            return NULL;
+    } else if (used != PyBytes_GET_SIZE(out) && _PyBytes_Resize(&out, used) < 0) {
+        return NULL;
+    }
+    return Py_BuildValue("(Nn)", out, rv < 0 ? rv : (Py_ssize_t)0);
+}
+
+/* Fill ``nv`` (``cap`` entries) from a list of (name, value) bytes tuples; a tuple subclass
+   (hpack's NeverIndexedHeaderTuple) is sent never-indexed. Returns the count, or -1 with
+   TypeError when a field is not a 2-tuple of bytes (the caller packs it in Python), or -2
+   when there are more than ``cap``. */
+static Py_ssize_t
+pack(PyObject *fields, nv_t *nv, Py_ssize_t cap)
+{
+    if (!PyList_CheckExact(fields)) {
+        PyErr_SetString(PyExc_TypeError, "fields must be a list");
+        return -1;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(fields);
+    if (n > cap)
+        return -2;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *f = PyList_GET_ITEM(fields, i);
+        if (!PyTuple_Check(f) || PyTuple_GET_SIZE(f) != 2) {
+            PyErr_SetString(PyExc_TypeError, "a field is not a (name, value) tuple");
+            return -1;
+        }
+        PyObject *name = PyTuple_GET_ITEM(f, 0), *value = PyTuple_GET_ITEM(f, 1);
+        if (!PyBytes_CheckExact(name) || !PyBytes_CheckExact(value)) {
+            PyErr_SetString(PyExc_TypeError, "a field is not made of bytes");
+            return -1;
+        }
+        nv[i].name = (const uint8_t *)PyBytes_AS_STRING(name);
+        nv[i].value = (const uint8_t *)PyBytes_AS_STRING(value);
+        nv[i].namelen = (size_t)PyBytes_GET_SIZE(name);
+        nv[i].valuelen = (size_t)PyBytes_GET_SIZE(value);
+        nv[i].flags = PyTuple_CheckExact(f) ? 0 : NV_FLAG_NO_INDEX;
+    }
+    return n;
+}
+
+/* Pack into a stack array, or a heap one for a long list; *heap is set when it must be freed. */
+#define PACK_FIELDS(fields, nv, n, heap)                                                \
+    nv_t stack_nv[STACK_NV];                                                            \
+    nv_t *nv = stack_nv;                                                                \
+    nv_t *heap = NULL;                                                                  \
+    Py_ssize_t n = pack(fields, stack_nv, STACK_NV);                                    \
+    if (n == -2) {                                                                      \
+        Py_ssize_t want = PyList_GET_SIZE(fields);                                      \
+        heap = PyMem_Malloc(sizeof(nv_t) * (size_t)want);                               \
+        if (heap == NULL)                                                               \
+            return PyErr_NoMemory();                                                    \
+        nv = heap;                                                                      \
+        n = pack(fields, heap, want);                                                   \
+    }                                                                                   \
+    if (n < 0) {                                                                        \
+        PyMem_Free(heap);                                                               \
+        return NULL;                                                                    \
+    }
+
+static void *
+pointer_arg(PyObject *o)
+{
+    return o == Py_None ? NULL : PyLong_AsVoidPtr(o);
+}
+
+/* submit_request(session, fields, provider) -> int: nghttp2_submit_request (provider: an
+   address, or None for a request without a body). */
+static PyObject *
+fast_submit_request(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "submit_request(session, fields, provider)");
+        return NULL;
+    }
+    if (not_bound())
+        return NULL;
+    void *s = session_of(args[0]);
+    if (s == NULL)
+        return NULL;
+    void *prd = pointer_arg(args[2]);
+    if (PyErr_Occurred())
+        return NULL;
+    PACK_FIELDS(args[1], nv, n, heap)
+    int32_t rv = f_submit_request(s, NULL, nv, (size_t)n, prd, NULL);
+    PyMem_Free(heap);
+    if (PyErr_Occurred())
+        return NULL;
+    return PyLong_FromLong(rv);
+}
+
+/* submit_response(session, stream_id, fields, provider) -> int: nghttp2_submit_response. */
+static PyObject *
+fast_submit_response(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "submit_response(session, stream_id, fields, provider)");
+        return NULL;
+    }
+    if (not_bound())
+        return NULL;
+    void *s = session_of(args[0]);
+    if (s == NULL)
+        return NULL;
+    long sid = PyLong_AsLong(args[1]);
+    void *prd = pointer_arg(args[3]);
+    if (PyErr_Occurred())
+        return NULL;
+    PACK_FIELDS(args[2], nv, n, heap)
+    int rv = f_submit_response(s, (int32_t)sid, nv, (size_t)n, prd);
+    PyMem_Free(heap);
+    if (PyErr_Occurred())
+        return NULL;
+    return PyLong_FromLong(rv);
+}
+
+/* submit_headers(session, flags, stream_id, fields) -> int: nghttp2_submit_headers. */
+static PyObject *
+fast_submit_headers(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "submit_headers(session, flags, stream_id, fields)");
+        return NULL;
+    }
+    if (not_bound())
+        return NULL;
+    void *s = session_of(args[0]);
+    if (s == NULL)
+        return NULL;
+    long flags = PyLong_AsLong(args[1]);
+    long sid = PyLong_AsLong(args[2]);
+    if (PyErr_Occurred())
+        return NULL;
+    PACK_FIELDS(args[3], nv, n, heap)
+    int32_t rv = f_submit_headers(s, (uint8_t)flags, (int32_t)sid, NULL, nv, (size_t)n, NULL);
+    PyMem_Free(heap);
+    if (PyErr_Occurred())
+        return NULL;
+    return PyLong_FromLong(rv);
+}
+
+/* bind(mem_recv, mem_send, submit_request, submit_response, submit_headers): the libnghttp2
+   function addresses (ints) to call. */
+static PyObject *
+fast_bind(PyObject *module, PyObject *args)
+{
+    PyObject *a[5];
+    if (!PyArg_UnpackTuple(args, "bind", 5, 5, &a[0], &a[1], &a[2], &a[3], &a[4]))
+        return NULL;
+    void *p[5];
+    for (int i = 0; i < 5; i++) {
+        p[i] = PyLong_AsVoidPtr(a[i]);
+        if (p[i] == NULL) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_ValueError, "bind: a function address is 0");
+            return NULL;
+        }
+    }
+    f_mem_recv = (mem_recv_fn)p[0];
+    f_mem_send = (mem_send_fn)p[1];
+    f_submit_request = (submit_request_fn)p[2];
+    f_submit_response = (submit_response_fn)p[3];
+    f_submit_headers = (submit_headers_fn)p[4];
+    Py_RETURN_NONE;
+}
+
+/* callbacks() -> dict: name -> address of the C callbacks to put in a callback table. */
+static PyObject *
+fast_callbacks(PyObject *module, PyObject *Py_UNUSED(ignored))
+{
+    return Py_BuildValue("{s:N,s:N,s:N}",
+                         "on_header", PyLong_FromVoidPtr((void *)cb_on_header),
+                         "on_begin_headers", PyLong_FromVoidPtr((void *)cb_on_begin_headers),
+                         "on_data_chunk_recv", PyLong_FromVoidPtr((void *)cb_on_data_chunk_recv));
+}
+
+static PyMethodDef fast_methods[] = {
+    {"recv", (PyCFunction)(void (*)(void))fast_recv, METH_FASTCALL,
+     "recv(session, data, collector) -> int: nghttp2_session_mem_recv with the GIL held."},
+    {"send", (PyCFunction)fast_send, METH_O,
+     "send(session) -> (bytes, rv): nghttp2_session_mem_send until it has nothing more."},
+    {"submit_request", (PyCFunction)(void (*)(void))fast_submit_request, METH_FASTCALL,
+     "submit_request(session, fields, provider) -> int"},
+    {"submit_response", (PyCFunction)(void (*)(void))fast_submit_response, METH_FASTCALL,
+     "submit_response(session, stream_id, fields, provider) -> int"},
+    {"submit_headers", (PyCFunction)(void (*)(void))fast_submit_headers, METH_FASTCALL,
+     "submit_headers(session, flags, stream_id, fields) -> int"},
+    {"bind", fast_bind, METH_VARARGS, "bind(mem_recv, mem_send, submit_request, submit_response, submit_headers)"},
+    {"callbacks", fast_callbacks, METH_NOARGS, "callbacks() -> {name: address}"},
+    {NULL}};
+
+static struct PyModuleDef fast_module = {
+    PyModuleDef_HEAD_INIT, "_ngfast",
+    "Native helpers of the nghttp2 HTTP/2 codec (see _ngfast.c and _ng_wire.py).", -1, fast_methods};
+
+PyMODINIT_FUNC
+PyInit__ngfast(void)
+{
+    if (PyType_Ready(&CollectorType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&fast_module);
+    if (m == NULL)
+        return NULL;
+    Py_INCREF(&CollectorType);
+    if (PyModule_AddObject(m, "Collector", (PyObject *)&CollectorType) < 0) {
+        Py_DECREF(&CollectorType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -1,0 +1,139 @@
+"""The nghttp2 codec's optional C helpers (``codec/_ngfast.c``): built where CI
+runs, used by default, and exactly what the pure-cffi path does at the edges
+(never-indexed fields, long header lists, non-bytes fields, the hard header
+limit, callbacks called outside ``recv``, a freed session).
+
+The codec's behaviour as a whole runs with and without them in test_http2.py
+(backends ``nghttp2`` and ``nghttp2-cffi``)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from hpack import Decoder
+from hyperframe.frame import HeadersFrame
+
+from h2helpers import ConnectionPair, RawServer, goaways, parse_frames, request_fields
+from meshproxy.codec import _ng_ffi, http2
+from meshproxy.codec.events import ENHANCE_YOUR_CALM, EndStream, ProtocolError, RequestHead, ResponseHead
+from meshproxy.codec.http2 import Http2Limits
+
+pytestmark = pytest.mark.skipif(not _ng_ffi.available(), reason="libnghttp2 not loadable here")
+
+
+@pytest.fixture
+def native(monkeypatch):
+    """The bound helpers, with the nghttp2 backend as ``http2.Http2Codec``."""
+    from meshproxy.codec import _ng_wire
+    if _ng_wire.native is None:
+        if os.environ.get("CI"):
+            pytest.fail("meshproxy.codec._ngfast was not built (setup.py; needs gcc and Python headers)")
+        pytest.skip("meshproxy.codec._ngfast not built here")
+    monkeypatch.setattr(http2, "Http2Codec", http2.codec_class("nghttp2"))
+    return _ng_wire.native
+
+
+def test_codecs_use_the_helpers_unless_switched_off(native, monkeypatch):
+    from meshproxy.codec import _ng_wire
+    assert http2.Http2Codec("server")._fast is native.fast
+    monkeypatch.setattr(_ng_wire, "native", None)
+    assert http2.Http2Codec("client")._fast is None
+
+
+def test_env_switch_turns_the_helpers_off(native):
+    import subprocess
+    import sys
+    code = "from meshproxy.codec import _ng_wire; print(_ng_wire.native is None)"
+    env = {**os.environ, "MESHPROXY_NGFAST": "0"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "True", out.stderr
+
+
+def _decoded_heads(data: bytes) -> list:
+    """(name, value, sensitive) of each HEADERS block in ``data`` (server output)."""
+    decoder = Decoder()
+    return [[(bytes(f[0]), bytes(f[1]), f.__class__.__name__ == "NeverIndexedHeaderTuple")
+             for f in decoder.decode(fr.data, raw=True)]
+            for fr in parse_frames(data) if isinstance(fr, HeadersFrame)]
+
+
+def test_sensitive_fields_go_out_never_indexed(native):
+    raw = RawServer()
+    raw.feed(raw.ff.headers(1, request_fields(), end_stream=True))
+    raw.codec.send_head(ResponseHead(1, 200, [(b"authorization", b"s3cret"), (b"x-plain", b"v")],
+                                     end_stream=True))
+    (block,) = _decoded_heads(raw.codec.data_to_send())
+    assert (b"authorization", b"s3cret", True) in block and (b"x-plain", b"v", False) in block
+
+
+def test_header_lists_longer_than_the_stack_array_round_trip(native):
+    """More than the 64 fields _ngfast packs on the stack: the heap path, both ways."""
+    pair = ConnectionPair(Http2Limits(max_headers_count=200))
+    extra = [(b"x-h%d" % i, b"v%d" % i) for i in range(150)]
+    sid = pair.client.send_head(RequestHead(0, b"GET", b"/", b"svc", extra, end_stream=True))
+    server_events, _ = pair.pump()
+    (head,) = [e for e in server_events if isinstance(e, RequestHead)]
+    assert [h for h in head.headers if h[0].startswith(b"x-h")] == extra
+    pair.server.send_head(ResponseHead(sid, 200, extra, end_stream=True))
+    _, client_events = pair.pump()
+    (resp,) = [e for e in client_events if isinstance(e, ResponseHead)]
+    assert [h for h in resp.headers if h[0].startswith(b"x-h")] == extra
+    assert any(isinstance(e, EndStream) for e in client_events)
+
+
+def test_fields_that_are_not_bytes_fall_back_to_python_packing(native):
+    fast = native.fast
+    raw = RawServer()
+    raw.feed(raw.ff.headers(1, request_fields(), end_stream=True))
+    with pytest.raises(TypeError):
+        fast.submit_response(raw.codec._sa, 1, [(b":status", bytearray(b"200"))], None)
+    with pytest.raises(TypeError):
+        fast.submit_response(raw.codec._sa, 1, ((b":status", b"200"),), None)
+    # the codec packs such a list in Python and sends it all the same
+    raw.codec.send_head(ResponseHead(1, 200, [(b"x-a", bytearray(b"1"))], end_stream=True))
+    (block,) = _decoded_heads(raw.codec.data_to_send())
+    assert block == [(b":status", b"200", False), (b"x-a", b"1", False)]
+
+
+def test_a_header_list_over_the_hard_limit_ends_the_connection(native):
+    limits = Http2Limits(max_header_list_size=1024)
+    raw = RawServer(limits)
+    big = request_fields(extra=[(b"x-big-%d" % i, b"v" * 200) for i in range(12)])  # > 2 x 1024
+    events = raw.feed(raw.ff.headers(1, big, end_stream=True))
+    errors = [e for e in events if isinstance(e, ProtocolError)]
+    assert errors and errors[0].error_code == ENHANCE_YOUR_CALM
+    assert "header list larger than 2048 bytes" in errors[0].message
+    (goaway,) = goaways(raw.drain())
+    assert goaway.error_code == ENHANCE_YOUR_CALM
+
+
+def test_collecting_callbacks_refuse_to_run_outside_recv(native):
+    """Called by nghttp2 anywhere but inside ``recv`` they fail the call rather than
+    touch a collector."""
+    from meshproxy.codec._ng_wire import ffi
+    cbs = native.fast.callbacks()
+    on_header = ffi.cast("nghttp2_on_header_callback", cbs["on_header"])
+    on_begin = ffi.cast("nghttp2_on_begin_headers_callback", cbs["on_begin_headers"])
+    on_chunk = ffi.cast("nghttp2_on_data_chunk_recv_callback", cbs["on_data_chunk_recv"])
+    assert on_header(ffi.NULL, ffi.NULL, b"a", 1, b"b", 1, 0, ffi.NULL) == -902
+    assert on_begin(ffi.NULL, ffi.NULL, ffi.NULL) == -902
+    assert on_chunk(ffi.NULL, 0, 1, b"x", 1, ffi.NULL) == -902
+
+
+def test_a_freed_session_is_refused_not_touched(native):
+    codec = http2.Http2Codec("server")
+    codec.initiate()
+    codec.close()
+    assert codec._sa == 0
+    with pytest.raises(ValueError, match="freed"):
+        native.fast.send(codec._sa)
+    with pytest.raises(ValueError, match="freed"):
+        native.fast.recv(codec._sa, b"x", codec._col)
+    assert codec.receive_data(b"more") == []  # the codec itself never gets that far
+
+
+def test_collector_take_and_data_start_over(native):
+    col = native.fast.Collector(100)
+    assert col.take() == ([], 0) and col.data() == b"" and col.hard_limit == 100
+    assert (col.over, col.failed) == (0, 0)
