@@ -72,10 +72,11 @@ import struct
 from collections import deque
 
 from . import _ng_wire
-from ._ng_wire import (CLIENT_CALLBACKS, DEFAULT_WINDOW, ERR_BAD_CLIENT_MAGIC, ERR_CALLBACK_FAILURE,
-                       ERR_FLOODED, ERR_TOO_MANY_CONTINUATIONS, FLAG_END_STREAM, GOAWAY,
-                       HCAT_REQUEST, HCAT_RESPONSE, MAX_STREAM_ID, NULL, PREFACE, PROVIDER,
-                       RESET_RATE_LIMIT, SERVER_CALLBACKS, SETTINGS, SETTINGS_ENABLE_PUSH,
+from ._ng_wire import (CLIENT_CALLBACKS, DATA, DEFAULT_WINDOW, ERR_BAD_CLIENT_MAGIC,
+                       ERR_CALLBACK_FAILURE, ERR_FLOODED, ERR_TOO_MANY_CONTINUATIONS, FLAG_ACK,
+                       FLAG_END_STREAM, GOAWAY, HCAT_REQUEST, HCAT_RESPONSE, HEADERS, MAX_STREAM_ID,
+                       NULL, PING, PREFACE, PROVIDER, RESET_RATE_LIMIT, RST_STREAM, SERVER_CALLBACKS,
+                       SETTINGS, SETTINGS_ENABLE_PUSH,
                        SETTINGS_INITIAL_WINDOW_SIZE, SETTINGS_MAX_CONCURRENT_STREAMS,
                        SETTINGS_MAX_HEADER_LIST_SIZE, VERSION, callback_error, ffi, goaway_frame, lib,
                        nva, unpack)
@@ -182,7 +183,7 @@ class NgHttp2Codec(StreamTable):
         Python callbacks ``_on_header``/``_on_chunk`` would, and ``_sa`` is the
         session's address (0 once freed)."""
         if native is not None:
-            self._col = self._fast.Collector(2 * limits.max_header_list_size)
+            self._col = self._fast.Collector(2 * limits.max_header_list_size, self._frame, self._closed)
             self._sa = int(ffi.cast("uintptr_t", self._s))
             self._provider = native.provider
         self._pp = ffi.new("const char **")
@@ -325,6 +326,41 @@ class NgHttp2Codec(StreamTable):
         out.append(ConnectionEnded())
         self._free()
         return out
+
+    def _frame(self, t: int, sid: int, flags: int, length: int, code: int, extra: int,
+               debug: bytes) -> int:
+        """A frame was received (nghttp2's ``on_frame_recv``): ``code`` is RST_STREAM's or
+        GOAWAY's error code, ``extra`` the HEADERS category or GOAWAY's last stream id,
+        ``debug`` GOAWAY's debug data. Returns NGHTTP2_ERR_CALLBACK_FAILURE to stop
+        reading once the connection is over."""
+        if t == HEADERS:
+            self._on_headers(sid, flags, extra)
+        elif t == DATA:
+            self._on_data(sid, flags, length)
+        elif t == RST_STREAM:
+            self._on_reset(sid, code)
+        elif t == SETTINGS or t == PING:
+            if not flags & FLAG_ACK:
+                if t == SETTINGS and self._client:
+                    self._set_peer_streams(lib.nghttp2_session_get_remote_settings(
+                        self._s, SETTINGS_MAX_CONCURRENT_STREAMS))
+                self._count_control()
+        elif t == GOAWAY:
+            self._on_goaway(extra, code, debug)
+        if self._fatal is not None or self._dead:
+            return ERR_CALLBACK_FAILURE  # stop reading: the connection is over
+        return 0
+
+    def _closed(self, sid: int, error_code: int) -> int:
+        """nghttp2 closed a stream (``on_stream_close``)."""
+        st = self._streams.pop(sid, None)
+        if st is not None:  # closed by nghttp2 itself: a stream error it found, or a
+            self._guard.closed += 1  # request it may no longer start after the peer's GOAWAY
+            if self._credit:
+                self._credit.pop(sid, None)
+            remote = error_code == REFUSED_STREAM and self._goaway_received
+            self._ev.append(Reset(sid, error_code, remote))
+        return 0
 
     def _on_headers(self, sid: int, flags: int, cat: int) -> None:
         if self._fast is not None:
@@ -480,7 +516,7 @@ class NgHttp2Codec(StreamTable):
         elif rv == ERR_TOO_MANY_CONTINUATIONS:
             code, message = ENHANCE_YOUR_CALM, "too many CONTINUATION frames"
         elif rv == ERR_CALLBACK_FAILURE:
-            exc, callback_error[0] = callback_error[0], None
+            exc = self._callback_exception()
             code, message = INTERNAL_ERROR, f"internal error: {exc.__class__.__name__}"
         else:
             code, message = INTERNAL_ERROR, f"nghttp2 error {rv}"
@@ -620,7 +656,7 @@ class NgHttp2Codec(StreamTable):
         """Move everything nghttp2 can send now into ``_out``."""
         out = self._out
         if self._fast is not None:
-            data, n = self._fast.send(self._sa)
+            data, n = self._fast.send(self._sa, self._col)
             if data:
                 out.append(data)
         else:
@@ -632,9 +668,19 @@ class NgHttp2Codec(StreamTable):
                     break
                 out.append(unpack(pp[0], n))
         if n < 0:  # fatal (an exception in the read callback, out of memory)
-            exc, callback_error[0] = callback_error[0], None
+            exc = self._callback_exception()
             self._die(self._ev, f"internal error: {exc.__class__.__name__ if exc else n}",
                       INTERNAL_ERROR)
+
+    def _callback_exception(self) -> BaseException | None:
+        """The exception a callback raised into nghttp2, if any (then forgotten), to
+        name in the connection error; it is logged here with its traceback."""
+        exc, callback_error[0] = callback_error[0], None
+        if self._fast is not None and self._col.error is not None:
+            exc, self._col.error = self._col.error, None
+        if exc is not None:
+            log.error("HTTP/2 codec: a callback failed", exc_info=exc)
+        return exc
 
     def _local_end(self, st: _Stream) -> None:
         st.local_ended = True

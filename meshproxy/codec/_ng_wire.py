@@ -19,7 +19,7 @@ import sys
 from itertools import chain
 
 from . import _ng_ffi
-from .events import ENHANCE_YOUR_CALM, REFUSED_STREAM, Reset
+from .events import ENHANCE_YOUR_CALM
 
 ffi, lib = _ng_ffi.load()
 
@@ -209,40 +209,18 @@ def _on_chunk(session, flags, stream_id, data, length, ud):  # noqa: ANN001
 
 @ffi.callback("nghttp2_on_frame_recv_callback", error=ERR_CALLBACK_FAILURE, onerror=_onerror)
 def _on_frame(session, frame, ud):  # noqa: ANN001 - frame is a char * (see _ng_ffi)
-    c = _from_handle(ud)
+    """The frame's fields, unpacked for the codec's ``_frame`` (``_ngfast`` passes the same)."""
     length, sid, t, flags, code, cat = _frame_fields(unpack(frame, _FRAME_SIZE))
-    if t == HEADERS:
-        c._on_headers(sid, flags, cat)
-    elif t == DATA:
-        c._on_data(sid, flags, length)
-    elif t == RST_STREAM:
-        c._on_reset(sid, code)
-    elif t == SETTINGS or t == PING:
-        if not flags & FLAG_ACK:
-            if t == SETTINGS and c._client:
-                c._set_peer_streams(lib.nghttp2_session_get_remote_settings(
-                    session, SETTINGS_MAX_CONCURRENT_STREAMS))
-            c._count_control()
-    elif t == GOAWAY:
+    if t == GOAWAY:
         g = _cast(_frame_ptr, frame).goaway
         debug = unpack(g.opaque_data, g.opaque_data_len) if g.opaque_data_len else b""
-        c._on_goaway(g.last_stream_id, g.error_code, debug)
-    if c._fatal is not None or c._dead:
-        return ERR_CALLBACK_FAILURE  # stop reading: the connection is over
-    return 0
+        return _from_handle(ud)._frame(t, sid, flags, length, g.error_code, g.last_stream_id, debug)
+    return _from_handle(ud)._frame(t, sid, flags, length, code, cat, b"")
 
 
 @ffi.callback("nghttp2_on_stream_close_callback", error=ERR_CALLBACK_FAILURE, onerror=_onerror)
 def _on_close(session, stream_id, error_code, ud):  # noqa: ANN001
-    c = _from_handle(ud)
-    st = c._streams.pop(stream_id, None)
-    if st is not None:  # closed by nghttp2 itself: a stream error it found, or a
-        c._guard.closed += 1  # request it may no longer start after the peer's GOAWAY
-        if c._credit:
-            c._credit.pop(stream_id, None)
-        remote = error_code == REFUSED_STREAM and c._goaway_received
-        c._ev.append(Reset(stream_id, error_code, remote))
-    return 0
+    return _from_handle(ud)._closed(stream_id, error_code)
 
 
 @ffi.callback("nghttp2_data_source_read_callback", error=ERR_CALLBACK_FAILURE, onerror=_onerror)
@@ -317,17 +295,25 @@ PROVIDER.read_callback = _on_read
 
 class Native:
     """The ``_ngfast`` extension bound to the loaded libnghttp2, and the callback
-    table (server and client alike) whose header, begin-headers and DATA-chunk
-    callbacks are its C ones: a codec that uses it passes ``fast.Collector``
-    objects to ``fast.recv`` instead of collecting in Python."""
+    table (server and client alike) whose header, begin-headers, DATA-chunk,
+    frame-received and stream-closed callbacks are its C ones: a codec that uses
+    it passes a ``fast.Collector`` (holding its ``_frame`` and ``_closed``) to
+    ``fast.recv``/``fast.send`` instead of collecting in Python. Only the data
+    provider's read callback stays a cffi one."""
 
     def __init__(self, fast) -> None:  # noqa: ANN001 - the extension module
         def addr(fn) -> int:  # noqa: ANN001 - an ABI-mode function pointer
             return int(_cast(_uintptr, fn))
 
+        off = ffi.offsetof
+        layout = (off("nghttp2_frame_hd", "stream_id"), off("nghttp2_frame_hd", "type"),
+                  off("nghttp2_frame_hd", "flags"), off("nghttp2_rst_stream", "error_code"),
+                  off("nghttp2_headers", "cat"), off("nghttp2_goaway", "last_stream_id"),
+                  off("nghttp2_goaway", "error_code"), off("nghttp2_goaway", "opaque_data"),
+                  off("nghttp2_goaway", "opaque_data_len"))
         fast.bind(addr(lib.nghttp2_session_mem_recv), addr(lib.nghttp2_session_mem_send),
                   addr(lib.nghttp2_submit_request), addr(lib.nghttp2_submit_response),
-                  addr(lib.nghttp2_submit_headers))
+                  addr(lib.nghttp2_submit_headers), layout)
         self.fast = fast
         self.provider = addr(PROVIDER)
         c = fast.callbacks()
@@ -341,8 +327,10 @@ class Native:
             table, _cast(ffi.typeof("nghttp2_on_begin_headers_callback"), c["on_begin_headers"]))
         lib.nghttp2_session_callbacks_set_on_data_chunk_recv_callback(
             table, _cast(ffi.typeof("nghttp2_on_data_chunk_recv_callback"), c["on_data_chunk_recv"]))
-        lib.nghttp2_session_callbacks_set_on_frame_recv_callback(table, _on_frame)
-        lib.nghttp2_session_callbacks_set_on_stream_close_callback(table, _on_close)
+        lib.nghttp2_session_callbacks_set_on_frame_recv_callback(
+            table, _cast(ffi.typeof("nghttp2_on_frame_recv_callback"), c["on_frame_recv"]))
+        lib.nghttp2_session_callbacks_set_on_stream_close_callback(
+            table, _cast(ffi.typeof("nghttp2_on_stream_close_callback"), c["on_stream_close"]))
 
 
 def _load_native() -> Native | None:

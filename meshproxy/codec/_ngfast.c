@@ -13,6 +13,10 @@
  * - one Python callback per received header field (``on_header``) and per DATA
  *   chunk (``on_data_chunk_recv``): here they append (name, value) tuples and
  *   chunk bytes to a ``Collector`` the codec owns;
+ * - cffi's callback machinery (libffi argument classification, a cdata per
+ *   pointer) for ``on_frame_recv`` and ``on_stream_close``: here they read the
+ *   frame's fields at the offsets ``bind`` was given and call the collector's
+ *   ``on_frame``/``on_close`` Python callables directly (vectorcall);
  * - the GIL being released and taken again around every libnghttp2 call and
  *   every Python callback inside it: ``recv`` and ``send`` call
  *   ``mem_recv``/``mem_send`` holding the GIL, so the codec's remaining Python
@@ -21,11 +25,12 @@
  *   (name, value) ``bytes`` tuples directly.
  *
  * Invariants:
- * 1. The collecting callbacks only run inside ``recv`` (the thread's current
- *    collector is set for exactly that call); anywhere else they fail the
+ * 1. The callbacks only run inside ``recv`` and ``send`` (the thread's current
+ *    collector is set for exactly those calls); anywhere else they fail the
  *    session (NGHTTP2_ERR_CALLBACK_FAILURE) instead of touching memory.
  * 2. They never leave a Python exception set inside libnghttp2: a failure is
- *    recorded in the collector (``failed``) and reported as a callback failure.
+ *    recorded in the collector (``failed``, or the exception in ``error``) and
+ *    reported as a callback failure.
  * 3. ``recv``/``send`` re-raise an exception a Python callback left set.
  */
 #define PY_SSIZE_T_CLEAN
@@ -35,6 +40,12 @@
 #include <string.h>
 
 #define ERR_CALLBACK_FAILURE (-902)
+#define T_DATA 0
+#define T_HEADERS 1
+#define T_RST_STREAM 3
+#define T_SETTINGS 4
+#define T_PING 6
+#define T_GOAWAY 7
 #define NV_FLAG_NO_INDEX 0x01
 #define STACK_NV 64
 
@@ -61,6 +72,11 @@ static submit_request_fn f_submit_request;
 static submit_response_fn f_submit_response;
 static submit_headers_fn f_submit_headers;
 
+/* Offsets into nghttp2_frame, from cffi's view of the declared layout (``bind``). */
+static struct {
+    Py_ssize_t sid, type, flags, rst_code, cat, ga_last, ga_code, ga_data, ga_len;
+} L;
+
 /* === Collector ========================================================= */
 
 typedef struct {
@@ -71,6 +87,9 @@ typedef struct {
     Py_ssize_t hard_limit; /* above this the block is refused (``over``) */
     int over;
     int failed;
+    PyObject *on_frame;    /* on_frame(type, sid, flags, length, code, cat_or_last, debug) -> int */
+    PyObject *on_close;    /* on_close(sid, error_code) -> int */
+    PyObject *error;       /* the exception a Python callback raised, or NULL */
 } Collector;
 
 static _Thread_local Collector *current;
@@ -78,10 +97,16 @@ static _Thread_local Collector *current;
 static int
 Collector_init(Collector *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"hard_limit", NULL};
+    static char *kwlist[] = {"hard_limit", "on_frame", "on_close", NULL};
     Py_ssize_t hard_limit;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "n", kwlist, &hard_limit))
+    PyObject *on_frame = NULL, *on_close = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "n|OO", kwlist, &hard_limit, &on_frame, &on_close))
         return -1;
+    if ((on_frame != NULL && on_frame != Py_None && !PyCallable_Check(on_frame))
+        || (on_close != NULL && on_close != Py_None && !PyCallable_Check(on_close))) {
+        PyErr_SetString(PyExc_TypeError, "on_frame and on_close must be callable");
+        return -1;
+    }
     PyObject *fields = PyList_New(0), *chunks = PyList_New(0);
     if (fields == NULL || chunks == NULL) {
         Py_XDECREF(fields);
@@ -94,14 +119,41 @@ Collector_init(Collector *self, PyObject *args, PyObject *kwds)
     self->hard_limit = hard_limit;
     self->over = 0;
     self->failed = 0;
+    Py_XSETREF(self->on_frame, on_frame == Py_None ? NULL : Py_XNewRef(on_frame));
+    Py_XSETREF(self->on_close, on_close == Py_None ? NULL : Py_XNewRef(on_close));
+    Py_CLEAR(self->error);
+    return 0;
+}
+
+/* The collector usually holds its codec's bound methods, and the codec holds the
+   collector: a cycle the garbage collector must be able to break. */
+static int
+Collector_traverse(Collector *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->fields);
+    Py_VISIT(self->chunks);
+    Py_VISIT(self->on_frame);
+    Py_VISIT(self->on_close);
+    Py_VISIT(self->error);
+    return 0;
+}
+
+static int
+Collector_clear(Collector *self)
+{
+    Py_CLEAR(self->fields);
+    Py_CLEAR(self->chunks);
+    Py_CLEAR(self->on_frame);
+    Py_CLEAR(self->on_close);
+    Py_CLEAR(self->error);
     return 0;
 }
 
 static void
 Collector_dealloc(Collector *self)
 {
-    Py_XDECREF(self->fields);
-    Py_XDECREF(self->chunks);
+    PyObject_GC_UnTrack(self);
+    Collector_clear(self);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -109,6 +161,10 @@ Collector_dealloc(Collector *self)
 static PyObject *
 Collector_take(Collector *self, PyObject *Py_UNUSED(ignored))
 {
+    if (self->fields == NULL) {
+        PyErr_SetString(PyExc_ValueError, "Collector not initialised");
+        return NULL;
+    }
     PyObject *fresh = PyList_New(0);
     if (fresh == NULL)
         return NULL;
@@ -135,6 +191,10 @@ static PyObject *
 Collector_data(Collector *self, PyObject *Py_UNUSED(ignored))
 {
     PyObject *chunks = self->chunks;
+    if (chunks == NULL) {
+        PyErr_SetString(PyExc_ValueError, "Collector not initialised");
+        return NULL;
+    }
     Py_ssize_t n = PyList_GET_SIZE(chunks);
     PyObject *out;
     if (n == 0)
@@ -171,15 +231,20 @@ static PyMemberDef Collector_members[] = {
     {"hard_limit", T_PYSSIZET, offsetof(Collector, hard_limit), READONLY, "the size that fails a block"},
     {"over", T_INT, offsetof(Collector, over), 0, "1 once a header block went over hard_limit"},
     {"failed", T_INT, offsetof(Collector, failed), 0, "1 once collecting failed (out of memory)"},
+    {"error", T_OBJECT, offsetof(Collector, error), 0,
+     "the exception on_frame or on_close raised (None when none); the caller clears it"},
     {NULL}};
 
 static PyTypeObject CollectorType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "meshproxy.codec._ngfast.Collector",
-    .tp_doc = PyDoc_STR("Collector(hard_limit): the header fields and DATA chunks nghttp2 hands one session "
-                        "during recv()."),
+    .tp_doc = PyDoc_STR("Collector(hard_limit, on_frame=None, on_close=None): the header fields and DATA "
+                        "chunks nghttp2 hands one session during recv(), and the Python callables its "
+                        "frame-received and stream-closed callbacks call."),
     .tp_basicsize = sizeof(Collector),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_traverse = (traverseproc)Collector_traverse,
+    .tp_clear = (inquiry)Collector_clear,
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)Collector_init,
     .tp_dealloc = (destructor)Collector_dealloc,
@@ -194,7 +259,7 @@ cb_on_header(void *session, const void *frame, const uint8_t *name, size_t namel
              size_t valuelen, uint8_t flags, void *user_data)
 {
     Collector *c = current;
-    if (c == NULL)
+    if (c == NULL || c->fields == NULL)
         return ERR_CALLBACK_FAILURE;
     c->fsize += (Py_ssize_t)(namelen + valuelen + 32);
     if (c->fsize > c->hard_limit) {
@@ -227,7 +292,7 @@ static int
 cb_on_begin_headers(void *session, const void *frame, void *user_data)
 {
     Collector *c = current;
-    if (c == NULL)
+    if (c == NULL || c->fields == NULL)
         return ERR_CALLBACK_FAILURE;
     Py_ssize_t n = PyList_GET_SIZE(c->fields);
     if (n && PyList_SetSlice(c->fields, 0, n, NULL) < 0) {
@@ -244,7 +309,7 @@ cb_on_data_chunk_recv(void *session, uint8_t flags, int32_t stream_id, const uin
                       void *user_data)
 {
     Collector *c = current;
-    if (c == NULL)
+    if (c == NULL || c->chunks == NULL)
         return ERR_CALLBACK_FAILURE;
     PyObject *b = PyBytes_FromStringAndSize((const char *)data, (Py_ssize_t)len);
     if (b == NULL || PyList_Append(c->chunks, b) < 0) {
@@ -255,6 +320,99 @@ cb_on_data_chunk_recv(void *session, uint8_t flags, int32_t stream_id, const uin
     }
     Py_DECREF(b);
     return 0;
+}
+
+/* Call ``fn(*args)`` (a Python callable returning an int) for a callback: its int, or a
+   callback failure with the exception kept in ``c->error``. Steals the references in args. */
+static int
+call_back(Collector *c, PyObject *fn, PyObject **args, Py_ssize_t n)
+{
+    PyObject *res = NULL;
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (args[i] == NULL)
+            goto done;
+    res = PyObject_Vectorcall(fn, args, (size_t)n, NULL);
+done:
+    for (Py_ssize_t i = 0; i < n; i++)
+        Py_XDECREF(args[i]);
+    if (res == NULL)
+        goto fail;
+    long rv = res == Py_None ? 0 : PyLong_AsLong(res);
+    Py_DECREF(res);
+    if (rv == -1 && PyErr_Occurred())
+        goto fail;
+    return (int)rv;
+fail:
+    if (c->error == NULL) {
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        PyErr_NormalizeException(&type, &value, &tb);
+        if (value != NULL && tb != NULL)
+            PyException_SetTraceback(value, tb);
+        Py_XDECREF(type);
+        Py_XDECREF(tb);
+        c->error = value; /* the reference moves here (NULL if there was none) */
+    }
+    PyErr_Clear();
+    return ERR_CALLBACK_FAILURE;
+}
+
+#define AT(p, off, type) (*(const type *)((const char *)(p) + (off)))
+
+/* on_frame_recv: the frames the codec acts on go to ``on_frame``; the rest (PRIORITY,
+   WINDOW_UPDATE, unknown types), which it ignores, never reach Python. */
+static int
+cb_on_frame_recv(void *session, const void *frame, void *user_data)
+{
+    Collector *c = current;
+    if (c == NULL || c->on_frame == NULL)
+        return ERR_CALLBACK_FAILURE;
+    uint8_t type = AT(frame, L.type, uint8_t);
+    long code = 0, extra = 0;
+    PyObject *debug;
+    switch (type) {
+    case T_DATA:
+    case T_SETTINGS:
+    case T_PING:
+        break;
+    case T_HEADERS:
+        extra = AT(frame, L.cat, int);
+        break;
+    case T_RST_STREAM:
+        code = (long)AT(frame, L.rst_code, uint32_t);
+        break;
+    case T_GOAWAY:
+        code = (long)AT(frame, L.ga_code, uint32_t);
+        extra = AT(frame, L.ga_last, int32_t);
+        break;
+    default:
+        return 0;
+    }
+    if (type == T_GOAWAY && AT(frame, L.ga_len, size_t) > 0)
+        debug = PyBytes_FromStringAndSize(AT(frame, L.ga_data, const char *),
+                                          (Py_ssize_t)AT(frame, L.ga_len, size_t));
+    else
+        debug = PyBytes_FromStringAndSize(NULL, 0);
+    PyObject *args[7] = {
+        PyLong_FromLong(type),
+        PyLong_FromLong(AT(frame, L.sid, int32_t)),
+        PyLong_FromLong(AT(frame, L.flags, uint8_t)),
+        PyLong_FromSize_t(AT(frame, 0, size_t)),
+        PyLong_FromLong(code),
+        PyLong_FromLong(extra),
+        debug,
+    };
+    return call_back(c, c->on_frame, args, 7);
+}
+
+static int
+cb_on_stream_close(void *session, int32_t stream_id, uint32_t error_code, void *user_data)
+{
+    Collector *c = current;
+    if (c == NULL || c->on_close == NULL)
+        return ERR_CALLBACK_FAILURE;
+    PyObject *args[2] = {PyLong_FromLong(stream_id), PyLong_FromUnsignedLong(error_code)};
+    return call_back(c, c->on_close, args, 2);
 }
 
 /* === calls into libnghttp2 ============================================= */
@@ -306,22 +464,32 @@ fast_recv(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return PyLong_FromSsize_t(rv);
 }
 
-/* send(session) -> (bytes, rv): everything nghttp2_session_mem_send gives now, joined; rv is 0 or
-   the negative error that stopped it. */
+/* send(session, collector) -> (bytes, rv): everything nghttp2_session_mem_send gives now, joined;
+   rv is 0 or the negative error that stopped it. */
 static PyObject *
-fast_send(PyObject *module, PyObject *addr)
+fast_send(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
+    if (nargs != 2 || !PyObject_TypeCheck(args[1], &CollectorType)) {
+        PyErr_SetString(PyExc_TypeError, "send(session, collector)");
+        return NULL;
+    }
     if (not_bound())
         return NULL;
-    void *s = session_of(addr);
+    void *s = session_of(args[0]);
     if (s == NULL)
         return NULL;
     PyObject *out = NULL; /* bytes, grown as needed */
     Py_ssize_t used = 0, rv;
+    Collector *prev = current;
+    PyObject *col = args[1];
+    Py_INCREF(col);
+    current = (Collector *)col;
     for (;;) {
         const uint8_t *p = NULL;
         rv = f_mem_send(s, &p);
         if (PyErr_Occurred()) {
+            current = prev;
+            Py_DECREF(col);
             Py_XDECREF(out);
             return NULL;
         }
@@ -330,7 +498,7 @@ fast_send(PyObject *module, PyObject *addr)
         if (out == NULL) {
             out = PyBytes_FromStringAndSize((const char *)p, rv);
             if (out == NULL)
-                return NULL;
+                break;
             used = rv;
             continue;
         }
@@ -338,10 +506,16 @@ fast_send(PyObject *module, PyObject *addr)
         if (used + rv > have) {
             Py_ssize_t want = have * 2 > used + rv ? have * 2 : used + rv;
             if (_PyBytes_Resize(&out, want) < 0)
-                return NULL;
+                break; /* out is NULL now */
         }
         memcpy(PyBytes_AS_STRING(out) + used, p, (size_t)rv);
         used += rv;
+    }
+    current = prev;
+    Py_DECREF(col);
+    if (PyErr_Occurred()) {
+        Py_XDECREF(out);
+        return NULL;
     }
     if (out == NULL) {
         out = PyBytes_FromStringAndSize(NULL, 0);
@@ -487,14 +661,24 @@ fast_submit_headers(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return PyLong_FromLong(rv);
 }
 
-/* bind(mem_recv, mem_send, submit_request, submit_response, submit_headers): the libnghttp2
-   function addresses (ints) to call. */
+/* bind(mem_recv, mem_send, submit_request, submit_response, submit_headers, layout): the
+   libnghttp2 function addresses (ints) to call, and ``layout``, the offsets in nghttp2_frame of
+   (hd.stream_id, hd.type, hd.flags, rst_stream.error_code, headers.cat, goaway.last_stream_id,
+   goaway.error_code, goaway.opaque_data, goaway.opaque_data_len). */
 static PyObject *
 fast_bind(PyObject *module, PyObject *args)
 {
     PyObject *a[5];
-    if (!PyArg_UnpackTuple(args, "bind", 5, 5, &a[0], &a[1], &a[2], &a[3], &a[4]))
+    Py_ssize_t lay[9];
+    if (!PyArg_ParseTuple(args, "OOOOO(nnnnnnnnn):bind", &a[0], &a[1], &a[2], &a[3], &a[4], &lay[0],
+                          &lay[1], &lay[2], &lay[3], &lay[4], &lay[5], &lay[6], &lay[7], &lay[8]))
         return NULL;
+    for (int i = 0; i < 9; i++) {
+        if (lay[i] < 0 || lay[i] > 256) {
+            PyErr_SetString(PyExc_ValueError, "bind: implausible nghttp2_frame layout");
+            return NULL;
+        }
+    }
     void *p[5];
     for (int i = 0; i < 5; i++) {
         p[i] = PyLong_AsVoidPtr(a[i]);
@@ -509,6 +693,15 @@ fast_bind(PyObject *module, PyObject *args)
     f_submit_request = (submit_request_fn)p[2];
     f_submit_response = (submit_response_fn)p[3];
     f_submit_headers = (submit_headers_fn)p[4];
+    L.sid = lay[0];
+    L.type = lay[1];
+    L.flags = lay[2];
+    L.rst_code = lay[3];
+    L.cat = lay[4];
+    L.ga_last = lay[5];
+    L.ga_code = lay[6];
+    L.ga_data = lay[7];
+    L.ga_len = lay[8];
     Py_RETURN_NONE;
 }
 
@@ -516,30 +709,34 @@ fast_bind(PyObject *module, PyObject *args)
 static PyObject *
 fast_callbacks(PyObject *module, PyObject *Py_UNUSED(ignored))
 {
-    return Py_BuildValue("{s:N,s:N,s:N}",
+    return Py_BuildValue("{s:N,s:N,s:N,s:N,s:N}",
                          "on_header", PyLong_FromVoidPtr((void *)cb_on_header),
                          "on_begin_headers", PyLong_FromVoidPtr((void *)cb_on_begin_headers),
-                         "on_data_chunk_recv", PyLong_FromVoidPtr((void *)cb_on_data_chunk_recv));
+                         "on_data_chunk_recv", PyLong_FromVoidPtr((void *)cb_on_data_chunk_recv),
+                         "on_frame_recv", PyLong_FromVoidPtr((void *)cb_on_frame_recv),
+                         "on_stream_close", PyLong_FromVoidPtr((void *)cb_on_stream_close));
 }
 
 static PyMethodDef fast_methods[] = {
     {"recv", (PyCFunction)(void (*)(void))fast_recv, METH_FASTCALL,
      "recv(session, data, collector) -> int: nghttp2_session_mem_recv with the GIL held."},
-    {"send", (PyCFunction)fast_send, METH_O,
-     "send(session) -> (bytes, rv): nghttp2_session_mem_send until it has nothing more."},
+    {"send", (PyCFunction)(void (*)(void))fast_send, METH_FASTCALL,
+     "send(session, collector) -> (bytes, rv): nghttp2_session_mem_send until it has nothing more."},
     {"submit_request", (PyCFunction)(void (*)(void))fast_submit_request, METH_FASTCALL,
      "submit_request(session, fields, provider) -> int"},
     {"submit_response", (PyCFunction)(void (*)(void))fast_submit_response, METH_FASTCALL,
      "submit_response(session, stream_id, fields, provider) -> int"},
     {"submit_headers", (PyCFunction)(void (*)(void))fast_submit_headers, METH_FASTCALL,
      "submit_headers(session, flags, stream_id, fields) -> int"},
-    {"bind", fast_bind, METH_VARARGS, "bind(mem_recv, mem_send, submit_request, submit_response, submit_headers)"},
+    {"bind", fast_bind, METH_VARARGS,
+     "bind(mem_recv, mem_send, submit_request, submit_response, submit_headers, layout)"},
     {"callbacks", fast_callbacks, METH_NOARGS, "callbacks() -> {name: address}"},
     {NULL}};
 
 static struct PyModuleDef fast_module = {
     PyModuleDef_HEAD_INIT, "_ngfast",
-    "Native helpers of the nghttp2 HTTP/2 codec (see _ngfast.c and _ng_wire.py).", -1, fast_methods};
+    "Native helpers of the nghttp2 HTTP/2 codec (see _ngfast.c and _ng_wire.py).", -1, fast_methods,
+    NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC
 PyInit__ngfast(void)

@@ -408,6 +408,19 @@ def test_client_graceful_goaway_refuses_streams_above_last():
         raise AssertionError("send_head after GOAWAY must raise")
 
 
+def test_goaway_error_code_last_stream_and_debug_data_reach_the_event():
+    srv = RawServer(handshake=False)
+    client = Http2Codec("client")
+    client.initiate()
+    client.receive_data(srv.codec.data_to_send())
+    a = client.send_head(request(end_stream=False))
+    srv.feed(client.data_to_send())
+    frame = GoAwayFrame(0, last_stream_id=a, error_code=ENHANCE_YOUR_CALM, additional_data=b"too busy")
+    events = client.receive_data(frame.serialize())
+    assert events == [Reset(a, ENHANCE_YOUR_CALM, True),
+                      ConnectionEnded(a, ENHANCE_YOUR_CALM, {"additional_data": b"too busy"})]
+
+
 def test_error_goaway_and_eof_reset_open_streams():
     pair = ConnectionPair()
     sid = pair.client.send_head(request(end_stream=False))

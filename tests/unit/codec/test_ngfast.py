@@ -119,6 +119,43 @@ def test_collecting_callbacks_refuse_to_run_outside_recv(native):
     assert on_header(ffi.NULL, ffi.NULL, b"a", 1, b"b", 1, 0, ffi.NULL) == -902
     assert on_begin(ffi.NULL, ffi.NULL, ffi.NULL) == -902
     assert on_chunk(ffi.NULL, 0, 1, b"x", 1, ffi.NULL) == -902
+    on_frame = ffi.cast("nghttp2_on_frame_recv_callback", cbs["on_frame_recv"])
+    on_close = ffi.cast("nghttp2_on_stream_close_callback", cbs["on_stream_close"])
+    assert on_frame(ffi.NULL, ffi.NULL, ffi.NULL) == -902
+    assert on_close(ffi.NULL, 1, 0, ffi.NULL) == -902
+
+
+def test_an_exception_in_the_codec_callbacks_ends_the_connection_and_is_logged(native, caplog):
+    """A bug in ``_frame``'s work never propagates into C: nghttp2 sees a callback
+    failure, the codec ends the connection with INTERNAL_ERROR naming the exception,
+    and the traceback is logged."""
+    raw = RawServer()
+
+    def broken(*args):
+        raise RuntimeError("boom")
+
+    raw.codec._on_request = broken
+    with caplog.at_level("ERROR", logger="meshproxy.codec.http2"):
+        events = raw.feed(raw.ff.headers(1, request_fields(), end_stream=True))
+    (error,) = [e for e in events if isinstance(e, ProtocolError)]
+    assert error.connection_fatal and error.message == "internal error: RuntimeError"
+    (goaway,) = goaways(raw.drain())
+    assert goaway.error_code == 0x2  # INTERNAL_ERROR
+    assert any(r.exc_info and r.exc_info[1].args == ("boom",) for r in caplog.records)
+    assert raw.codec._col.error is None  # taken, not kept for the next connection error
+
+
+def test_a_codec_dropped_without_close_is_collected(native):
+    """Codec -> collector -> the codec's bound methods is a cycle; the collector takes
+    part in garbage collection, so a dropped codec (and its session) goes away."""
+    import gc
+    import weakref
+    codec = http2.Http2Codec("server")
+    codec.initiate()
+    ref = weakref.ref(codec)
+    del codec
+    gc.collect()
+    assert ref() is None
 
 
 def test_a_freed_session_is_refused_not_touched(native):
@@ -127,7 +164,7 @@ def test_a_freed_session_is_refused_not_touched(native):
     codec.close()
     assert codec._sa == 0
     with pytest.raises(ValueError, match="freed"):
-        native.fast.send(codec._sa)
+        native.fast.send(codec._sa, codec._col)
     with pytest.raises(ValueError, match="freed"):
         native.fast.recv(codec._sa, b"x", codec._col)
     assert codec.receive_data(b"more") == []  # the codec itself never gets that far
