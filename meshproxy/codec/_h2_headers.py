@@ -17,10 +17,18 @@ HTTP/1.1 translation possible above the codec:
 
 Inbound functions return a ``str`` reason instead of raising: a malformed message
 is a stream error, and raising costs more than returning on the hot path.
+
+``lift_request``, ``lift_response`` and ``_clean`` run in C when the optional
+extension ``_ngfast`` was built (and ``MESHPROXY_NGFAST`` is not ``0``): the
+per-field loops are most of their cost. The Python functions here (``*_py``)
+are the reference; tests/unit/codec/test_h2_headers.py compares the two on
+generated lists. The C versions hand back to them for any field that is not an
+exact ``(bytes, bytes)`` tuple.
 """
 
 from __future__ import annotations
 
+import os
 from itertools import chain
 
 from hpack import NeverIndexedHeaderTuple
@@ -72,8 +80,33 @@ def _connection_specific(name: bytes, value: bytes) -> str | None:
     return None
 
 
+def _load_fast():  # noqa: ANN202 - the extension module or None
+    if os.environ.get("MESHPROXY_NGFAST", "1") == "0":
+        return None
+    try:
+        from . import _ngfast
+    except ImportError:
+        return None
+    _ngfast.set_types(RequestHead, ResponseHead, NeverIndexedHeaderTuple)
+    return _ngfast
+
+
+_fast = _load_fast()
+"""The C versions (``_ngfast``), or None."""
+
+
 def lift_request(stream_id: int, fields: list, end_stream: bool,
                  max_size: int, max_count: int, size: int | None = None) -> RequestHead | str | int:
+    """``lift_request_py``, in C when it can be."""
+    if _fast is not None:
+        head = _fast.lift_request(stream_id, fields, end_stream, max_size, max_count, size)
+        if head is not NotImplemented:
+            return head
+    return lift_request_py(stream_id, fields, end_stream, max_size, max_count, size)
+
+
+def lift_request_py(stream_id: int, fields: list, end_stream: bool,
+                    max_size: int, max_count: int, size: int | None = None) -> RequestHead | str | int:
     """Validate a received request header block and build its ``RequestHead``.
 
     Returns the head, a ``str`` reason when the request is malformed (stream
@@ -158,6 +191,16 @@ def lift_request(stream_id: int, fields: list, end_stream: bool,
 
 def lift_response(stream_id: int, fields: list, end_stream: bool, max_size: int, max_count: int,
                   checked: bool = False, size: int | None = None) -> ResponseHead | str:
+    """``lift_response_py``, in C when it can be."""
+    if _fast is not None:
+        head = _fast.lift_response(stream_id, fields, end_stream, max_size, max_count, checked, size)
+        if head is not NotImplemented:
+            return head
+    return lift_response_py(stream_id, fields, end_stream, max_size, max_count, checked, size)
+
+
+def lift_response_py(stream_id: int, fields: list, end_stream: bool, max_size: int, max_count: int,
+                     checked: bool = False, size: int | None = None) -> ResponseHead | str:
     """Validate a received response (or 1xx) header block into a ``ResponseHead``;
     a ``str`` reason when malformed or over the limits. ``checked``: the field
     names and values were validated already (nghttp2's HTTP checks); ``size`` as
@@ -222,6 +265,15 @@ def check_trailers(fields: list, max_size: int, max_count: int,
 
 
 def _clean(headers: Headers, out: list, drop_host: bool) -> bytes | None:
+    """``_clean_py``, in C when it can be."""
+    if _fast is not None:
+        host = _fast.clean(headers, out, drop_host)
+        if host is not NotImplemented:
+            return host
+    return _clean_py(headers, out, drop_host)
+
+
+def _clean_py(headers: Headers, out: list, drop_host: bool) -> bytes | None:
     """Append the sendable fields of ``headers`` to ``out``; return ``host``."""
     host = None
     nominated: set[bytes] | None = None

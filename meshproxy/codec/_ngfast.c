@@ -415,6 +415,585 @@ cb_on_stream_close(void *session, int32_t stream_id, uint32_t error_code, void *
     return call_back(c, c->on_close, args, 2);
 }
 
+/* === header lists (_h2_headers's lift_request, lift_response and _clean) ===
+ *
+ * The same rules as the Python functions in _h2_headers.py, which stay the
+ * reference (tests/unit/codec/test_h2_headers.py compares the two on generated
+ * lists). Each returns NotImplemented when a field is not an exact (bytes, bytes)
+ * tuple, and the caller then runs the Python version. */
+
+static PyObject *RequestHeadType, *ResponseHeadType, *NeverIndexedType;
+
+/* set_types(RequestHead, ResponseHead, NeverIndexedHeaderTuple) */
+static PyObject *
+fast_set_types(PyObject *module, PyObject *args)
+{
+    PyObject *a, *b, *c;
+    if (!PyArg_UnpackTuple(args, "set_types", 3, 3, &a, &b, &c))
+        return NULL;
+    Py_XSETREF(RequestHeadType, Py_NewRef(a));
+    Py_XSETREF(ResponseHeadType, Py_NewRef(b));
+    Py_XSETREF(NeverIndexedType, Py_NewRef(c));
+    Py_RETURN_NONE;
+}
+
+/* Is f an exact (bytes, bytes) tuple? Sets name and value (borrowed). */
+static int
+pair(PyObject *f, PyObject **name, PyObject **value)
+{
+    if (!PyTuple_CheckExact(f) || PyTuple_GET_SIZE(f) != 2)
+        return 0;
+    *name = PyTuple_GET_ITEM(f, 0);
+    *value = PyTuple_GET_ITEM(f, 1);
+    return PyBytes_CheckExact(*name) && PyBytes_CheckExact(*value);
+}
+
+/* Are all items of the list exact (bytes, bytes) tuples? */
+static int
+all_pairs(PyObject *fields)
+{
+    PyObject *name, *value;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(fields); i++)
+        if (!pair(PyList_GET_ITEM(fields, i), &name, &value))
+            return 0;
+    return 1;
+}
+
+/* The list size the caller passed (``size``), if it did, over the one counted here. */
+static int
+given_size(PyObject *size, Py_ssize_t *list_size)
+{
+    if (size == Py_None)
+        return 0;
+    *list_size = PyLong_AsSsize_t(size);
+    return *list_size == -1 && PyErr_Occurred() ? -1 : 0;
+}
+
+static int
+eq(PyObject *b, const char *lit, Py_ssize_t n)
+{
+    return PyBytes_GET_SIZE(b) == n && memcmp(PyBytes_AS_STRING(b), lit, (size_t)n) == 0;
+}
+#define EQ(b, lit) eq((b), (lit), (Py_ssize_t)sizeof(lit) - 1)
+
+/* ASCII case-insensitive equality of a bytes value with a lower-case literal. */
+static int
+ieq(PyObject *b, const char *lit, Py_ssize_t n)
+{
+    if (PyBytes_GET_SIZE(b) != n)
+        return 0;
+    const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(b);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned char ch = p[i];
+        if (ch >= 'A' && ch <= 'Z')
+            ch += 32;
+        if (ch != (unsigned char)lit[i])
+            return 0;
+    }
+    return 1;
+}
+#define IEQ(b, lit) ieq((b), (lit), (Py_ssize_t)sizeof(lit) - 1)
+
+static int
+is_digits(PyObject *b) /* bytes.isdigit() */
+{
+    Py_ssize_t n = PyBytes_GET_SIZE(b);
+    const char *p = PyBytes_AS_STRING(b);
+    if (n == 0)
+        return 0;
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (p[i] < '0' || p[i] > '9')
+            return 0;
+    return 1;
+}
+
+static PyObject *
+to_int(PyObject *digits) /* int(b"123") for digits-only bytes */
+{
+    return PyLong_FromString(PyBytes_AS_STRING(digits), NULL, 10);
+}
+
+/* connection-specific names (RFC 9113 8.2.2), as _h2_headers.CONNECTION_SPECIFIC */
+static int
+connection_specific(PyObject *name)
+{
+    return EQ(name, "connection") || EQ(name, "keep-alive") || EQ(name, "proxy-connection")
+        || EQ(name, "transfer-encoding") || EQ(name, "upgrade");
+}
+
+/* _connection_specific(name, value): a reason or NULL (names compared exactly, as there). */
+static const char *
+special_reason(PyObject *name, PyObject *value)
+{
+    if (connection_specific(name))
+        return "connection-specific header field";
+    if (EQ(name, "te") && !IEQ(value, "trailers"))
+        return "te other than trailers";
+    return NULL;
+}
+
+static unsigned char token_lower[256]; /* _h2_headers._TOKEN */
+
+/* _bad_fields(fields[first:]): the names are checked before the values. */
+static const char *
+bad_fields(PyObject *fields, Py_ssize_t first)
+{
+    Py_ssize_t n = PyList_GET_SIZE(fields);
+    int bad_value = 0;
+    for (Py_ssize_t i = first; i < n; i++) {
+        PyObject *f = PyList_GET_ITEM(fields, i);
+        PyObject *name = PyTuple_GET_ITEM(f, 0), *value = PyTuple_GET_ITEM(f, 1);
+        Py_ssize_t nl = PyBytes_GET_SIZE(name), vl = PyBytes_GET_SIZE(value);
+        const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(name);
+        if (nl == 0)
+            return "invalid header name";
+        for (Py_ssize_t j = 0; j < nl; j++)
+            if (!token_lower[p[j]])
+                return "invalid header name";
+        if (bad_value)
+            continue;
+        const unsigned char *v = (const unsigned char *)PyBytes_AS_STRING(value);
+        if (vl && (v[0] == ' ' || v[0] == '\t' || v[vl - 1] == ' ' || v[vl - 1] == '\t'))
+            bad_value = 1;
+        for (Py_ssize_t j = 0; j < vl && !bad_value; j++)
+            if (v[j] == 0 || v[j] == '\r' || v[j] == '\n')
+                bad_value = 1;
+    }
+    return bad_value ? "invalid header value" : NULL;
+}
+
+static PyObject *
+reason(const char *r)
+{
+    return PyUnicode_FromString(r);
+}
+
+/* lift_request(stream_id, fields, end_stream, max_size, max_count, size) */
+static PyObject *
+fast_lift_request(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 6 || !PyList_CheckExact(args[1])) {
+        if (nargs == 6)
+            Py_RETURN_NOTIMPLEMENTED;
+        PyErr_SetString(PyExc_TypeError, "lift_request(stream_id, fields, end_stream, max_size, max_count, size)");
+        return NULL;
+    }
+    if (RequestHeadType == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "_ngfast.set_types() has not been called");
+        return NULL;
+    }
+    PyObject *fields = args[1];
+    Py_ssize_t n = PyList_GET_SIZE(fields);
+    Py_ssize_t max_size = PyLong_AsSsize_t(args[3]), max_count = PyLong_AsSsize_t(args[4]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (!all_pairs(fields))
+        Py_RETURN_NOTIMPLEMENTED;
+    if (n > max_count)
+        return PyLong_FromLong(431);
+    PyObject *method = NULL, *scheme = NULL, *path = NULL, *authority = NULL, *host = NULL;
+    PyObject *content_length = NULL; /* new reference */
+    PyObject *headers = PyList_New(0), *cookies = NULL, *out = NULL;
+    const char *why = NULL;
+    Py_ssize_t first = -1, list_size = 0;
+    int expect = 0;
+    if (headers == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *f = PyList_GET_ITEM(fields, i);
+        PyObject *name = PyTuple_GET_ITEM(f, 0), *value = PyTuple_GET_ITEM(f, 1);
+        list_size += PyBytes_GET_SIZE(name) + PyBytes_GET_SIZE(value) + 32;
+        if (PyBytes_GET_SIZE(name) && PyBytes_AS_STRING(name)[0] == ':') {
+            if (first >= 0) {
+                why = "pseudo-header after regular header";
+                goto done;
+            }
+            if (EQ(name, ":method") && method == NULL)
+                method = value;
+            else if (EQ(name, ":path") && path == NULL)
+                path = value;
+            else if (EQ(name, ":scheme") && scheme == NULL)
+                scheme = value;
+            else if (EQ(name, ":authority") && authority == NULL)
+                authority = value;
+            else {
+                why = "unknown, duplicate or response pseudo-header";
+                goto done;
+            }
+            continue;
+        }
+        if (first < 0)
+            first = i;
+        if ((why = special_reason(name, value)) != NULL)
+            goto done;
+        if (EQ(name, "cookie")) {
+            if (cookies == NULL && (cookies = PyList_New(0)) == NULL)
+                goto error;
+            if (PyList_Append(cookies, value) < 0)
+                goto error;
+            continue;
+        }
+        if (EQ(name, "host")) {
+            if (host != NULL) {
+                why = "duplicate host";
+                goto done;
+            }
+            host = value;
+            continue;
+        }
+        if (EQ(name, "content-length")) {
+            if (!is_digits(value)) {
+                why = "invalid content-length";
+                goto done;
+            }
+            PyObject *cl = to_int(value);
+            if (cl == NULL)
+                goto error;
+            if (content_length != NULL) {
+                int same = PyObject_RichCompareBool(cl, content_length, Py_EQ);
+                if (same <= 0) {
+                    Py_DECREF(cl);
+                    if (same < 0)
+                        goto error;
+                    why = "invalid content-length";
+                    goto done;
+                }
+            }
+            Py_XSETREF(content_length, cl);
+        } else if (EQ(name, "expect")) {
+            expect = IEQ(value, "100-continue");
+        }
+        if (PyList_Append(headers, f) < 0)
+            goto error;
+    }
+    if (given_size(args[5], &list_size) < 0)
+        goto error;
+    if (list_size > max_size) {
+        out = PyLong_FromLong(431);
+        goto done;
+    }
+    if (first >= 0 && (why = bad_fields(fields, first)) != NULL)
+        goto done;
+    if (method == NULL) {
+        why = "missing :method";
+        goto done;
+    }
+    if (host != NULL) {
+        if (authority == NULL)
+            authority = host;
+        else if (PyBytes_GET_SIZE(authority) != PyBytes_GET_SIZE(host)
+                 || memcmp(PyBytes_AS_STRING(authority), PyBytes_AS_STRING(host),
+                           (size_t)PyBytes_GET_SIZE(host)) != 0) {
+            why = ":authority and host differ";
+            goto done;
+        }
+    }
+    PyObject *upgrade = Py_None, *https = NULL;
+    if (EQ(method, "CONNECT")) {
+        if (scheme != NULL || path != NULL || authority == NULL) {
+            why = "CONNECT needs :authority and no :scheme/:path";
+            goto done;
+        }
+        path = authority;
+        https = PyBytes_FromString("https");
+        upgrade = PyBytes_FromString("connect");
+        if (https == NULL || upgrade == NULL) {
+            Py_XDECREF(https);
+            if (upgrade != Py_None)
+                Py_XDECREF(upgrade);
+            goto error;
+        }
+        scheme = https;
+    } else if (scheme == NULL || path == NULL || PyBytes_GET_SIZE(scheme) == 0 || PyBytes_GET_SIZE(path) == 0) {
+        why = "missing :scheme or :path";
+        goto done;
+    } else {
+        Py_INCREF(upgrade);
+    }
+    if (cookies != NULL) {
+        PyObject *sep = PyBytes_FromString("; ");
+        PyObject *joined = sep ? _PyBytes_Join(sep, cookies) : NULL;
+        Py_XDECREF(sep);
+        PyObject *t = joined ? Py_BuildValue("(yN)", "cookie", joined) : NULL;
+        if (t == NULL || PyList_Append(headers, t) < 0) {
+            Py_XDECREF(t);
+            Py_XDECREF(https);
+            Py_DECREF(upgrade);
+            goto error;
+        }
+        Py_DECREF(t);
+    }
+    {
+        PyObject *sid = args[0];
+        PyObject *cargs[12] = {sid, method, path, authority ? authority : Py_None, headers, NULL, scheme,
+                               Py_True, upgrade, expect ? Py_True : Py_False,
+                               PyObject_IsTrue(args[2]) ? Py_True : Py_False,
+                               content_length ? content_length : Py_None};
+        cargs[5] = PyUnicode_FromString("2");
+        if (cargs[5] != NULL)
+            out = PyObject_Vectorcall(RequestHeadType, cargs, 12, NULL);
+        Py_XDECREF(cargs[5]);
+        Py_XDECREF(https);
+        Py_DECREF(upgrade);
+    }
+    goto finish;
+done:
+    if (why != NULL)
+        out = reason(why);
+    goto finish;
+error:
+    out = NULL;
+finish:
+    Py_XDECREF(content_length);
+    Py_XDECREF(cookies);
+    Py_DECREF(headers);
+    return out;
+}
+
+/* lift_response(stream_id, fields, end_stream, max_size, max_count, checked, size) */
+static PyObject *
+fast_lift_response(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError,
+                        "lift_response(stream_id, fields, end_stream, max_size, max_count, checked, size)");
+        return NULL;
+    }
+    if (!PyList_CheckExact(args[1]))
+        Py_RETURN_NOTIMPLEMENTED;
+    if (ResponseHeadType == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "_ngfast.set_types() has not been called");
+        return NULL;
+    }
+    PyObject *fields = args[1];
+    Py_ssize_t n = PyList_GET_SIZE(fields);
+    Py_ssize_t max_size = PyLong_AsSsize_t(args[3]), max_count = PyLong_AsSsize_t(args[4]);
+    int checked = PyObject_IsTrue(args[5]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (!all_pairs(fields))
+        Py_RETURN_NOTIMPLEMENTED;
+    if (n > max_count)
+        return reason("too many response headers");
+    PyObject *status = NULL, *content_length = NULL, *out = NULL;
+    PyObject *headers = PyList_New(0);
+    const char *why = NULL;
+    Py_ssize_t first = -1, list_size = 0;
+    if (headers == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *f = PyList_GET_ITEM(fields, i);
+        PyObject *name = PyTuple_GET_ITEM(f, 0), *value = PyTuple_GET_ITEM(f, 1);
+        list_size += PyBytes_GET_SIZE(name) + PyBytes_GET_SIZE(value) + 32;
+        if (PyBytes_GET_SIZE(name) && PyBytes_AS_STRING(name)[0] == ':') {
+            if (first >= 0 || !EQ(name, ":status") || status != NULL) {
+                why = "bad pseudo-header in response";
+                goto done;
+            }
+            status = value;
+            continue;
+        }
+        if (first < 0)
+            first = i;
+        if (!checked && (why = special_reason(name, value)) != NULL)
+            goto done;
+        if (EQ(name, "content-length")) {
+            if (!is_digits(value)) {
+                why = "invalid content-length";
+                goto done;
+            }
+            PyObject *cl = to_int(value);
+            if (cl == NULL)
+                goto error;
+            Py_XSETREF(content_length, cl);
+        }
+        if (PyList_Append(headers, f) < 0)
+            goto error;
+    }
+    if (given_size(args[6], &list_size) < 0)
+        goto error;
+    if (list_size > max_size) {
+        why = "response headers too large";
+        goto done;
+    }
+    if (first >= 0 && !checked && (why = bad_fields(fields, first)) != NULL)
+        goto done;
+    if (status == NULL || PyBytes_GET_SIZE(status) != 3 || !is_digits(status) || EQ(status, "101")) {
+        why = "missing or invalid :status";
+        goto done;
+    }
+    {
+        const char *d = PyBytes_AS_STRING(status);
+        PyObject *code = PyLong_FromLong((d[0] - '0') * 100 + (d[1] - '0') * 10 + (d[2] - '0'));
+        PyObject *version = PyUnicode_FromString("2");
+        PyObject *empty = PyBytes_FromStringAndSize(NULL, 0);
+        if (code != NULL && version != NULL && empty != NULL) {
+            PyObject *cargs[8] = {args[0], code, headers, version, empty, Py_True,
+                                  PyObject_IsTrue(args[2]) ? Py_True : Py_False,
+                                  content_length ? content_length : Py_None};
+            out = PyObject_Vectorcall(ResponseHeadType, cargs, 8, NULL);
+        }
+        Py_XDECREF(code);
+        Py_XDECREF(version);
+        Py_XDECREF(empty);
+    }
+    goto finish;
+done:
+    out = reason(why);
+    goto finish;
+error:
+    out = NULL;
+finish:
+    Py_XDECREF(content_length);
+    Py_DECREF(headers);
+    return out;
+}
+
+/* ASCII lower-case copy of ``name`` (the same object, with a new reference, when it has none). */
+static PyObject *
+lower(PyObject *name)
+{
+    Py_ssize_t n = PyBytes_GET_SIZE(name);
+    const char *p = PyBytes_AS_STRING(name);
+    Py_ssize_t i = 0;
+    while (i < n && !(p[i] >= 'A' && p[i] <= 'Z'))
+        i++;
+    if (i == n)
+        return Py_NewRef(name);
+    PyObject *out = PyBytes_FromStringAndSize(p, n);
+    if (out == NULL)
+        return NULL;
+    char *q = PyBytes_AS_STRING(out);
+    for (; i < n; i++)
+        if (q[i] >= 'A' && q[i] <= 'Z')
+            q[i] += 32;
+    return out;
+}
+
+static int
+is_space(char c) /* bytes.strip()'s whitespace */
+{
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\x0b' || c == '\x0c';
+}
+
+/* Is lower-case ``name`` one of the comma-separated tokens of the Connection values? */
+static int
+nominated_by(PyObject *name, PyObject **conn_values, Py_ssize_t nconn)
+{
+    Py_ssize_t nl = PyBytes_GET_SIZE(name);
+    const char *np = PyBytes_AS_STRING(name);
+    for (Py_ssize_t k = 0; k < nconn; k++) {
+        const char *v = PyBytes_AS_STRING(conn_values[k]);
+        Py_ssize_t vl = PyBytes_GET_SIZE(conn_values[k]), start = 0;
+        while (start <= vl) {
+            Py_ssize_t end = start;
+            while (end < vl && v[end] != ',')
+                end++;
+            Py_ssize_t a = start, b = end;
+            while (a < b && is_space(v[a]))
+                a++;
+            while (b > a && is_space(v[b - 1]))
+                b--;
+            if (b - a == nl) {
+                Py_ssize_t j = 0;
+                for (; j < nl; j++) {
+                    char ch = v[a + j];
+                    if (ch >= 'A' && ch <= 'Z')
+                        ch += 32;
+                    if (ch != np[j])
+                        break;
+                }
+                if (j == nl)
+                    return 1;
+            }
+            start = end + 1;
+        }
+    }
+    return 0;
+}
+
+/* clean(headers, out, drop_host) -> host or None */
+static PyObject *
+fast_clean(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 || !PyList_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "clean(headers, out, drop_host)");
+        return NULL;
+    }
+    if (NeverIndexedType == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "_ngfast.set_types() has not been called");
+        return NULL;
+    }
+    PyObject *headers = args[0], *out = args[1];
+    if (!PyList_CheckExact(headers))
+        Py_RETURN_NOTIMPLEMENTED;
+    int drop_host = PyObject_IsTrue(args[2]);
+    Py_ssize_t n = PyList_GET_SIZE(headers), nconn = 0;
+    PyObject *stack_conn[8], **conn = stack_conn;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *name, *value;
+        if (!pair(PyList_GET_ITEM(headers, i), &name, &value))
+            Py_RETURN_NOTIMPLEMENTED;
+        if (PyBytes_GET_SIZE(name) == 10 && IEQ(name, "connection"))
+            nconn++;
+    }
+    if (nconn > 8 && (conn = PyMem_Malloc(sizeof(PyObject *) * (size_t)nconn)) == NULL)
+        return PyErr_NoMemory();
+    nconn = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *f = PyList_GET_ITEM(headers, i);
+        PyObject *name = PyTuple_GET_ITEM(f, 0);
+        if (PyBytes_GET_SIZE(name) == 10 && IEQ(name, "connection"))
+            conn[nconn++] = PyTuple_GET_ITEM(f, 1);
+    }
+    PyObject *host = Py_None;
+    Py_INCREF(host);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *f = PyList_GET_ITEM(headers, i);
+        PyObject *value = PyTuple_GET_ITEM(f, 1);
+        PyObject *name = lower(PyTuple_GET_ITEM(f, 0));
+        if (name == NULL)
+            goto error;
+        PyObject *item = NULL;
+        if (connection_specific(name) || (PyBytes_GET_SIZE(name) && PyBytes_AS_STRING(name)[0] == ':')
+            || (nconn && nominated_by(name, conn, nconn))) {
+            Py_DECREF(name);
+            continue;
+        }
+        if (EQ(name, "host")) {
+            Py_SETREF(host, Py_NewRef(value));
+            if (drop_host) {
+                Py_DECREF(name);
+                continue;
+            }
+        }
+        if (EQ(name, "te") && !IEQ(value, "trailers")) {
+            Py_DECREF(name);
+            continue;
+        }
+        if (EQ(name, "authorization") || EQ(name, "proxy-authorization"))
+            item = PyObject_CallFunctionObjArgs(NeverIndexedType, name, value, NULL);
+        else if (name == PyTuple_GET_ITEM(f, 0))
+            item = Py_NewRef(f); /* unchanged: the same tuple */
+        else
+            item = PyTuple_Pack(2, name, value);
+        Py_DECREF(name);
+        if (item == NULL || PyList_Append(out, item) < 0) {
+            Py_XDECREF(item);
+            goto error;
+        }
+        Py_DECREF(item);
+    }
+    if (conn != stack_conn)
+        PyMem_Free(conn);
+    return host;
+error:
+    if (conn != stack_conn)
+        PyMem_Free(conn);
+    Py_DECREF(host);
+    return NULL;
+}
+
 /* === calls into libnghttp2 ============================================= */
 
 static int
@@ -731,6 +1310,13 @@ static PyMethodDef fast_methods[] = {
     {"bind", fast_bind, METH_VARARGS,
      "bind(mem_recv, mem_send, submit_request, submit_response, submit_headers, layout)"},
     {"callbacks", fast_callbacks, METH_NOARGS, "callbacks() -> {name: address}"},
+    {"set_types", fast_set_types, METH_VARARGS, "set_types(RequestHead, ResponseHead, NeverIndexedHeaderTuple)"},
+    {"lift_request", (PyCFunction)(void (*)(void))fast_lift_request, METH_FASTCALL,
+     "lift_request(stream_id, fields, end_stream, max_size, max_count, size): _h2_headers.lift_request"},
+    {"lift_response", (PyCFunction)(void (*)(void))fast_lift_response, METH_FASTCALL,
+     "lift_response(stream_id, fields, end_stream, max_size, max_count, checked, size)"},
+    {"clean", (PyCFunction)(void (*)(void))fast_clean, METH_FASTCALL,
+     "clean(headers, out, drop_host) -> host: _h2_headers._clean"},
     {NULL}};
 
 static struct PyModuleDef fast_module = {
@@ -743,6 +1329,11 @@ PyInit__ngfast(void)
 {
     if (PyType_Ready(&CollectorType) < 0)
         return NULL;
+    {
+        const char *tok = "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz";
+        for (const char *t = tok; *t; t++)
+            token_lower[(unsigned char)*t] = 1;
+    }
     PyObject *m = PyModule_Create(&fast_module);
     if (m == NULL)
         return NULL;
