@@ -121,15 +121,21 @@ def _offers_trailers(value: bytes) -> bool:
 _getrandbits = random.getrandbits  # the module's instance is reseeded in each forked worker
 
 
+_UUID4_KEEP = ~((0xF << 76) | (0xC << 60)) & (2**128 - 1)
+"""The bits of a random 128-bit number a version 4 UUID keeps (all but version and variant)."""
+_UUID4_SET = (0x4 << 76) | (0x8 << 60)
+"""Version nibble ``4`` and variant bits ``10``."""
+
+
 def new_request_id() -> bytes:
     """A random UUID version 4 in its 36-character text form.
 
-    122 random bits formatted straight into the text (version nibble ``4``, variant
-    bits ``10``): several times cheaper than ``str(uuid.uuid4())`` (no ``os.urandom``
-    syscall, no ``UUID`` object). Not a secret, so Mersenne Twister randomness is enough."""
-    r = _getrandbits(122)
-    return b"%08x-%04x-4%03x-%04x-%012x" % (
-        r >> 90, (r >> 74) & 0xFFFF, (r >> 62) & 0xFFF, 0x8000 | ((r >> 48) & 0x3FFF), r & 0xFFFFFFFFFFFF)
+    122 random bits with the version and variant bits set, as hex with the hyphens put
+    in: several times cheaper than ``str(uuid.uuid4())`` (no ``os.urandom`` syscall, no
+    ``UUID`` object), and cheaper than formatting five fields with ``%x``. Not a secret,
+    so Mersenne Twister randomness is enough."""
+    h = ((_getrandbits(128) & _UUID4_KEEP) | _UUID4_SET).to_bytes(16, "big").hex().encode()
+    return b"-".join((h[:8], h[8:12], h[12:16], h[16:20], h[20:]))
 
 
 # === requests ===

@@ -129,6 +129,17 @@ def test_generated_request_ids_are_unique_and_valid():
     assert len(set(ids)) == 10_000
     assert all(UUID4.match(i) for i in ids)
     assert all(uuid.UUID(i.decode()).variant == uuid.RFC_4122 for i in ids[:100])
+    # every hex digit but the version's is random: each position takes many values
+    for pos in range(36):
+        seen = {i[pos] for i in ids}
+        if pos in (8, 13, 18, 23):
+            assert seen == {ord("-")}
+        elif pos == 14:
+            assert seen == {ord("4")}
+        elif pos == 19:
+            assert seen == set(b"89ab")
+        else:
+            assert len(seen) == 16, (pos, seen)
 
 
 # === x-forwarded-for / x-forwarded-proto ===
