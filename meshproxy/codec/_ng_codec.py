@@ -72,8 +72,8 @@ import struct
 from collections import deque
 
 from . import _ng_wire
-from ._ng_wire import (CLIENT_CALLBACKS, DATA, DEFAULT_WINDOW, ERR_BAD_CLIENT_MAGIC,
-                       ERR_CALLBACK_FAILURE, ERR_FLOODED, ERR_TOO_MANY_CONTINUATIONS, FLAG_ACK,
+from ._ng_wire import (CLIENT_CALLBACKS, DATA, DATA_EOF, DATA_NO_END_STREAM, DEFAULT_WINDOW,
+                       ERR_BAD_CLIENT_MAGIC, ERR_CALLBACK_FAILURE, ERR_DEFERRED, ERR_FLOODED, ERR_TOO_MANY_CONTINUATIONS, FLAG_ACK,
                        FLAG_END_STREAM, GOAWAY, HCAT_REQUEST, HCAT_RESPONSE, HEADERS, MAX_STREAM_ID,
                        NULL, PING, PREFACE, PROVIDER, RESET_RATE_LIMIT, RST_STREAM, SERVER_CALLBACKS,
                        SETTINGS, SETTINGS_ENABLE_PUSH,
@@ -183,9 +183,12 @@ class NgHttp2Codec(StreamTable):
         Python callbacks ``_on_header``/``_on_chunk`` would, and ``_sa`` is the
         session's address (0 once freed)."""
         if native is not None:
-            self._col = self._fast.Collector(2 * limits.max_header_list_size, self._frame, self._closed)
+            self._col = self._fast.Collector(2 * limits.max_header_list_size, self._frame, self._closed,
+                                             self._read)
             self._sa = int(ffi.cast("uintptr_t", self._s))
             self._provider = native.provider
+        self._prd = PROVIDER if native is None else native.provider_cdata
+        """The data provider attached to streams with a body (nghttp2 copies it)."""
         self._pp = ffi.new("const char **")
         self._streams: dict[int, _Stream] = {}
         self._out: list[bytes] = []
@@ -361,6 +364,62 @@ class NgHttp2Codec(StreamTable):
             remote = error_code == REFUSED_STREAM and self._goaway_received
             self._ev.append(Reset(sid, error_code, remote))
         return 0
+
+    def _read(self, sid: int, length: int):  # noqa: ANN202 - int, or (bytes-like, flags)
+        """The data provider's read (nghttp2 asks for at most ``length`` bytes of ``sid``'s
+        queue): ``(data, NGHTTP2_DATA_FLAG_*)``, or NGHTTP2_ERR_DEFERRED when there is
+        nothing to send yet. The last read ends the stream, or submits the trailers."""
+        st = self._streams.get(sid)
+        if st is None:
+            return ERR_DEFERRED  # forgotten: nghttp2 drops the provider when it closes
+        if st.blocked:
+            st.blocked = False
+            if self._opened is not None:
+                self._opened[sid] = None
+        q = st.queue
+        data = b""
+        if q:
+            chunk = q[0]
+            size = len(chunk)
+            if size > length:  # part of one chunk
+                data = memoryview(chunk)[:length]
+                q[0] = memoryview(chunk)[length:]
+            else:
+                q.popleft()
+                if not q or size == length:
+                    data = chunk
+                else:  # the frame takes more chunks (the last maybe in part): joined
+                    parts = [chunk]
+                    n = size
+                    while q and n < length:
+                        chunk = q[0]
+                        room = length - n
+                        if len(chunk) <= room:
+                            parts.append(q.popleft())
+                            n += len(chunk)
+                        else:
+                            parts.append(memoryview(chunk)[:room])
+                            q[0] = memoryview(chunk)[room:]
+                            n = length
+                    data = b"".join(parts)
+        n = len(data)
+        st.pending -= n
+        if q:
+            st.blocked = True
+            return data, 0
+        if st.end_requested:
+            flags = DATA_EOF
+            if st.trailers is not None:
+                flags = DATA_EOF | DATA_NO_END_STREAM
+                arr, k, _keep = nva(st.trailers)
+                lib.nghttp2_submit_trailer(self._s, sid, arr, k)
+            st.attached = False
+            self._local_end(st)
+            return data, flags
+        if n:
+            return data, 0
+        st.deferred = True
+        return ERR_DEFERRED
 
     def _on_headers(self, sid: int, flags: int, cat: int) -> None:
         if self._fast is not None:
@@ -552,7 +611,7 @@ class NgHttp2Codec(StreamTable):
             if sid is None:
                 arr, n, _keep = nva(block)
                 sid = lib.nghttp2_submit_request(self._s, NULL, arr, n,
-                                                 NULL if end else PROVIDER, NULL)
+                                                 NULL if end else self._prd, NULL)
             if sid < 0:
                 raise StreamUnavailable(f"nghttp2 cannot open a stream: error {sid}")
             self._next_id = sid + 2
@@ -650,7 +709,7 @@ class NgHttp2Codec(StreamTable):
             lib.nghttp2_session_resume_data(self._s, st.id)
         elif not st.attached:
             st.attached = True
-            lib.nghttp2_submit_data(self._s, FLAG_END_STREAM, st.id, PROVIDER)
+            lib.nghttp2_submit_data(self._s, FLAG_END_STREAM, st.id, self._prd)
 
     def _send(self) -> None:
         """Move everything nghttp2 can send now into ``_out``."""

@@ -225,46 +225,17 @@ def _on_close(session, stream_id, error_code, ud):  # noqa: ANN001
 
 @ffi.callback("nghttp2_data_source_read_callback", error=ERR_CALLBACK_FAILURE, onerror=_onerror)
 def _on_read(session, stream_id, buf, length, data_flags, source, ud):  # noqa: ANN001
-    c = _from_handle(ud)
-    st = c._streams.get(stream_id)
-    if st is None:
-        return ERR_DEFERRED  # forgotten: nghttp2 drops the provider when it closes
-    if st.blocked:
-        st.blocked = False
-        if c._opened is not None:
-            c._opened[stream_id] = None
-    q = st.queue
-    n = 0
-    while q and n < length:
-        chunk = q[0]
-        size = len(chunk)
-        room = length - n
-        if size <= room:
-            _memmove(buf + n if n else buf, chunk, size)
-            q.popleft()
-            n += size
-        else:
-            _memmove(buf + n if n else buf, chunk, room)
-            q[0] = memoryview(chunk)[room:]
-            n += room
-    st.pending -= n
-    if q:
-        st.blocked = True
-        return n
-    if st.end_requested:
-        if st.trailers is not None:
-            data_flags[0] = DATA_EOF | DATA_NO_END_STREAM
-            arr, k, _keep = nva(st.trailers)
-            lib.nghttp2_submit_trailer(session, stream_id, arr, k)
-        else:
-            data_flags[0] = DATA_EOF
-        st.attached = False
-        c._local_end(st)
-        return n
+    """The codec's ``_read`` says what goes in the DATA frame (``_ngfast`` calls it too)."""
+    r = _from_handle(ud)._read(stream_id, length)
+    if r.__class__ is int:
+        return r
+    data, flags = r
+    n = len(data)
     if n:
-        return n
-    st.deferred = True
-    return ERR_DEFERRED
+        _memmove(buf, data, n)
+    if flags:
+        data_flags[0] = flags
+    return n
 
 
 def _callback_table(begin_headers: bool):  # noqa: ANN202 - a cffi pointer
@@ -296,10 +267,10 @@ PROVIDER.read_callback = _on_read
 class Native:
     """The ``_ngfast`` extension bound to the loaded libnghttp2, and the callback
     table (server and client alike) whose header, begin-headers, DATA-chunk,
-    frame-received and stream-closed callbacks are its C ones: a codec that uses
-    it passes a ``fast.Collector`` (holding its ``_frame`` and ``_closed``) to
-    ``fast.recv``/``fast.send`` instead of collecting in Python. Only the data
-    provider's read callback stays a cffi one."""
+    frame-received and stream-closed callbacks are its C ones, and a data provider
+    whose read callback is too: a codec that uses it passes a ``fast.Collector``
+    (holding its ``_frame``, ``_closed`` and ``_read``) to ``fast.recv``/``fast.send``
+    instead of collecting in Python."""
 
     def __init__(self, fast) -> None:  # noqa: ANN001 - the extension module
         def addr(fn) -> int:  # noqa: ANN001 - an ABI-mode function pointer
@@ -315,8 +286,12 @@ class Native:
                   addr(lib.nghttp2_submit_request), addr(lib.nghttp2_submit_response),
                   addr(lib.nghttp2_submit_headers), layout)
         self.fast = fast
-        self.provider = addr(PROVIDER)
         c = fast.callbacks()
+        self.provider_cdata = ffi.new("nghttp2_data_provider *")
+        """The data provider of a codec using the helpers: its read callback is the C one."""
+        self.provider_cdata.read_callback = _cast(ffi.typeof("nghttp2_data_source_read_callback"),
+                                                  c["data_source_read"])
+        self.provider = addr(self.provider_cdata)
         table_p = ffi.new("nghttp2_session_callbacks **")
         if lib.nghttp2_session_callbacks_new(table_p) != 0:
             raise MemoryError("nghttp2_session_callbacks_new failed")

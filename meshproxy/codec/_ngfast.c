@@ -16,7 +16,8 @@
  * - cffi's callback machinery (libffi argument classification, a cdata per
  *   pointer) for ``on_frame_recv`` and ``on_stream_close``: here they read the
  *   frame's fields at the offsets ``bind`` was given and call the collector's
- *   ``on_frame``/``on_close`` Python callables directly (vectorcall);
+ *   ``on_frame``/``on_close`` Python callables directly (vectorcall), and the
+ *   data provider's read callback calls ``on_read`` and copies what it returns;
  * - the GIL being released and taken again around every libnghttp2 call and
  *   every Python callback inside it: ``recv`` and ``send`` call
  *   ``mem_recv``/``mem_send`` holding the GIL, so the codec's remaining Python
@@ -89,6 +90,7 @@ typedef struct {
     int failed;
     PyObject *on_frame;    /* on_frame(type, sid, flags, length, code, cat_or_last, debug) -> int */
     PyObject *on_close;    /* on_close(sid, error_code) -> int */
+    PyObject *on_read;     /* on_read(sid, length) -> int, or (bytes-like, data flags) */
     PyObject *error;       /* the exception a Python callback raised, or NULL */
 } Collector;
 
@@ -97,14 +99,15 @@ static _Thread_local Collector *current;
 static int
 Collector_init(Collector *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"hard_limit", "on_frame", "on_close", NULL};
+    static char *kwlist[] = {"hard_limit", "on_frame", "on_close", "on_read", NULL};
     Py_ssize_t hard_limit;
-    PyObject *on_frame = NULL, *on_close = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "n|OO", kwlist, &hard_limit, &on_frame, &on_close))
+    PyObject *on_frame = NULL, *on_close = NULL, *on_read = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "n|OOO", kwlist, &hard_limit, &on_frame, &on_close, &on_read))
         return -1;
     if ((on_frame != NULL && on_frame != Py_None && !PyCallable_Check(on_frame))
-        || (on_close != NULL && on_close != Py_None && !PyCallable_Check(on_close))) {
-        PyErr_SetString(PyExc_TypeError, "on_frame and on_close must be callable");
+        || (on_close != NULL && on_close != Py_None && !PyCallable_Check(on_close))
+        || (on_read != NULL && on_read != Py_None && !PyCallable_Check(on_read))) {
+        PyErr_SetString(PyExc_TypeError, "on_frame, on_close and on_read must be callable");
         return -1;
     }
     PyObject *fields = PyList_New(0), *chunks = PyList_New(0);
@@ -121,6 +124,7 @@ Collector_init(Collector *self, PyObject *args, PyObject *kwds)
     self->failed = 0;
     Py_XSETREF(self->on_frame, on_frame == Py_None ? NULL : Py_XNewRef(on_frame));
     Py_XSETREF(self->on_close, on_close == Py_None ? NULL : Py_XNewRef(on_close));
+    Py_XSETREF(self->on_read, on_read == Py_None ? NULL : Py_XNewRef(on_read));
     Py_CLEAR(self->error);
     return 0;
 }
@@ -134,6 +138,7 @@ Collector_traverse(Collector *self, visitproc visit, void *arg)
     Py_VISIT(self->chunks);
     Py_VISIT(self->on_frame);
     Py_VISIT(self->on_close);
+    Py_VISIT(self->on_read);
     Py_VISIT(self->error);
     return 0;
 }
@@ -145,6 +150,7 @@ Collector_clear(Collector *self)
     Py_CLEAR(self->chunks);
     Py_CLEAR(self->on_frame);
     Py_CLEAR(self->on_close);
+    Py_CLEAR(self->on_read);
     Py_CLEAR(self->error);
     return 0;
 }
@@ -238,9 +244,10 @@ static PyMemberDef Collector_members[] = {
 static PyTypeObject CollectorType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "meshproxy.codec._ngfast.Collector",
-    .tp_doc = PyDoc_STR("Collector(hard_limit, on_frame=None, on_close=None): the header fields and DATA "
-                        "chunks nghttp2 hands one session during recv(), and the Python callables its "
-                        "frame-received and stream-closed callbacks call."),
+    .tp_doc = PyDoc_STR("Collector(hard_limit, on_frame=None, on_close=None, on_read=None): the header "
+                        "fields and DATA chunks nghttp2 hands one session during recv(), and the Python "
+                        "callables its frame-received, stream-closed and data-provider read callbacks "
+                        "call."),
     .tp_basicsize = sizeof(Collector),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_traverse = (traverseproc)Collector_traverse,
@@ -322,6 +329,8 @@ cb_on_data_chunk_recv(void *session, uint8_t flags, int32_t stream_id, const uin
     return 0;
 }
 
+static int keep_error(Collector *c);
+
 /* Call ``fn(*args)`` (a Python callable returning an int) for a callback: its int, or a
    callback failure with the exception kept in ``c->error``. Steals the references in args. */
 static int
@@ -343,6 +352,13 @@ done:
         goto fail;
     return (int)rv;
 fail:
+    return keep_error(c);
+}
+
+/* The Python exception now set, kept in ``c->error`` (the first one wins); a callback failure. */
+static int
+keep_error(Collector *c)
+{
     if (c->error == NULL) {
         PyObject *type, *value, *tb;
         PyErr_Fetch(&type, &value, &tb);
@@ -994,6 +1010,56 @@ error:
     return NULL;
 }
 
+/* The data provider's read callback: ``on_read(sid, length)`` gives the bytes for one DATA
+   frame and its flags (NGHTTP2_DATA_FLAG_*), or an int (NGHTTP2_ERR_DEFERRED, ...). */
+static Py_ssize_t
+cb_on_read(void *session, int32_t stream_id, uint8_t *buf, size_t length, uint32_t *data_flags,
+           void *source, void *user_data)
+{
+    Collector *c = current;
+    if (c == NULL || c->on_read == NULL)
+        return ERR_CALLBACK_FAILURE;
+    PyObject *args[2] = {PyLong_FromLong(stream_id), PyLong_FromSize_t(length)};
+    PyObject *res = NULL;
+    if (args[0] != NULL && args[1] != NULL)
+        res = PyObject_Vectorcall(c->on_read, args, 2, NULL);
+    Py_XDECREF(args[0]);
+    Py_XDECREF(args[1]);
+    if (res == NULL)
+        return keep_error(c);
+    if (PyLong_CheckExact(res)) {
+        long rv = PyLong_AsLong(res);
+        Py_DECREF(res);
+        return rv == -1 && PyErr_Occurred() ? keep_error(c) : (Py_ssize_t)rv;
+    }
+    Py_buffer view;
+    long flags;
+    if (!PyTuple_CheckExact(res) || PyTuple_GET_SIZE(res) != 2) {
+        PyErr_SetString(PyExc_TypeError, "on_read must return an int or (data, flags)");
+        goto fail;
+    }
+    flags = PyLong_AsLong(PyTuple_GET_ITEM(res, 1));
+    if (flags == -1 && PyErr_Occurred())
+        goto fail;
+    if (PyObject_GetBuffer(PyTuple_GET_ITEM(res, 0), &view, PyBUF_SIMPLE) < 0)
+        goto fail;
+    if ((size_t)view.len > length) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "on_read returned more than it was asked for");
+        goto fail;
+    }
+    Py_ssize_t n = view.len;
+    if (n)
+        memcpy(buf, view.buf, (size_t)n);
+    PyBuffer_Release(&view);
+    Py_DECREF(res);
+    *data_flags |= (uint32_t)flags;
+    return n;
+fail:
+    Py_DECREF(res);
+    return keep_error(c);
+}
+
 /* === calls into libnghttp2 ============================================= */
 
 static int
@@ -1288,12 +1354,13 @@ fast_bind(PyObject *module, PyObject *args)
 static PyObject *
 fast_callbacks(PyObject *module, PyObject *Py_UNUSED(ignored))
 {
-    return Py_BuildValue("{s:N,s:N,s:N,s:N,s:N}",
+    return Py_BuildValue("{s:N,s:N,s:N,s:N,s:N,s:N}",
                          "on_header", PyLong_FromVoidPtr((void *)cb_on_header),
                          "on_begin_headers", PyLong_FromVoidPtr((void *)cb_on_begin_headers),
                          "on_data_chunk_recv", PyLong_FromVoidPtr((void *)cb_on_data_chunk_recv),
                          "on_frame_recv", PyLong_FromVoidPtr((void *)cb_on_frame_recv),
-                         "on_stream_close", PyLong_FromVoidPtr((void *)cb_on_stream_close));
+                         "on_stream_close", PyLong_FromVoidPtr((void *)cb_on_stream_close),
+                         "data_source_read", PyLong_FromVoidPtr((void *)cb_on_read));
 }
 
 static PyMethodDef fast_methods[] = {

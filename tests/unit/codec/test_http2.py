@@ -229,6 +229,37 @@ def test_large_body_is_held_in_pending_until_receiver_acks():
     assert pair.server.open_streams == 0 and pair.client.open_streams == 0
 
 
+def test_queued_chunks_of_any_size_fill_data_frames_in_order(backend):
+    """Chunks smaller and larger than a frame, and slices, leave in order with their
+    trailers; on nghttp2 each DATA frame is filled to the 16 KiB maximum."""
+    srv = RawServer()
+    srv.feed(srv.ff.headers(1, request_fields(), end_stream=True))
+    srv.drain()
+    srv.codec.send_head(ResponseHead(1, 200, []))
+    chunks = [b"a" * 10000, b"b" * 10000, b"c" * 5, memoryview(b"0123456789" * 3000)[7:], b"d" * 40000,
+              b"e"]
+    for chunk in chunks:
+        srv.codec.send_data(1, chunk)
+    srv.codec.send_trailers(1, [(b"grpc-status", b"0")])
+    frames, sent = [], 0
+    while True:
+        got = srv.drain()
+        frames += got
+        data = sum(len(f.data) for f in got if isinstance(f, DataFrame))
+        if not data:
+            break
+        sent += data
+        srv.feed(srv.ff.window_update(0, data) + srv.ff.window_update(1, data))
+    want = b"".join(bytes(c) for c in chunks)
+    assert b"".join(f.data for f in frames if isinstance(f, DataFrame)) == want
+    assert isinstance(frames[-1], HeadersFrame) and "END_STREAM" in frames[-1].flags
+    sizes = [len(f.data) for f in frames if isinstance(f, DataFrame)]
+    assert max(sizes) <= 16384
+    if backend != "h2":
+        windowed = [s for s in sizes[:-1] if s != 16384]  # only window edges cut a frame short
+        assert all(s in (65535 % 16384,) for s in windowed), sizes
+
+
 def test_window_update_releases_queue_and_emits_window_opened():
     srv = RawServer()
     srv.feed(srv.ff.headers(1, request_fields(), end_stream=True))

@@ -123,6 +123,30 @@ def test_collecting_callbacks_refuse_to_run_outside_recv(native):
     on_close = ffi.cast("nghttp2_on_stream_close_callback", cbs["on_stream_close"])
     assert on_frame(ffi.NULL, ffi.NULL, ffi.NULL) == -902
     assert on_close(ffi.NULL, 1, 0, ffi.NULL) == -902
+    on_read = ffi.cast("nghttp2_data_source_read_callback", cbs["data_source_read"])
+    buf, flags = ffi.new("char[]", 16), ffi.new("uint32_t *")
+    assert on_read(ffi.NULL, 1, buf, 16, flags, ffi.NULL, ffi.NULL) == -902
+
+
+def test_a_failing_read_callback_ends_the_connection(native, caplog):
+    """The data provider's read runs inside ``send``; a bug there is a connection error
+    (INTERNAL_ERROR), never an exception through C."""
+    raw = RawServer()
+    raw.feed(raw.ff.headers(1, request_fields(), end_stream=True))
+    raw.drain()
+
+    def broken(sid, length):
+        raise RuntimeError("read boom")
+
+    raw.codec._col = native.fast.Collector(2 * 65536, raw.codec._frame, raw.codec._closed, broken)
+    raw.codec.send_head(ResponseHead(1, 200, []))
+    raw.codec.send_data(1, b"body", True)
+    with caplog.at_level("ERROR", logger="meshproxy.codec.http2"):
+        raw.codec.data_to_send()
+        events = raw.feed(b"")
+    (error,) = [e for e in events if isinstance(e, ProtocolError)]
+    assert error.message == "internal error: RuntimeError" and error.error_code == 0x2
+    assert any(r.exc_info and r.exc_info[1].args == ("read boom",) for r in caplog.records)
 
 
 def test_an_exception_in_the_codec_callbacks_ends_the_connection_and_is_logged(native, caplog):
