@@ -440,6 +440,16 @@ cb_on_stream_close(void *session, int32_t stream_id, uint32_t error_code, void *
 
 static PyObject *RequestHeadType, *ResponseHeadType, *NeverIndexedType;
 
+/* Whether a setup call has given ``p``; else a RuntimeError naming it. */
+static int
+ready(PyObject *p, const char *setup)
+{
+    if (p == NULL)
+        PyErr_Format(PyExc_RuntimeError, "_ngfast.%s() has not been called", setup);
+    return p != NULL;
+}
+
+
 /* set_types(RequestHead, ResponseHead, NeverIndexedHeaderTuple) */
 static PyObject *
 fast_set_types(PyObject *module, PyObject *args)
@@ -594,10 +604,8 @@ fast_lift_request(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "lift_request(stream_id, fields, end_stream, max_size, max_count, size)");
         return NULL;
     }
-    if (RequestHeadType == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "_ngfast.set_types() has not been called");
+    if (!ready(RequestHeadType, "set_types"))
         return NULL;
-    }
     PyObject *fields = args[1];
     Py_ssize_t n = PyList_GET_SIZE(fields);
     Py_ssize_t max_size = PyLong_AsSsize_t(args[3]), max_count = PyLong_AsSsize_t(args[4]);
@@ -777,10 +785,8 @@ fast_lift_response(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     if (!PyList_CheckExact(args[1]))
         Py_RETURN_NOTIMPLEMENTED;
-    if (ResponseHeadType == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "_ngfast.set_types() has not been called");
+    if (!ready(ResponseHeadType, "set_types"))
         return NULL;
-    }
     PyObject *fields = args[1];
     Py_ssize_t n = PyList_GET_SIZE(fields);
     Py_ssize_t max_size = PyLong_AsSsize_t(args[3]), max_count = PyLong_AsSsize_t(args[4]);
@@ -936,10 +942,8 @@ fast_clean(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "clean(headers, out, drop_host)");
         return NULL;
     }
-    if (NeverIndexedType == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "_ngfast.set_types() has not been called");
+    if (!ready(NeverIndexedType, "set_types"))
         return NULL;
-    }
     PyObject *headers = args[0], *out = args[1];
     if (!PyList_CheckExact(headers))
         Py_RETURN_NOTIMPLEMENTED;
@@ -1058,6 +1062,342 @@ cb_on_read(void *session, int32_t stream_id, uint8_t *buf, size_t length, uint32
 fail:
     Py_DECREF(res);
     return keep_error(c);
+}
+
+/* === the HTTP/1.1 express lane's head loops (http/express_heads.py) =========
+ *
+ * ``plain_request`` and ``plain_response`` read each raw field line through the
+ * memo of lines already classified; these are their loops, with the memo dicts,
+ * the Python classifiers (for lines not in the memo) and ``new_request_id``
+ * handed over by ``express_setup``. The Python functions stay the reference
+ * (tests/unit/http/test_express_heads.py runs both). */
+
+enum { K_HOST = 0, K_CL, K_CLOSE, K_RID, K_XFF, K_XFP, K_UNDER, K_ODD, K_CHUNKED, K_GRPC };
+static PyObject *X_req_memo, *X_resp_memo, *X_request_line, *X_response_line, *X_new_rid;
+
+/* express_setup(request_memo, response_memo, request_line, response_line, new_request_id) */
+static PyObject *
+fast_express_setup(PyObject *module, PyObject *args)
+{
+    PyObject *a[5];
+    if (!PyArg_UnpackTuple(args, "express_setup", 5, 5, &a[0], &a[1], &a[2], &a[3], &a[4]))
+        return NULL;
+    if (!PyDict_CheckExact(a[0]) || !PyDict_CheckExact(a[1])) {
+        PyErr_SetString(PyExc_TypeError, "express_setup: the memos must be dicts");
+        return NULL;
+    }
+    Py_XSETREF(X_req_memo, Py_NewRef(a[0]));
+    Py_XSETREF(X_resp_memo, Py_NewRef(a[1]));
+    Py_XSETREF(X_request_line, Py_NewRef(a[2]));
+    Py_XSETREF(X_response_line, Py_NewRef(a[3]));
+    Py_XSETREF(X_new_rid, Py_NewRef(a[4]));
+    Py_RETURN_NONE;
+}
+
+/* What ``line`` was classified as: a new reference, Py_None (decline), or NULL (error). */
+static PyObject *
+classify(PyObject *memo, PyObject *classifier, PyObject *line, int known_only)
+{
+    PyObject *e = PyDict_GetItemWithError(memo, line);
+    if (e != NULL)
+        return Py_NewRef(e);
+    if (PyErr_Occurred())
+        return NULL;
+    if (known_only)
+        Py_RETURN_NONE;
+    return PyObject_CallOneArg(classifier, line);
+}
+
+/* A memo entry that is a tuple (kind, ...) of the expected size: its kind, else -1. */
+static long
+kind_of(PyObject *e, Py_ssize_t size)
+{
+    if (!PyTuple_CheckExact(e) || PyTuple_GET_SIZE(e) < size)
+        return -1;
+    long k = PyLong_AsLong(PyTuple_GET_ITEM(e, 0));
+    if (k == -1 && PyErr_Occurred())
+        PyErr_Clear();
+    return k;
+}
+
+/* prefix + middle + suffix as one bytes object */
+static PyObject *
+cat3(const char *prefix, PyObject *middle, const char *suffix)
+{
+    Py_ssize_t a = (Py_ssize_t)strlen(prefix), b = PyBytes_GET_SIZE(middle), c = (Py_ssize_t)strlen(suffix);
+    PyObject *out = PyBytes_FromStringAndSize(NULL, a + b + c);
+    if (out == NULL)
+        return NULL;
+    char *p = PyBytes_AS_STRING(out);
+    memcpy(p, prefix, (size_t)a);
+    memcpy(p + a, PyBytes_AS_STRING(middle), (size_t)b);
+    memcpy(p + a + b, suffix, (size_t)c);
+    return out;
+}
+
+static int
+append_new(PyObject *list, PyObject *item) /* steals item */
+{
+    if (item == NULL)
+        return -1;
+    int rv = PyList_Append(list, item);
+    Py_DECREF(item);
+    return rv;
+}
+
+static int
+all_bytes(PyObject *lines)
+{
+    if (!PyList_CheckExact(lines))
+        return 0;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(lines); i++)
+        if (!PyBytes_CheckExact(PyList_GET_ITEM(lines, i)))
+            return 0;
+    return 1;
+}
+
+/* plain_response(lines, known_only) -> (lines, cl, chunked, keep, grpc) or None */
+static PyObject *
+fast_plain_response(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "plain_response(lines, known_only)");
+        return NULL;
+    }
+    if (!ready(X_resp_memo, "express_setup"))
+        return NULL;
+    PyObject *lines = args[0];
+    if (!all_bytes(lines))
+        Py_RETURN_NOTIMPLEMENTED;
+    int known_only = PyObject_IsTrue(args[1]);
+    PyObject *out = PyList_New(0), *cl = NULL, *grpc = NULL, *res = NULL;
+    int chunked = 0, keep = 1;
+    if (out == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(lines); i++) {
+        PyObject *e = classify(X_resp_memo, X_response_line, PyList_GET_ITEM(lines, i), known_only);
+        if (e == NULL)
+            goto error;
+        if (e == Py_None)
+            goto decline_e;
+        if (PyBytes_CheckExact(e)) {
+            if (append_new(out, e) < 0)
+                goto error;
+            continue;
+        }
+        switch (kind_of(e, 1)) {
+        case K_CL:
+            if (cl != NULL || PyTuple_GET_SIZE(e) < 2)
+                goto decline_e;
+            cl = Py_NewRef(PyTuple_GET_ITEM(e, 1));
+            break;
+        case K_CLOSE:
+            keep = 0;
+            break;
+        case K_CHUNKED:
+            if (chunked)
+                goto decline_e;
+            chunked = 1;
+            break;
+        case K_GRPC:
+            if (PyTuple_GET_SIZE(e) < 3)
+                goto decline_e;
+            if (grpc == NULL)
+                grpc = Py_NewRef(PyTuple_GET_ITEM(e, 1));
+            if (PyList_Append(out, PyTuple_GET_ITEM(e, 2)) < 0) {
+                Py_DECREF(e);
+                goto error;
+            }
+            break;
+        default: /* _ODD */
+            goto decline_e;
+        }
+        Py_DECREF(e);
+        continue;
+    decline_e:
+        Py_DECREF(e);
+        goto decline;
+    }
+    if (chunked && cl != NULL)
+        goto decline;
+    res = Py_BuildValue("(OOOOO)", out, cl ? cl : Py_None, chunked ? Py_True : Py_False,
+                        keep ? Py_True : Py_False, grpc ? grpc : Py_None);
+    goto finish;
+decline:
+    res = Py_NewRef(Py_None);
+    goto finish;
+error:
+    res = NULL;
+finish:
+    Py_DECREF(out);
+    Py_XDECREF(cl);
+    Py_XDECREF(grpc);
+    return res;
+}
+
+/* plain_request(method, target, lines, inbound, peer_ip, underscores_ok, available, scheme, extra)
+   -> (head bytes, request id, authority, body length, keep-alive) or None */
+static PyObject *
+fast_plain_request(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 9) {
+        PyErr_SetString(PyExc_TypeError, "plain_request(method, target, lines, inbound, peer_ip, "
+                                         "underscores_ok, available, scheme, extra)");
+        return NULL;
+    }
+    if (!ready(X_req_memo, "express_setup"))
+        return NULL;
+    PyObject *method = args[0], *target = args[1], *lines = args[2], *peer_ip = args[4];
+    PyObject *scheme = args[7], *extra = args[8];
+    if (!all_bytes(lines) || !PyBytes_CheckExact(method) || !PyBytes_CheckExact(target)
+        || !PyBytes_CheckExact(peer_ip) || !PyBytes_CheckExact(scheme) || !PyBytes_CheckExact(extra))
+        Py_RETURN_NOTIMPLEMENTED;
+    int inbound = PyObject_IsTrue(args[3]), underscores_ok = PyObject_IsTrue(args[5]);
+    long long available = PyLong_AsLongLong(args[6]);
+    if (available == -1 && PyErr_Occurred())
+        return NULL;
+    PyObject *out = PyList_New(0), *host = NULL, *cl = NULL, *rid = NULL, *res = NULL;
+    int keep = 1, xfp = 0;
+    if (out == NULL)
+        return NULL;
+    {
+        Py_ssize_t ml = PyBytes_GET_SIZE(method), tl = PyBytes_GET_SIZE(target);
+        PyObject *first = PyBytes_FromStringAndSize(NULL, ml + 1 + tl + 11);
+        if (first == NULL)
+            goto error;
+        char *p = PyBytes_AS_STRING(first);
+        memcpy(p, PyBytes_AS_STRING(method), (size_t)ml);
+        p[ml] = ' ';
+        memcpy(p + ml + 1, PyBytes_AS_STRING(target), (size_t)tl);
+        memcpy(p + ml + 1 + tl, " HTTP/1.1\r\n", 11);
+        if (append_new(out, first) < 0)
+            goto error;
+    }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(lines); i++) {
+        PyObject *e = classify(X_req_memo, X_request_line, PyList_GET_ITEM(lines, i), 0);
+        if (e == NULL)
+            goto error;
+        if (e == Py_None)
+            goto decline_e;
+        if (PyBytes_CheckExact(e)) {
+            if (append_new(out, e) < 0)
+                goto error;
+            continue;
+        }
+        PyObject *add = NULL; /* borrowed from e: what to forward */
+        long kind = kind_of(e, 1);
+        if (kind != K_CLOSE && PyTuple_GET_SIZE(e) < 2)
+            goto decline_e;
+        switch (kind) {
+        case K_HOST:
+            if (host != NULL || PyTuple_GET_SIZE(e) < 3)
+                goto decline_e;
+            host = Py_NewRef(PyTuple_GET_ITEM(e, 1));
+            add = PyTuple_GET_ITEM(e, 2);
+            break;
+        case K_CL:
+            if (cl != NULL)
+                goto decline_e;
+            cl = Py_NewRef(PyTuple_GET_ITEM(e, 1));
+            break;
+        case K_CLOSE:
+            keep = 0;
+            break;
+        case K_RID: {
+            if (PyTuple_GET_SIZE(e) < 3)
+                goto decline_e;
+            PyObject *v = PyTuple_GET_ITEM(e, 1);
+            if (rid == NULL && PyObject_IsTrue(v)) {
+                rid = Py_NewRef(v);
+                add = PyTuple_GET_ITEM(e, 2);
+            }
+            break;
+        }
+        case K_XFF:
+            if (inbound)
+                goto decline_e;
+            add = PyTuple_GET_ITEM(e, 1);
+            break;
+        case K_XFP:
+            if (!inbound) {
+                xfp = 1;
+                add = PyTuple_GET_ITEM(e, 1);
+            }
+            break;
+        case K_UNDER:
+            if (!underscores_ok)
+                goto decline_e;
+            add = PyTuple_GET_ITEM(e, 1);
+            break;
+        default: /* _ODD, or anything else */
+            goto decline_e;
+        }
+        if (add != NULL && PyList_Append(out, add) < 0) {
+            Py_DECREF(e);
+            goto error;
+        }
+        Py_DECREF(e);
+        continue;
+    decline_e:
+        Py_DECREF(e);
+        goto decline;
+    }
+    if (host == NULL)
+        goto decline;
+    long long n = 0;
+    if (cl != NULL) {
+        n = PyLong_AsLongLong(cl);
+        if (n == -1 && PyErr_Occurred())
+            goto error;
+    }
+    if (n != available)
+        goto decline;
+    if (rid == NULL) {
+        rid = PyObject_CallNoArgs(X_new_rid);
+        if (rid == NULL)
+            goto error;
+        if (!PyBytes_CheckExact(rid)) {
+            PyErr_SetString(PyExc_TypeError, "new_request_id() must return bytes");
+            goto error;
+        }
+        if (append_new(out, cat3("x-request-id: ", rid, "\r\n")) < 0)
+            goto error;
+    }
+    if (inbound && append_new(out, cat3("x-forwarded-for: ", peer_ip, "\r\n")) < 0)
+        goto error;
+    if (!xfp && append_new(out, cat3("x-forwarded-proto: ", scheme, "\r\n")) < 0)
+        goto error;
+    if (PyBytes_GET_SIZE(extra) && PyList_Append(out, extra) < 0)
+        goto error;
+    if (cl != NULL) {
+        if (append_new(out, PyBytes_FromFormat("content-length: %zd\r\n\r\n", (Py_ssize_t)n)) < 0)
+            goto error;
+    } else if (EQ(method, "POST") || EQ(method, "PUT") || EQ(method, "PATCH")) {
+        if (append_new(out, PyBytes_FromString("content-length: 0\r\n\r\n")) < 0)
+            goto error;
+    } else if (append_new(out, PyBytes_FromString("\r\n")) < 0) {
+        goto error;
+    }
+    {
+        PyObject *empty = PyBytes_FromStringAndSize(NULL, 0);
+        PyObject *joined = empty ? _PyBytes_Join(empty, out) : NULL;
+        Py_XDECREF(empty);
+        if (joined == NULL)
+            goto error;
+        res = Py_BuildValue("(NOOLO)", joined, rid, host, n, keep ? Py_True : Py_False);
+    }
+    goto finish;
+decline:
+    res = Py_NewRef(Py_None);
+    goto finish;
+error:
+    res = NULL;
+finish:
+    Py_DECREF(out);
+    Py_XDECREF(host);
+    Py_XDECREF(cl);
+    Py_XDECREF(rid);
+    return res;
 }
 
 /* === calls into libnghttp2 ============================================= */
@@ -1384,6 +1724,12 @@ static PyMethodDef fast_methods[] = {
      "lift_response(stream_id, fields, end_stream, max_size, max_count, checked, size)"},
     {"clean", (PyCFunction)(void (*)(void))fast_clean, METH_FASTCALL,
      "clean(headers, out, drop_host) -> host: _h2_headers._clean"},
+    {"express_setup", fast_express_setup, METH_VARARGS,
+     "express_setup(request_memo, response_memo, request_line, response_line, new_request_id)"},
+    {"plain_request", (PyCFunction)(void (*)(void))fast_plain_request, METH_FASTCALL,
+     "plain_request(method, target, lines, inbound, peer_ip, underscores_ok, available, scheme, extra)"},
+    {"plain_response", (PyCFunction)(void (*)(void))fast_plain_response, METH_FASTCALL,
+     "plain_response(lines, known_only) -> (lines, cl, chunked, keep, grpc) or None"},
     {NULL}};
 
 static struct PyModuleDef fast_module = {

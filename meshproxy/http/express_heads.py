@@ -22,6 +22,8 @@ functions.
 
 from __future__ import annotations
 
+import os
+
 from ..codec._http1_checks import _GOOD_HOSTS
 from .headers import MESHPROXY_PREFIX, new_request_id
 
@@ -127,6 +129,17 @@ def _request_line(line: bytes):
 
 def plain_request(method: bytes, target: bytes, lines, inbound: bool, peer_ip: bytes,
                   underscores_ok: bool, available: int, scheme: bytes = b"http", extra: bytes = b""):
+    """``plain_request_py``, its loop in C when ``_ngfast`` was built."""
+    if _fast is not None:
+        r = _fast.plain_request(method, target, lines, inbound, peer_ip, underscores_ok, available, scheme,
+                                extra)
+        if r is not NotImplemented:
+            return r
+    return plain_request_py(method, target, lines, inbound, peer_ip, underscores_ok, available, scheme, extra)
+
+
+def plain_request_py(method: bytes, target: bytes, lines, inbound: bool, peer_ip: bytes,
+                     underscores_ok: bool, available: int, scheme: bytes = b"http", extra: bytes = b""):
     """``(upstream head bytes, request id, authority, body length, keep-alive)`` for an
     HTTP/1.1 request head whose raw field ``lines`` (``head_lines``) need nothing unusual
     and whose body is exactly the ``available`` bytes that followed the head, else None.
@@ -250,6 +263,15 @@ def remember_start(start: bytes, status: int) -> None:
 
 
 def plain_response(lines, known_only: bool = False):
+    """``plain_response_py``, its loop in C when ``_ngfast`` was built."""
+    if _fast is not None:
+        r = _fast.plain_response(lines, known_only)
+        if r is not NotImplemented:
+            return r
+    return plain_response_py(lines, known_only)
+
+
+def plain_response_py(lines, known_only: bool = False):
     """``(forwarded field lines, content length or None, chunked, keep-alive, grpc-status or
     None)`` for an HTTP/1.1 response head (not 1xx), already accepted by the HTTP/1 parser,
     whose raw field ``lines`` (``head_lines``) need nothing unusual, else None. The forwarded
@@ -326,3 +348,22 @@ def _length(value: bytes) -> int | None:
 def _keeps(value: bytes) -> bool:
     """A Connection value that only says keep-alive (``close`` and anything else: False)."""
     return value == b"keep-alive" or value.lower() == b"keep-alive"
+
+
+def _load_fast():  # noqa: ANN202 - the extension module or None
+    """``_ngfast`` (the C loops of ``plain_request``/``plain_response``) handed this module's
+    memos, classifiers and ``new_request_id``; None when not built or ``MESHPROXY_NGFAST=0``."""
+    if os.environ.get("MESHPROXY_NGFAST", "1") == "0":
+        return None
+    try:
+        from ..codec import _ngfast
+    except ImportError:
+        return None
+    kinds = (_HOST, _CL, _CLOSE, _RID, _XFF, _XFP, _UNDER, _ODD, _CHUNKED, _GRPC)
+    if kinds != tuple(range(10)):  # the C loops read these numbers
+        raise RuntimeError("express_heads line kinds changed: update _ngfast.c")
+    _ngfast.express_setup(_REQ_MEMO, _RESP_MEMO, _request_line, _response_line, new_request_id)
+    return _ngfast
+
+
+_fast = _load_fast()

@@ -177,12 +177,9 @@ def test_odd_field_types_are_handed_to_python():
     assert hh.lift_request(1, [(b":method", bytearray(b"GET"))], True, 4096, 100) == "missing :scheme or :path"
 
 
-def test_the_c_functions_do_not_leak_references():
+def test_the_c_functions_do_not_leak_references(memory_growth):
     """Every path (a head, a reason, 431, a hand-back) run many times leaves no objects
     behind: a leaked reference per call would keep thousands of heads and lists alive."""
-    import gc
-    import tracemalloc
-
     good = [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"svc"), (b":path", b"/"),
             (b"cookie", b"a"), (b"cookie", b"b"), (b"content-length", b"0"), (b"expect", b"x")]
     cases = [
@@ -198,17 +195,5 @@ def test_the_c_functions_do_not_leak_references():
         lambda: fast.clean([(b"Connection", b"x-a"), (b"x-a", b"1"), (b"authorization", b"s"), (b"Host", b"h"),
                             (b"X-B", b"2")], [], True),
     ]
-    for case in cases:  # warm up caches (interned ints, type caches)
-        case()
-    gc.collect()
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
-        for _ in range(3000):
-            for case in cases:
-                case()
-        gc.collect()
-        grown = tracemalloc.get_traced_memory()[0] - before
-    finally:
-        tracemalloc.stop()
+    grown = memory_growth(cases, 3000)
     assert grown < 50_000, grown

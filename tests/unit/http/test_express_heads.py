@@ -11,6 +11,7 @@ from the memo.
 
 from __future__ import annotations
 
+import os
 import random
 
 import httptools
@@ -373,3 +374,80 @@ def test_what_known_response_takes_the_parser_takes_and_reads_the_same(start, pi
     status, plain = known
     assert status == int(start[9:12])
     assert plain == plain_response(lines)
+
+
+# === the C loops (codec/_ngfast.c) against the Python reference ===
+
+TAKEN_FIELDS = [(b"accept", b"*/*"), (b"user-agent", b"x"), (b"cookie", b"a=1"), (b"content-type", b"text/plain"),
+                (b"x-request-id", b"abc"), (b"x-request-id", b""), (b"x-forwarded-proto", b"https"),
+                (b"x-forwarded-for", b"1.2.3.4"), (b"keep-alive", b"5"), (b"x-meshproxy-flag", b"1"),
+                (b"connection", b"keep-alive"), (b"connection", b"close"), (b"content-length", b"5"),
+                (b"content-length", b"0"), (b"x_under", b"1"), (b"x-forwarded-client-cert", b"By=x")]
+"""Fields the lane takes (some only inbound, outbound or with underscores allowed)."""
+
+needs_c = pytest.mark.skipif(express_heads._fast is None and not os.environ.get("CI"),
+                             reason="meshproxy.codec._ngfast not built here")
+
+
+@needs_c
+@settings(max_examples=600, deadline=None)
+@given(method=st.sampled_from([b"GET", b"POST", b"PUT", b"PATCH", b"HEAD"]), fields=st.one_of(
+           fields_st, st.lists(st.sampled_from(TAKEN_FIELDS), max_size=6), st.lists(st.sampled_from(TAKEN_FIELDS), max_size=6)),
+       inbound=st.booleans(), underscores=st.booleans(), seed=st.integers(0, 1000), extra=st.sampled_from(
+           [b"", b"x-forwarded-client-cert: By=a\r\n"]), odd_length=st.booleans())
+def test_the_c_request_loop_matches_python(method, fields, inbound, underscores, seed, extra, odd_length):
+    assert express_heads._fast is not None, "CI: _ngfast must be built"
+    # the Host value has passed the codec once (``_GOOD_HOSTS``), as on the lane
+    inspect_request(b"GET", b"/", "1.1", [], [(b"host", b"svc.local:8080")], b"", Http1Codec().limits)
+    fields = [(b"host", b"svc.local:8080")] + fields if seed % 5 else fields
+    lines = raw_lines(fields, seed, trailing=seed % 3 == 0)  # trailing blanks: an unseen Host, declined
+    declared = [v.strip() for k, v in fields if k == b"content-length"]
+    available = int(declared[0]) if declared and declared[0].isdigit() and not odd_length else 5 * odd_length
+    args = (method, b"/p", lines, inbound, b"10.0.0.9", underscores, available, b"https", extra)
+    hdr._getrandbits = random.Random(seed).getrandbits
+    got = express_heads._fast.plain_request(*args)
+    hdr._getrandbits = random.Random(seed).getrandbits
+    assert got == express_heads.plain_request_py(*args)
+    TAKEN[got is not None] += 1
+
+
+TAKEN = [0, 0]
+"""How many generated requests the loops declined and took (checked below)."""
+
+
+@needs_c
+def test_the_c_request_loop_comparison_saw_taken_heads():
+    assert TAKEN[1] >= 20, TAKEN  # the comparison above was not only of declines
+
+
+@needs_c
+@settings(max_examples=600, deadline=None)
+@given(fields=st.lists(st.tuples(st.sampled_from(RESPONSE_NAMES + NAMES), st.sampled_from(VALUES)), max_size=8),
+       seed=st.integers(0, 1000), known_only=st.booleans())
+def test_the_c_response_loop_matches_python(fields, seed, known_only):
+    assert express_heads._fast is not None, "CI: _ngfast must be built"
+    lines = raw_lines(fields, seed)
+    got = express_heads._fast.plain_response(lines, known_only)
+    assert got == express_heads.plain_response_py(lines, known_only)
+
+
+@needs_c
+def test_the_c_loops_hand_odd_input_back_and_leak_nothing(memory_growth):
+    fast = express_heads._fast
+    for lines in ([b"Transfer-Encoding: chunked", b"Transfer-Encoding: chunked"],
+                  [b"Content-Length: 1", b"Content-Length: 1"], [b"Transfer-Encoding: chunked", b"Content-Length: 1"],
+                  [b"grpc-status: 1", b"grpc-status: 2"], [b"Connection: close", b"Transfer-Encoding: chunked"]):
+        assert fast.plain_response(lines, False) == express_heads.plain_response_py(lines)
+    assert fast.plain_response([b"Transfer-Encoding: chunked"] * 2, False) is None
+    assert fast.plain_response((b"Server: x",), False) is NotImplemented
+    assert fast.plain_response([bytearray(b"Server: x")], False) is NotImplemented
+    assert fast.plain_request(b"GET", b"/", [b"Host: h"], False, "1.1.1.1", False, 0, b"http", b"") \
+        is NotImplemented
+    nginx = [b"Server: nginx", b"Date: x", b"Content-Length: 3", b"Connection: close", b"grpc-status: 0"]
+    req = [b"Host: svc.local:8080", b"X-Request-Id: abc", b"x_u: 1", b"Content-Length: 2", b"X-Forwarded-Proto: h"]
+    cases = [lambda: fast.plain_response(nginx, False), lambda: fast.plain_response(nginx + [b"TE: x"], True),
+             lambda: fast.plain_request(b"POST", b"/", req, False, b"1.1.1.1", True, 2, b"http", b""),
+             lambda: fast.plain_request(b"POST", b"/", req, True, b"1.1.1.1", True, 2, b"http", b""),
+             lambda: fast.plain_request(b"GET", b"/", req[:1], True, b"1.1.1.1", False, 0, b"http", b"x: y\r\n")]
+    grown = memory_growth(cases, 3000)
+    assert grown < 50_000, grown
