@@ -1,8 +1,12 @@
-/* Native helpers of the nghttp2 codec: the per-field and per-chunk work in C.
+/* Native helpers of the hot paths: the nghttp2 codec's per-field and per-chunk
+ * work, the HTTP/2 header-list checks, and the HTTP/1.1 express lane's head loops.
  *
- * Where this sits: an optional CPython extension next to _ng_wire.py, which
- * uses it when it was built (setup.py builds it when a C compiler is present;
- * without one the codec keeps its pure-cffi path and behaves the same).
+ * Where this sits: an optional CPython extension used by _ng_wire.py and
+ * _ng_codec.py (the nghttp2 codec), _h2_headers.py (lift_request, lift_response,
+ * _clean) and http/express_heads.py (plain_request, plain_response) when it was
+ * built. setup.py builds it when a C compiler is present; without it, or with
+ * MESHPROXY_NGFAST=0, each of them runs its Python code, which stays the
+ * reference the tests compare these functions with.
  * It does not link against libnghttp2 and needs no nghttp2 headers: _ng_wire
  * hands it the addresses of the few libnghttp2 functions it calls (``bind``),
  * which cffi has already loaded, and registers the callbacks below (``callbacks``)

@@ -18,6 +18,11 @@ function returns None and the caller takes the exact route (the same helpers
 the general path calls), so rare heads cost a little more and never differ.
 ``tests/unit/http/test_express_heads.py`` checks both against the general
 functions.
+
+The two loops run in C when the optional extension ``codec/_ngfast`` was built
+(``_load_fast`` hands it the memos, the line classifiers and ``new_request_id``,
+so the rules stay here); ``plain_request_py`` / ``plain_response_py`` are the
+reference the tests compare them with.
 """
 
 from __future__ import annotations
