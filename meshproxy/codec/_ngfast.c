@@ -1074,17 +1074,20 @@ fail:
  * memo of lines already classified; these are their loops, with the memo dicts,
  * the Python classifiers (for lines not in the memo) and ``new_request_id``
  * handed over by ``express_setup``. The Python functions stay the reference
- * (tests/unit/http/test_express_heads.py runs both). */
+ * (tests/unit/http/test_express_heads.py runs both), and run for any input that
+ * is not a list of exact bytes, so these can stand in for them directly. */
 
 enum { K_HOST = 0, K_CL, K_CLOSE, K_RID, K_XFF, K_XFP, K_UNDER, K_ODD, K_CHUNKED, K_GRPC };
 static PyObject *X_req_memo, *X_resp_memo, *X_request_line, *X_response_line, *X_new_rid;
+static PyObject *X_request_py, *X_response_py;
 
-/* express_setup(request_memo, response_memo, request_line, response_line, new_request_id) */
+/* express_setup(request_memo, response_memo, request_line, response_line, new_request_id,
+                 plain_request_py, plain_response_py) */
 static PyObject *
 fast_express_setup(PyObject *module, PyObject *args)
 {
-    PyObject *a[5];
-    if (!PyArg_UnpackTuple(args, "express_setup", 5, 5, &a[0], &a[1], &a[2], &a[3], &a[4]))
+    PyObject *a[7];
+    if (!PyArg_UnpackTuple(args, "express_setup", 7, 7, &a[0], &a[1], &a[2], &a[3], &a[4], &a[5], &a[6]))
         return NULL;
     if (!PyDict_CheckExact(a[0]) || !PyDict_CheckExact(a[1])) {
         PyErr_SetString(PyExc_TypeError, "express_setup: the memos must be dicts");
@@ -1095,6 +1098,8 @@ fast_express_setup(PyObject *module, PyObject *args)
     Py_XSETREF(X_request_line, Py_NewRef(a[2]));
     Py_XSETREF(X_response_line, Py_NewRef(a[3]));
     Py_XSETREF(X_new_rid, Py_NewRef(a[4]));
+    Py_XSETREF(X_request_py, Py_NewRef(a[5]));
+    Py_XSETREF(X_response_py, Py_NewRef(a[6]));
     Py_RETURN_NONE;
 }
 
@@ -1160,20 +1165,20 @@ all_bytes(PyObject *lines)
     return 1;
 }
 
-/* plain_response(lines, known_only) -> (lines, cl, chunked, keep, grpc) or None */
+/* plain_response(lines, known_only=False) -> (lines, cl, chunked, keep, grpc) or None */
 static PyObject *
 fast_plain_response(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "plain_response(lines, known_only)");
+    if (nargs != 1 && nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "plain_response(lines, known_only=False)");
         return NULL;
     }
     if (!ready(X_resp_memo, "express_setup"))
         return NULL;
     PyObject *lines = args[0];
     if (!all_bytes(lines))
-        Py_RETURN_NOTIMPLEMENTED;
-    int known_only = PyObject_IsTrue(args[1]);
+        return PyObject_Vectorcall(X_response_py, args, (size_t)nargs, NULL);
+    int known_only = nargs == 2 && PyObject_IsTrue(args[1]);
     PyObject *out = PyList_New(0), *cl = NULL, *grpc = NULL, *res = NULL;
     int chunked = 0, keep = 1;
     if (out == NULL)
@@ -1239,12 +1244,12 @@ finish:
     return res;
 }
 
-/* plain_request(method, target, lines, inbound, peer_ip, underscores_ok, available, scheme, extra)
-   -> (head bytes, request id, authority, body length, keep-alive) or None */
+/* plain_request(method, target, lines, inbound, peer_ip, underscores_ok, available, scheme=b"http",
+   extra=b"") -> (head bytes, request id, authority, body length, keep-alive) or None */
 static PyObject *
 fast_plain_request(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 9) {
+    if (nargs < 7 || nargs > 9) {
         PyErr_SetString(PyExc_TypeError, "plain_request(method, target, lines, inbound, peer_ip, "
                                          "underscores_ok, available, scheme, extra)");
         return NULL;
@@ -1252,10 +1257,14 @@ fast_plain_request(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (!ready(X_req_memo, "express_setup"))
         return NULL;
     PyObject *method = args[0], *target = args[1], *lines = args[2], *peer_ip = args[4];
-    PyObject *scheme = args[7], *extra = args[8];
+    static PyObject *default_scheme, *default_extra;
+    if (default_scheme == NULL && ((default_scheme = PyBytes_FromString("http")) == NULL
+                                   || (default_extra = PyBytes_FromString("")) == NULL))
+        return NULL;
+    PyObject *scheme = nargs > 7 ? args[7] : default_scheme, *extra = nargs > 8 ? args[8] : default_extra;
     if (!all_bytes(lines) || !PyBytes_CheckExact(method) || !PyBytes_CheckExact(target)
         || !PyBytes_CheckExact(peer_ip) || !PyBytes_CheckExact(scheme) || !PyBytes_CheckExact(extra))
-        Py_RETURN_NOTIMPLEMENTED;
+        return PyObject_Vectorcall(X_request_py, args, (size_t)nargs, NULL);
     int inbound = PyObject_IsTrue(args[3]), underscores_ok = PyObject_IsTrue(args[5]);
     long long available = PyLong_AsLongLong(args[6]);
     if (available == -1 && PyErr_Occurred())
@@ -1729,11 +1738,12 @@ static PyMethodDef fast_methods[] = {
     {"clean", (PyCFunction)(void (*)(void))fast_clean, METH_FASTCALL,
      "clean(headers, out, drop_host) -> host: _h2_headers._clean"},
     {"express_setup", fast_express_setup, METH_VARARGS,
-     "express_setup(request_memo, response_memo, request_line, response_line, new_request_id)"},
+     "express_setup(request_memo, response_memo, request_line, response_line, new_request_id, "
+     "plain_request_py, plain_response_py)"},
     {"plain_request", (PyCFunction)(void (*)(void))fast_plain_request, METH_FASTCALL,
      "plain_request(method, target, lines, inbound, peer_ip, underscores_ok, available, scheme, extra)"},
     {"plain_response", (PyCFunction)(void (*)(void))fast_plain_response, METH_FASTCALL,
-     "plain_response(lines, known_only) -> (lines, cl, chunked, keep, grpc) or None"},
+     "plain_response(lines, known_only=False) -> (lines, cl, chunked, keep, grpc) or None"},
     {NULL}};
 
 static struct PyModuleDef fast_module = {

@@ -132,17 +132,6 @@ def _request_line(line: bytes):
     return _remember(_REQ_MEMO, line, e)
 
 
-def plain_request(method: bytes, target: bytes, lines, inbound: bool, peer_ip: bytes,
-                  underscores_ok: bool, available: int, scheme: bytes = b"http", extra: bytes = b""):
-    """``plain_request_py``, its loop in C when ``_ngfast`` was built."""
-    if _fast is not None:
-        r = _fast.plain_request(method, target, lines, inbound, peer_ip, underscores_ok, available, scheme,
-                                extra)
-        if r is not NotImplemented:
-            return r
-    return plain_request_py(method, target, lines, inbound, peer_ip, underscores_ok, available, scheme, extra)
-
-
 def plain_request_py(method: bytes, target: bytes, lines, inbound: bool, peer_ip: bytes,
                      underscores_ok: bool, available: int, scheme: bytes = b"http", extra: bytes = b""):
     """``(upstream head bytes, request id, authority, body length, keep-alive)`` for an
@@ -267,15 +256,6 @@ def remember_start(start: bytes, status: int) -> None:
     _remember(_START_MEMO, start, status)
 
 
-def plain_response(lines, known_only: bool = False):
-    """``plain_response_py``, its loop in C when ``_ngfast`` was built."""
-    if _fast is not None:
-        r = _fast.plain_response(lines, known_only)
-        if r is not NotImplemented:
-            return r
-    return plain_response_py(lines, known_only)
-
-
 def plain_response_py(lines, known_only: bool = False):
     """``(forwarded field lines, content length or None, chunked, keep-alive, grpc-status or
     None)`` for an HTTP/1.1 response head (not 1xx), already accepted by the HTTP/1 parser,
@@ -367,8 +347,13 @@ def _load_fast():  # noqa: ANN202 - the extension module or None
     kinds = (_HOST, _CL, _CLOSE, _RID, _XFF, _XFP, _UNDER, _ODD, _CHUNKED, _GRPC)
     if kinds != tuple(range(10)):  # the C loops read these numbers
         raise RuntimeError("express_heads line kinds changed: update _ngfast.c")
-    _ngfast.express_setup(_REQ_MEMO, _RESP_MEMO, _request_line, _response_line, new_request_id)
+    _ngfast.express_setup(_REQ_MEMO, _RESP_MEMO, _request_line, _response_line, new_request_id,
+                          plain_request_py, plain_response_py)
     return _ngfast
 
 
 _fast = _load_fast()
+plain_request = plain_request_py if _fast is None else _fast.plain_request
+"""``plain_request_py``, its loop in C when ``_ngfast`` was built (positional arguments only then)."""
+plain_response = plain_response_py if _fast is None else _fast.plain_response
+"""``plain_response_py``, its loop in C when ``_ngfast`` was built."""
