@@ -18,21 +18,20 @@ HTTP/1.1 translation possible above the codec:
 Inbound functions return a ``str`` reason instead of raising: a malformed message
 is a stream error, and raising costs more than returning on the hot path.
 
-``lift_request``, ``lift_response`` and ``_clean`` run in C when the optional
-extension ``_ngfast`` was built (and ``MESHPROXY_NGFAST`` is not ``0``): the
-per-field loops are most of their cost. The Python functions here (``*_py``)
-are the reference; tests/unit/codec/test_h2_headers.py compares the two on
-generated lists. The C versions hand back to them for any field that is not an
-exact ``(bytes, bytes)`` tuple.
+``lift_request``, ``lift_response`` and ``_clean`` are C functions when the
+optional extension ``_ngfast`` was built (``codec/native``): the per-field loops
+are most of their cost. The Python functions here (``*_py``) are the reference;
+tests/unit/codec/test_h2_headers.py compares the two on generated lists, and the
+C versions call them for any field that is not an exact ``(bytes, bytes)`` tuple.
 """
 
 from __future__ import annotations
 
-import os
 from itertools import chain
 
 from hpack import NeverIndexedHeaderTuple
 
+from . import native
 from .events import Headers, RequestHead, ResponseHead
 
 CONNECTION_SPECIFIC = frozenset(
@@ -78,31 +77,6 @@ def _connection_specific(name: bytes, value: bytes) -> str | None:
     if name == b"te" and value.lower() != b"trailers":
         return "te other than trailers"
     return None
-
-
-def _load_fast():  # noqa: ANN202 - the extension module or None
-    if os.environ.get("MESHPROXY_NGFAST", "1") == "0":
-        return None
-    try:
-        from . import _ngfast
-    except ImportError:
-        return None
-    _ngfast.set_types(RequestHead, ResponseHead, NeverIndexedHeaderTuple)
-    return _ngfast
-
-
-_fast = _load_fast()
-"""The C versions (``_ngfast``), or None."""
-
-
-def lift_request(stream_id: int, fields: list, end_stream: bool,
-                 max_size: int, max_count: int, size: int | None = None) -> RequestHead | str | int:
-    """``lift_request_py``, in C when it can be."""
-    if _fast is not None:
-        head = _fast.lift_request(stream_id, fields, end_stream, max_size, max_count, size)
-        if head is not NotImplemented:
-            return head
-    return lift_request_py(stream_id, fields, end_stream, max_size, max_count, size)
 
 
 def lift_request_py(stream_id: int, fields: list, end_stream: bool,
@@ -189,16 +163,6 @@ def lift_request_py(stream_id: int, fields: list, end_stream: bool,
                        True, upgrade, expect, end_stream, content_length)
 
 
-def lift_response(stream_id: int, fields: list, end_stream: bool, max_size: int, max_count: int,
-                  checked: bool = False, size: int | None = None) -> ResponseHead | str:
-    """``lift_response_py``, in C when it can be."""
-    if _fast is not None:
-        head = _fast.lift_response(stream_id, fields, end_stream, max_size, max_count, checked, size)
-        if head is not NotImplemented:
-            return head
-    return lift_response_py(stream_id, fields, end_stream, max_size, max_count, checked, size)
-
-
 def lift_response_py(stream_id: int, fields: list, end_stream: bool, max_size: int, max_count: int,
                      checked: bool = False, size: int | None = None) -> ResponseHead | str:
     """Validate a received response (or 1xx) header block into a ``ResponseHead``;
@@ -264,15 +228,6 @@ def check_trailers(fields: list, max_size: int, max_count: int,
     return fields if type(fields) is list else list(fields)
 
 
-def _clean(headers: Headers, out: list, drop_host: bool) -> bytes | None:
-    """``_clean_py``, in C when it can be."""
-    if _fast is not None:
-        host = _fast.clean(headers, out, drop_host)
-        if host is not NotImplemented:
-            return host
-    return _clean_py(headers, out, drop_host)
-
-
 def _clean_py(headers: Headers, out: list, drop_host: bool) -> bytes | None:
     """Append the sendable fields of ``headers`` to ``out``; return ``host``."""
     host = None
@@ -298,6 +253,19 @@ def _clean_py(headers: Headers, out: list, drop_host: bool) -> bytes | None:
             continue
         out.append((name, value))
     return host
+
+
+_fast = native.load()
+"""The C versions (``_ngfast``), or None."""
+if _fast is not None:
+    _fast.headers_setup(RequestHead, ResponseHead, NeverIndexedHeaderTuple, lift_request_py,
+                        lift_response_py, _clean_py)
+lift_request = lift_request_py if _fast is None else _fast.lift_request
+"""``lift_request_py``, in C when ``_ngfast`` was built (positional arguments only then)."""
+lift_response = lift_response_py if _fast is None else _fast.lift_response
+"""``lift_response_py``, in C when ``_ngfast`` was built (positional arguments only then)."""
+_clean = _clean_py if _fast is None else _fast.clean
+"""``_clean_py``, in C when ``_ngfast`` was built."""
 
 
 def request_block(head: RequestHead) -> list:

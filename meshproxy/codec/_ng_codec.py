@@ -51,9 +51,9 @@ How it drives nghttp2:
   its connection on either backend.
 
 The C boundary (constants, header-list packing, the callbacks) is ``_ng_wire``.
-When the optional extension ``_ngfast`` was built (``_ng_wire.native``), the
-per-field and per-chunk callbacks are C functions collecting into a
-``Collector`` (``_col``), ``mem_recv``/``mem_send``/``submit_*`` are called
+The per-field and per-chunk callbacks collect into a ``Collector`` (``_col``).
+When the optional extension ``_ngfast`` was built (``_ng_wire.native``), they
+and the other callbacks are C functions, ``mem_recv``/``mem_send``/``submit_*`` are called
 through it with the GIL held (cffi would release and retake it around every call
 and callback), and header lists go to C without ``nva``; the events, and every
 behaviour the tests check, are the same either way.
@@ -73,13 +73,13 @@ from collections import deque
 
 from . import _ng_wire
 from ._ng_wire import (CLIENT_CALLBACKS, DATA, DATA_EOF, DATA_NO_END_STREAM, DEFAULT_WINDOW,
-                       ERR_BAD_CLIENT_MAGIC, ERR_CALLBACK_FAILURE, ERR_DEFERRED, ERR_FLOODED, ERR_TOO_MANY_CONTINUATIONS, FLAG_ACK,
-                       FLAG_END_STREAM, GOAWAY, HCAT_REQUEST, HCAT_RESPONSE, HEADERS, MAX_STREAM_ID,
-                       NULL, PING, PREFACE, PROVIDER, RESET_RATE_LIMIT, RST_STREAM, SERVER_CALLBACKS,
-                       SETTINGS, SETTINGS_ENABLE_PUSH,
+                       ERR_BAD_CLIENT_MAGIC, ERR_CALLBACK_FAILURE, ERR_DEFERRED, ERR_FLOODED,
+                       ERR_TOO_MANY_CONTINUATIONS, FLAG_ACK, FLAG_END_STREAM, GOAWAY, HCAT_REQUEST,
+                       HCAT_RESPONSE, HEADERS, MAX_STREAM_ID, NULL, PING, PREFACE, PROVIDER,
+                       RESET_RATE_LIMIT, RST_STREAM, SERVER_CALLBACKS, SETTINGS, SETTINGS_ENABLE_PUSH,
                        SETTINGS_INITIAL_WINDOW_SIZE, SETTINGS_MAX_CONCURRENT_STREAMS,
-                       SETTINGS_MAX_HEADER_LIST_SIZE, VERSION, callback_error, ffi, goaway_frame, lib,
-                       nva, unpack)
+                       SETTINGS_MAX_HEADER_LIST_SIZE, VERSION, Collector, callback_error, ffi,
+                       goaway_frame, lib, nva, unpack)
 from ._h2_base import StreamTable
 from ._h2_guard import Guard, Http2Limits, StreamUnavailable
 from ._h2_headers import check_trailers, lift_request, lift_response, request_block
@@ -168,34 +168,30 @@ class NgHttp2Codec(StreamTable):
             session_p = ffi.new("nghttp2_session **")
             new = lib.nghttp2_session_client_new2 if client else lib.nghttp2_session_server_new2
             native = _ng_wire.native
-            if native is not None:
-                table = native.callbacks
-            else:
-                table = CLIENT_CALLBACKS if client else SERVER_CALLBACKS
+            table = (CLIENT_CALLBACKS if client else SERVER_CALLBACKS) if native is None else native.callbacks
             rv = new(session_p, table, self._handle, opt)
         finally:
             lib.nghttp2_option_del(opt)
         if rv != 0:
             raise MemoryError(f"nghttp2 session: error {rv}")
         self._s = ffi.gc(session_p[0], lib.nghttp2_session_del)
-        self._fast = None if native is None else native.fast
-        """The C helpers (``_ngfast``) when built: then ``_col`` collects what the
-        Python callbacks ``_on_header``/``_on_chunk`` would, and ``_sa`` is the
-        session's address (0 once freed)."""
-        if native is not None:
-            self._col = self._fast.Collector(2 * limits.max_header_list_size, self._frame, self._closed,
-                                             self._read)
+        hard_limit = 2 * limits.max_header_list_size
+        if native is None:
+            self._fast = None
+            self._col = Collector(hard_limit)
+            self._prd = PROVIDER
+            self._pp = ffi.new("const char **")
+        else:
+            self._fast = native.fast
+            """The C helpers (``_ngfast``): they collect into ``_col``, call ``_frame``,
+            ``_closed`` and ``_read``, and take the session by address (``_sa``, 0 once freed)."""
+            self._col = native.fast.Collector(hard_limit, self._frame, self._closed, self._read)
+            self._prd = native.provider
             self._sa = int(ffi.cast("uintptr_t", self._s))
-            self._provider = native.provider
-        self._prd = PROVIDER if native is None else native.provider_cdata
-        """The data provider attached to streams with a body (nghttp2 copies it)."""
-        self._pp = ffi.new("const char **")
+        """``_col``: the header fields and DATA chunks of the frame being received;
+        ``_prd``: the data provider attached to streams with a body (nghttp2 copies it)."""
         self._streams: dict[int, _Stream] = {}
         self._out: list[bytes] = []
-        self._fields: list = []
-        self._fsize = 0
-        self._hard_limit = 2 * limits.max_header_list_size
-        self._chunks: list[bytes] = []
         self._credit: dict[int, int] = {}  # stream -> padding nghttp2 consumed itself
         self._late: list = []
         self._ev: list = self._late  # where callbacks put events
@@ -288,14 +284,8 @@ class NgHttp2Codec(StreamTable):
         out = self._ev = self._late
         self._late = []
         try:
-            fast = self._fast
-            if fast is not None:
-                col = self._col
-                rv = fast.recv(self._sa, data, col)
-                if rv < 0 and (col.over or col.failed) and self._fatal is None:
-                    self._fatal = ((ENHANCE_YOUR_CALM, "header list larger than %d bytes"
-                                    % col.hard_limit) if col.over
-                                   else (INTERNAL_ERROR, "internal error: MemoryError"))
+            if self._fast is not None:
+                rv = self._fast.recv(self._sa, data, self._col)
             else:
                 rv = lib.nghttp2_session_mem_recv(
                     self._s, data if data.__class__ is bytes else ffi.from_buffer(data), len(data))
@@ -422,13 +412,7 @@ class NgHttp2Codec(StreamTable):
         return ERR_DEFERRED
 
     def _on_headers(self, sid: int, flags: int, cat: int) -> None:
-        if self._fast is not None:
-            fields, size = self._col.take()
-        else:
-            fields = self._fields
-            size = self._fsize  # what lift_* would count again
-            self._fields = []
-            self._fsize = 0
+        fields, size = self._col.take()  # size: what lift_* would count again
         self._guard.empty_frames = 0
         end = flags & FLAG_END_STREAM
         if cat == HCAT_REQUEST:
@@ -494,15 +478,7 @@ class NgHttp2Codec(StreamTable):
             self._ev.append(Reset(sid, PROTOCOL_ERROR, False))
 
     def _on_data(self, sid: int, flags: int, length: int) -> None:
-        if self._fast is not None:
-            data = self._col.data()
-        else:
-            chunks = self._chunks
-            if chunks:
-                data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-                chunks.clear()
-            else:
-                data = b""
+        data = self._col.data()
         end = flags & FLAG_END_STREAM
         st = self._streams.get(sid)
         if not data:
@@ -565,9 +541,15 @@ class NgHttp2Codec(StreamTable):
             self._fatal = (ENHANCE_YOUR_CALM, reason)
 
     def _recv_failed(self, rv: int, out: list) -> None:
-        """``mem_recv`` returned a fatal error: ours (``_fatal``) or nghttp2's."""
+        """``mem_recv`` returned a fatal error: ours (``_fatal``, a header list over the
+        collector's hard limit) or nghttp2's."""
+        col = self._col
         if self._fatal is not None:
             code, message = self._fatal
+        elif col.over:
+            code, message = ENHANCE_YOUR_CALM, "header list larger than %d bytes" % col.hard_limit
+        elif col.failed:
+            code, message = INTERNAL_ERROR, "internal error: MemoryError"
         elif rv == ERR_BAD_CLIENT_MAGIC:
             code, message = PROTOCOL_ERROR, "invalid HTTP/2 connection preface"
         elif rv == ERR_FLOODED:
@@ -602,16 +584,13 @@ class NgHttp2Codec(StreamTable):
                 raise StreamUnavailable("connection cannot open another stream")
             end = head.end_stream
             block = request_block(head)
-            sid = None
-            if self._fast is not None:
-                try:
-                    sid = self._fast.submit_request(self._sa, block, None if end else self._provider)
-                except TypeError:  # a field that is not plain bytes: packed below
-                    pass
-            if sid is None:
+            try:
+                if self._fast is None:
+                    raise TypeError
+                sid = self._fast.submit_request(self._sa, block, not end)
+            except TypeError:  # no C helpers, or a field that is not plain bytes (packed here)
                 arr, n, _keep = nva(block)
-                sid = lib.nghttp2_submit_request(self._s, NULL, arr, n,
-                                                 NULL if end else self._prd, NULL)
+                sid = lib.nghttp2_submit_request(self._s, NULL, arr, n, NULL if end else self._prd, NULL)
             if sid < 0:
                 raise StreamUnavailable(f"nghttp2 cannot open a stream: error {sid}")
             self._next_id = sid + 2
@@ -627,15 +606,11 @@ class NgHttp2Codec(StreamTable):
         if st is None or st.end_requested or self._dead:
             return sid
         block = response_block(head)
-        fast = self._fast
         try:
-            if fast is None:
+            if self._fast is None:
                 raise TypeError
-            if head.end_stream:
-                fast.submit_response(self._sa, sid, block, None)
-            else:
-                fast.submit_headers(self._sa, 0, sid, block)
-        except TypeError:  # no C helpers, or a field that is not plain bytes
+            self._fast.submit_response(self._sa, sid, block, head.end_stream)
+        except TypeError:  # no C helpers, or a field that is not plain bytes (packed here)
             arr, n, _keep = nva(block)
             if head.end_stream:
                 lib.nghttp2_submit_response(self._s, sid, arr, n, NULL)
@@ -735,7 +710,7 @@ class NgHttp2Codec(StreamTable):
         """The exception a callback raised into nghttp2, if any (then forgotten), to
         name in the connection error; it is logged here with its traceback."""
         exc, callback_error[0] = callback_error[0], None
-        if self._fast is not None and self._col.error is not None:
+        if self._col.error is not None:
             exc, self._col.error = self._col.error, None
         if exc is not None:
             log.error("HTTP/2 codec: a callback failed", exc_info=exc)

@@ -13,13 +13,11 @@ makes ``mem_recv``/``mem_send`` fail and the codec end the connection.
 
 from __future__ import annotations
 
-import os
 import struct
 import sys
 from itertools import chain
 
-from . import _ng_ffi
-from .events import ENHANCE_YOUR_CALM
+from . import _ng_ffi, native as _native
 
 ffi, lib = _ng_ffi.load()
 
@@ -180,13 +178,50 @@ def _onerror(exc_type, exc_value, tb) -> None:  # noqa: ANN001 - cffi's signatur
     callback_error[0] = exc_value
 
 
+class Collector:
+    """What the header and DATA-chunk callbacks collect for one session, between two
+    ``on_frame_recv``: the cffi path's twin of ``_ngfast.Collector`` (same members and
+    methods), so the codec reads both the same way."""
+
+    __slots__ = ("fields", "fsize", "chunks", "hard_limit", "over", "failed", "error")
+
+    def __init__(self, hard_limit: int) -> None:
+        self.fields: list = []
+        """The (name, value) fields of the header block being received."""
+        self.fsize = 0
+        """Their size as RFC 7541 counts it (name + value + 32 each)."""
+        self.chunks: list = []
+        """The chunks of the DATA frame being received."""
+        self.hard_limit = hard_limit
+        """Above this the block is refused (``over``)."""
+        self.over = 0
+        self.failed = 0  # only the C collector can fail (out of memory)
+        self.error = None  # the C collector's callback exception (cffi keeps it in callback_error)
+
+    def take(self) -> tuple[list, int]:
+        """``(fields, size)`` of the header block; starts a new one."""
+        fields, size = self.fields, self.fsize
+        self.fields = []
+        self.fsize = 0
+        return fields, size
+
+    def data(self) -> bytes:
+        """The DATA frame's chunks joined; starts a new frame."""
+        chunks = self.chunks
+        if not chunks:
+            return b""
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        return data
+
+
 @ffi.callback("nghttp2_on_header_callback", error=ERR_CALLBACK_FAILURE, onerror=_onerror)
 def _on_header(session, frame, name, namelen, value, valuelen, flags, ud):  # noqa: ANN001
-    c = _from_handle(ud)
-    c._fields.append((unpack(name, namelen), unpack(value, valuelen)))
-    c._fsize += namelen + valuelen + 32
-    if c._fsize > c._hard_limit:
-        c._fatal = (ENHANCE_YOUR_CALM, "header list larger than %d bytes" % c._hard_limit)
+    col = _from_handle(ud)._col
+    col.fields.append((unpack(name, namelen), unpack(value, valuelen)))
+    col.fsize += namelen + valuelen + 32
+    if col.fsize > col.hard_limit:
+        col.over = 1
         return ERR_CALLBACK_FAILURE
     return 0
 
@@ -195,15 +230,13 @@ def _on_header(session, frame, name, namelen, value, valuelen, flags, ud):  # no
 def _on_begin_headers(session, frame, ud):  # noqa: ANN001
     """Client role only: nghttp2's HTTP checks may reset a stream in the middle of a
     header block, whose fields then never reach ``on_frame_recv``."""
-    c = _from_handle(ud)
-    c._fields = []
-    c._fsize = 0
+    _from_handle(ud)._col.take()
     return 0
 
 
 @ffi.callback("nghttp2_on_data_chunk_recv_callback", error=ERR_CALLBACK_FAILURE, onerror=_onerror)
 def _on_chunk(session, flags, stream_id, data, length, ud):  # noqa: ANN001
-    _from_handle(ud)._chunks.append(unpack(data, length))
+    _from_handle(ud)._col.chunks.append(unpack(data, length))
     return 0
 
 
@@ -270,7 +303,7 @@ class Native:
     frame-received and stream-closed callbacks are its C ones, and a data provider
     whose read callback is too: a codec that uses it passes a ``fast.Collector``
     (holding its ``_frame``, ``_closed`` and ``_read``) to ``fast.recv``/``fast.send``
-    instead of collecting in Python."""
+    instead of a ``Collector``."""
 
     def __init__(self, fast) -> None:  # noqa: ANN001 - the extension module
         def addr(fn) -> int:  # noqa: ANN001 - an ABI-mode function pointer
@@ -282,16 +315,15 @@ class Native:
                   off("nghttp2_headers", "cat"), off("nghttp2_goaway", "last_stream_id"),
                   off("nghttp2_goaway", "error_code"), off("nghttp2_goaway", "opaque_data"),
                   off("nghttp2_goaway", "opaque_data_len"))
+        c = fast.callbacks()
+        self.provider = ffi.new("nghttp2_data_provider *")
+        """The data provider of a codec using the helpers: its read callback is the C one."""
+        self.provider.read_callback = _cast(ffi.typeof("nghttp2_data_source_read_callback"),
+                                            c["data_source_read"])
         fast.bind(addr(lib.nghttp2_session_mem_recv), addr(lib.nghttp2_session_mem_send),
                   addr(lib.nghttp2_submit_request), addr(lib.nghttp2_submit_response),
-                  addr(lib.nghttp2_submit_headers), layout)
+                  addr(lib.nghttp2_submit_headers), addr(self.provider), layout)
         self.fast = fast
-        c = fast.callbacks()
-        self.provider_cdata = ffi.new("nghttp2_data_provider *")
-        """The data provider of a codec using the helpers: its read callback is the C one."""
-        self.provider_cdata.read_callback = _cast(ffi.typeof("nghttp2_data_source_read_callback"),
-                                                  c["data_source_read"])
-        self.provider = addr(self.provider_cdata)
         table_p = ffi.new("nghttp2_session_callbacks **")
         if lib.nghttp2_session_callbacks_new(table_p) != 0:
             raise MemoryError("nghttp2_session_callbacks_new failed")
@@ -308,17 +340,7 @@ class Native:
             table, _cast(ffi.typeof("nghttp2_on_stream_close_callback"), c["on_stream_close"]))
 
 
-def _load_native() -> Native | None:
-    """``Native`` when the extension was built and ``MESHPROXY_NGFAST`` is not ``0``."""
-    if os.environ.get("MESHPROXY_NGFAST", "1") == "0":
-        return None
-    try:
-        from . import _ngfast
-    except ImportError:
-        return None
-    return Native(_ngfast)
-
-
-native: Native | None = _load_native()
+_fast = _native.load()
+native: Native | None = None if _fast is None else Native(_fast)
 """The C helpers, or None (not built, or switched off): codecs read this when they
 are created, so tests may swap it."""

@@ -76,6 +76,7 @@ static mem_send_fn f_mem_send;
 static submit_request_fn f_submit_request;
 static submit_response_fn f_submit_response;
 static submit_headers_fn f_submit_headers;
+static const void *f_provider; /* the nghttp2_data_provider of requests with a body */
 
 /* Offsets into nghttp2_frame, from cffi's view of the declared layout (``bind``). */
 static struct {
@@ -263,7 +264,7 @@ static PyTypeObject CollectorType = {
     .tp_members = Collector_members,
 };
 
-/* === callbacks nghttp2 calls (inside recv, with the GIL held) ========== */
+/* === callbacks nghttp2 calls (inside recv and send, with the GIL held) = */
 
 static int
 cb_on_header(void *session, const void *frame, const uint8_t *name, size_t namelen, const uint8_t *value,
@@ -435,12 +436,335 @@ cb_on_stream_close(void *session, int32_t stream_id, uint32_t error_code, void *
     return call_back(c, c->on_close, args, 2);
 }
 
+/* The data provider's read callback: ``on_read(sid, length)`` gives the bytes for one DATA
+   frame and its flags (NGHTTP2_DATA_FLAG_*), or an int (NGHTTP2_ERR_DEFERRED, ...). */
+static Py_ssize_t
+cb_on_read(void *session, int32_t stream_id, uint8_t *buf, size_t length, uint32_t *data_flags,
+           void *source, void *user_data)
+{
+    Collector *c = current;
+    if (c == NULL || c->on_read == NULL)
+        return ERR_CALLBACK_FAILURE;
+    PyObject *args[2] = {PyLong_FromLong(stream_id), PyLong_FromSize_t(length)};
+    PyObject *res = NULL;
+    if (args[0] != NULL && args[1] != NULL)
+        res = PyObject_Vectorcall(c->on_read, args, 2, NULL);
+    Py_XDECREF(args[0]);
+    Py_XDECREF(args[1]);
+    if (res == NULL)
+        return keep_error(c);
+    if (PyLong_CheckExact(res)) {
+        long rv = PyLong_AsLong(res);
+        Py_DECREF(res);
+        return rv == -1 && PyErr_Occurred() ? keep_error(c) : (Py_ssize_t)rv;
+    }
+    Py_buffer view;
+    long flags;
+    if (!PyTuple_CheckExact(res) || PyTuple_GET_SIZE(res) != 2) {
+        PyErr_SetString(PyExc_TypeError, "on_read must return an int or (data, flags)");
+        goto fail;
+    }
+    flags = PyLong_AsLong(PyTuple_GET_ITEM(res, 1));
+    if (flags == -1 && PyErr_Occurred())
+        goto fail;
+    if (PyObject_GetBuffer(PyTuple_GET_ITEM(res, 0), &view, PyBUF_SIMPLE) < 0)
+        goto fail;
+    if ((size_t)view.len > length) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "on_read returned more than it was asked for");
+        goto fail;
+    }
+    Py_ssize_t n = view.len;
+    if (n)
+        memcpy(buf, view.buf, (size_t)n);
+    PyBuffer_Release(&view);
+    Py_DECREF(res);
+    *data_flags |= (uint32_t)flags;
+    return n;
+fail:
+    Py_DECREF(res);
+    return keep_error(c);
+}
+
+/* === calls into libnghttp2 ============================================= */
+
+static int
+not_bound(void)
+{
+    if (f_mem_recv == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "_ngfast.bind() has not been called");
+        return 1;
+    }
+    return 0;
+}
+
+static void *
+session_of(PyObject *addr)
+{
+    void *s = PyLong_AsVoidPtr(addr);
+    if (s == NULL && !PyErr_Occurred())
+        PyErr_SetString(PyExc_ValueError, "no nghttp2 session (freed)");
+    return s;
+}
+
+/* The session (args[0]) of a call that takes ``want`` arguments, the last a Collector; NULL
+   with an exception set (``usage`` for a TypeError) when it cannot be had. */
+static void *
+session_with_collector(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t want, const char *usage)
+{
+    if (nargs != want || !PyObject_TypeCheck(args[want - 1], &CollectorType)) {
+        PyErr_SetString(PyExc_TypeError, usage);
+        return NULL;
+    }
+    return not_bound() ? NULL : session_of(args[0]);
+}
+
+/* recv(session, data, collector) -> int: nghttp2_session_mem_recv, collecting into ``collector``. */
+static PyObject *
+fast_recv(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    void *s = session_with_collector(args, nargs, 3, "recv(session, data, collector)");
+    if (s == NULL)
+        return NULL;
+    Py_buffer buf;
+    if (PyObject_GetBuffer(args[1], &buf, PyBUF_SIMPLE) < 0)
+        return NULL;
+    Collector *prev = current;
+    current = (Collector *)args[2];
+    Py_INCREF(args[2]);
+    Py_ssize_t rv = f_mem_recv(s, (const uint8_t *)buf.buf, (size_t)buf.len);
+    current = prev;
+    Py_DECREF(args[2]);
+    PyBuffer_Release(&buf);
+    if (PyErr_Occurred())
+        return NULL;
+    return PyLong_FromSsize_t(rv);
+}
+
+/* send(session, collector) -> (bytes, rv): everything nghttp2_session_mem_send gives now, joined;
+   rv is 0 or the negative error that stopped it. */
+static PyObject *
+fast_send(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    void *s = session_with_collector(args, nargs, 2, "send(session, collector)");
+    if (s == NULL)
+        return NULL;
+    PyObject *out = NULL; /* bytes, grown as needed */
+    Py_ssize_t used = 0, rv;
+    Collector *prev = current;
+    PyObject *col = args[1];
+    Py_INCREF(col);
+    current = (Collector *)col;
+    for (;;) {
+        const uint8_t *p = NULL;
+        rv = f_mem_send(s, &p);
+        if (PyErr_Occurred()) {
+            current = prev;
+            Py_DECREF(col);
+            Py_XDECREF(out);
+            return NULL;
+        }
+        if (rv <= 0)
+            break;
+        if (out == NULL) {
+            out = PyBytes_FromStringAndSize((const char *)p, rv);
+            if (out == NULL)
+                break;
+            used = rv;
+            continue;
+        }
+        Py_ssize_t have = PyBytes_GET_SIZE(out);
+        if (used + rv > have) {
+            Py_ssize_t want = have * 2 > used + rv ? have * 2 : used + rv;
+            if (_PyBytes_Resize(&out, want) < 0)
+                break; /* out is NULL now */
+        }
+        memcpy(PyBytes_AS_STRING(out) + used, p, (size_t)rv);
+        used += rv;
+    }
+    current = prev;
+    Py_DECREF(col);
+    if (PyErr_Occurred()) {
+        Py_XDECREF(out);
+        return NULL;
+    }
+    if (out == NULL) {
+        out = PyBytes_FromStringAndSize(NULL, 0);
+        if (out == NULL)
+            return NULL;
+    } else if (used != PyBytes_GET_SIZE(out) && _PyBytes_Resize(&out, used) < 0) {
+        return NULL;
+    }
+    return Py_BuildValue("(Nn)", out, rv < 0 ? rv : (Py_ssize_t)0);
+}
+
+/* Fill ``nv`` (``cap`` entries) from a list of (name, value) bytes tuples; a tuple subclass
+   (hpack's NeverIndexedHeaderTuple) is sent never-indexed. Returns the count, or -1 with
+   TypeError when a field is not a 2-tuple of bytes (the caller packs it in Python), or -2
+   when there are more than ``cap``. */
+static Py_ssize_t
+pack(PyObject *fields, nv_t *nv, Py_ssize_t cap)
+{
+    if (!PyList_CheckExact(fields)) {
+        PyErr_SetString(PyExc_TypeError, "fields must be a list");
+        return -1;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(fields);
+    if (n > cap)
+        return -2;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *f = PyList_GET_ITEM(fields, i);
+        if (!PyTuple_Check(f) || PyTuple_GET_SIZE(f) != 2) {
+            PyErr_SetString(PyExc_TypeError, "a field is not a (name, value) tuple");
+            return -1;
+        }
+        PyObject *name = PyTuple_GET_ITEM(f, 0), *value = PyTuple_GET_ITEM(f, 1);
+        if (!PyBytes_CheckExact(name) || !PyBytes_CheckExact(value)) {
+            PyErr_SetString(PyExc_TypeError, "a field is not made of bytes");
+            return -1;
+        }
+        nv[i].name = (const uint8_t *)PyBytes_AS_STRING(name);
+        nv[i].value = (const uint8_t *)PyBytes_AS_STRING(value);
+        nv[i].namelen = (size_t)PyBytes_GET_SIZE(name);
+        nv[i].valuelen = (size_t)PyBytes_GET_SIZE(value);
+        nv[i].flags = PyTuple_CheckExact(f) ? 0 : NV_FLAG_NO_INDEX;
+    }
+    return n;
+}
+
+/* Submit a head: nghttp2_submit_request (``kind`` SUBMIT_REQUEST; with our data provider when
+   ``body``), nghttp2_submit_response (a response that ends the stream) or nghttp2_submit_headers
+   (one that does not, or a 1xx). The fields are packed into a stack array, or a heap one for a
+   long list. Returns nghttp2's result (a new stream id for a request). */
+enum { SUBMIT_REQUEST, SUBMIT_RESPONSE, SUBMIT_HEADERS };
+
+static PyObject *
+submit(int kind, PyObject *session, int32_t stream_id, PyObject *fields, int body)
+{
+    if (not_bound())
+        return NULL;
+    void *s = session_of(session);
+    if (s == NULL)
+        return NULL;
+    nv_t stack_nv[STACK_NV], *nv = stack_nv, *heap = NULL;
+    Py_ssize_t n = pack(fields, stack_nv, STACK_NV);
+    if (n == -2) {
+        Py_ssize_t want = PyList_GET_SIZE(fields);
+        if ((heap = PyMem_Malloc(sizeof(nv_t) * (size_t)want)) == NULL)
+            return PyErr_NoMemory();
+        nv = heap;
+        n = pack(fields, heap, want);
+    }
+    long rv = 0;
+    if (n >= 0) {
+        switch (kind) {
+        case SUBMIT_REQUEST:
+            rv = f_submit_request(s, NULL, nv, (size_t)n, body ? f_provider : NULL, NULL);
+            break;
+        case SUBMIT_RESPONSE:
+            rv = f_submit_response(s, stream_id, nv, (size_t)n, NULL);
+            break;
+        default:
+            rv = f_submit_headers(s, 0, stream_id, NULL, nv, (size_t)n, NULL);
+        }
+    }
+    PyMem_Free(heap);
+    return n < 0 ? NULL : PyLong_FromLong(rv);
+}
+
+/* submit_request(session, fields, body) -> stream id or a negative nghttp2 error */
+static PyObject *
+fast_submit_request(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "submit_request(session, fields, body)");
+        return NULL;
+    }
+    return submit(SUBMIT_REQUEST, args[0], 0, args[1], PyObject_IsTrue(args[2]));
+}
+
+/* submit_response(session, stream_id, fields, end) -> int: a response head that ends the
+   stream (``end``), or one that does not (or a 1xx) */
+static PyObject *
+fast_submit_response(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "submit_response(session, stream_id, fields, end)");
+        return NULL;
+    }
+    long sid = PyLong_AsLong(args[1]);
+    if (sid == -1 && PyErr_Occurred())
+        return NULL;
+    return submit(PyObject_IsTrue(args[3]) ? SUBMIT_RESPONSE : SUBMIT_HEADERS, args[0], (int32_t)sid, args[2], 0);
+}
+
+/* bind(mem_recv, mem_send, submit_request, submit_response, submit_headers, provider, layout): the
+   libnghttp2 function addresses (ints) to call, the address of the data provider requests with a
+   body get (an nghttp2_data_provider whose read callback is cb_on_read), and ``layout``, the
+   offsets in nghttp2_frame of
+   (hd.stream_id, hd.type, hd.flags, rst_stream.error_code, headers.cat, goaway.last_stream_id,
+   goaway.error_code, goaway.opaque_data, goaway.opaque_data_len). */
+static PyObject *
+fast_bind(PyObject *module, PyObject *args)
+{
+    PyObject *a[6];
+    Py_ssize_t lay[9];
+    if (!PyArg_ParseTuple(args, "OOOOOO(nnnnnnnnn):bind", &a[0], &a[1], &a[2], &a[3], &a[4], &a[5], &lay[0],
+                          &lay[1], &lay[2], &lay[3], &lay[4], &lay[5], &lay[6], &lay[7], &lay[8]))
+        return NULL;
+    for (int i = 0; i < 9; i++) {
+        if (lay[i] < 0 || lay[i] > 256) {
+            PyErr_SetString(PyExc_ValueError, "bind: implausible nghttp2_frame layout");
+            return NULL;
+        }
+    }
+    void *p[6];
+    for (int i = 0; i < 6; i++) {
+        p[i] = PyLong_AsVoidPtr(a[i]);
+        if (p[i] == NULL) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_ValueError, "bind: a function address is 0");
+            return NULL;
+        }
+    }
+    f_mem_recv = (mem_recv_fn)p[0];
+    f_mem_send = (mem_send_fn)p[1];
+    f_submit_request = (submit_request_fn)p[2];
+    f_submit_response = (submit_response_fn)p[3];
+    f_submit_headers = (submit_headers_fn)p[4];
+    f_provider = p[5];
+    L.sid = lay[0];
+    L.type = lay[1];
+    L.flags = lay[2];
+    L.rst_code = lay[3];
+    L.cat = lay[4];
+    L.ga_last = lay[5];
+    L.ga_code = lay[6];
+    L.ga_data = lay[7];
+    L.ga_len = lay[8];
+    Py_RETURN_NONE;
+}
+
+/* callbacks() -> dict: name -> address of the C callbacks to put in a callback table. */
+static PyObject *
+fast_callbacks(PyObject *module, PyObject *Py_UNUSED(ignored))
+{
+    return Py_BuildValue("{s:N,s:N,s:N,s:N,s:N,s:N}",
+                         "on_header", PyLong_FromVoidPtr((void *)cb_on_header),
+                         "on_begin_headers", PyLong_FromVoidPtr((void *)cb_on_begin_headers),
+                         "on_data_chunk_recv", PyLong_FromVoidPtr((void *)cb_on_data_chunk_recv),
+                         "on_frame_recv", PyLong_FromVoidPtr((void *)cb_on_frame_recv),
+                         "on_stream_close", PyLong_FromVoidPtr((void *)cb_on_stream_close),
+                         "data_source_read", PyLong_FromVoidPtr((void *)cb_on_read));
+}
+
 /* === header lists (_h2_headers's lift_request, lift_response and _clean) ===
  *
  * The same rules as the Python functions in _h2_headers.py, which stay the
  * reference (tests/unit/codec/test_h2_headers.py compares the two on generated
- * lists). Each returns NotImplemented when a field is not an exact (bytes, bytes)
- * tuple, and the caller then runs the Python version. */
+ * lists). For a field that is not an exact (bytes, bytes) tuple each calls the
+ * Python version itself (handed over by ``headers_setup``), so _h2_headers can
+ * bind its names to these directly. */
 
 static PyObject *RequestHeadType, *ResponseHeadType, *NeverIndexedType;
 
@@ -454,16 +778,22 @@ ready(PyObject *p, const char *setup)
 }
 
 
-/* set_types(RequestHead, ResponseHead, NeverIndexedHeaderTuple) */
+static PyObject *LiftRequestPy, *LiftResponsePy, *CleanPy; /* the Python reference functions */
+
+/* headers_setup(RequestHead, ResponseHead, NeverIndexedHeaderTuple, lift_request_py,
+                 lift_response_py, clean_py) */
 static PyObject *
-fast_set_types(PyObject *module, PyObject *args)
+fast_headers_setup(PyObject *module, PyObject *args)
 {
-    PyObject *a, *b, *c;
-    if (!PyArg_UnpackTuple(args, "set_types", 3, 3, &a, &b, &c))
+    PyObject *a[6];
+    if (!PyArg_UnpackTuple(args, "headers_setup", 6, 6, &a[0], &a[1], &a[2], &a[3], &a[4], &a[5]))
         return NULL;
-    Py_XSETREF(RequestHeadType, Py_NewRef(a));
-    Py_XSETREF(ResponseHeadType, Py_NewRef(b));
-    Py_XSETREF(NeverIndexedType, Py_NewRef(c));
+    Py_XSETREF(RequestHeadType, Py_NewRef(a[0]));
+    Py_XSETREF(ResponseHeadType, Py_NewRef(a[1]));
+    Py_XSETREF(NeverIndexedType, Py_NewRef(a[2]));
+    Py_XSETREF(LiftRequestPy, Py_NewRef(a[3]));
+    Py_XSETREF(LiftResponsePy, Py_NewRef(a[4]));
+    Py_XSETREF(CleanPy, Py_NewRef(a[5]));
     Py_RETURN_NONE;
 }
 
@@ -598,25 +928,23 @@ reason(const char *r)
     return PyUnicode_FromString(r);
 }
 
-/* lift_request(stream_id, fields, end_stream, max_size, max_count, size) */
+/* lift_request(stream_id, fields, end_stream, max_size, max_count, size=None) */
 static PyObject *
 fast_lift_request(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 6 || !PyList_CheckExact(args[1])) {
-        if (nargs == 6)
-            Py_RETURN_NOTIMPLEMENTED;
-        PyErr_SetString(PyExc_TypeError, "lift_request(stream_id, fields, end_stream, max_size, max_count, size)");
+    if (nargs < 5 || nargs > 6) {
+        PyErr_SetString(PyExc_TypeError, "lift_request(stream_id, fields, end_stream, max_size, max_count, size=None)");
         return NULL;
     }
-    if (!ready(RequestHeadType, "set_types"))
+    if (!ready(LiftRequestPy, "headers_setup"))
         return NULL;
-    PyObject *fields = args[1];
+    PyObject *fields = args[1], *size = nargs > 5 ? args[5] : Py_None;
+    if (!PyList_CheckExact(fields) || !all_pairs(fields))
+        return PyObject_Vectorcall(LiftRequestPy, args, (size_t)nargs, NULL);
     Py_ssize_t n = PyList_GET_SIZE(fields);
     Py_ssize_t max_size = PyLong_AsSsize_t(args[3]), max_count = PyLong_AsSsize_t(args[4]);
     if (PyErr_Occurred())
         return NULL;
-    if (!all_pairs(fields))
-        Py_RETURN_NOTIMPLEMENTED;
     if (n > max_count)
         return PyLong_FromLong(431);
     PyObject *method = NULL, *scheme = NULL, *path = NULL, *authority = NULL, *host = NULL;
@@ -694,7 +1022,7 @@ fast_lift_request(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         if (PyList_Append(headers, f) < 0)
             goto error;
     }
-    if (given_size(args[5], &list_size) < 0)
+    if (given_size(size, &list_size) < 0)
         goto error;
     if (list_size > max_size) {
         out = PyLong_FromLong(431);
@@ -778,27 +1106,25 @@ finish:
     return out;
 }
 
-/* lift_response(stream_id, fields, end_stream, max_size, max_count, checked, size) */
+/* lift_response(stream_id, fields, end_stream, max_size, max_count, checked=False, size=None) */
 static PyObject *
 fast_lift_response(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 7) {
+    if (nargs < 5 || nargs > 7) {
         PyErr_SetString(PyExc_TypeError,
-                        "lift_response(stream_id, fields, end_stream, max_size, max_count, checked, size)");
+                        "lift_response(stream_id, fields, end_stream, max_size, max_count, checked=False, size=None)");
         return NULL;
     }
-    if (!PyList_CheckExact(args[1]))
-        Py_RETURN_NOTIMPLEMENTED;
-    if (!ready(ResponseHeadType, "set_types"))
+    if (!ready(LiftResponsePy, "headers_setup"))
         return NULL;
-    PyObject *fields = args[1];
+    PyObject *fields = args[1], *size = nargs > 6 ? args[6] : Py_None;
+    if (!PyList_CheckExact(fields) || !all_pairs(fields))
+        return PyObject_Vectorcall(LiftResponsePy, args, (size_t)nargs, NULL);
     Py_ssize_t n = PyList_GET_SIZE(fields);
     Py_ssize_t max_size = PyLong_AsSsize_t(args[3]), max_count = PyLong_AsSsize_t(args[4]);
-    int checked = PyObject_IsTrue(args[5]);
+    int checked = nargs > 5 && PyObject_IsTrue(args[5]);
     if (PyErr_Occurred())
         return NULL;
-    if (!all_pairs(fields))
-        Py_RETURN_NOTIMPLEMENTED;
     if (n > max_count)
         return reason("too many response headers");
     PyObject *status = NULL, *content_length = NULL, *out = NULL;
@@ -836,7 +1162,7 @@ fast_lift_response(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         if (PyList_Append(headers, f) < 0)
             goto error;
     }
-    if (given_size(args[6], &list_size) < 0)
+    if (given_size(size, &list_size) < 0)
         goto error;
     if (list_size > max_size) {
         why = "response headers too large";
@@ -946,18 +1272,16 @@ fast_clean(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "clean(headers, out, drop_host)");
         return NULL;
     }
-    if (!ready(NeverIndexedType, "set_types"))
+    if (!ready(CleanPy, "headers_setup"))
         return NULL;
     PyObject *headers = args[0], *out = args[1];
-    if (!PyList_CheckExact(headers))
-        Py_RETURN_NOTIMPLEMENTED;
+    if (!PyList_CheckExact(headers) || !all_pairs(headers))
+        return PyObject_Vectorcall(CleanPy, args, (size_t)nargs, NULL);
     int drop_host = PyObject_IsTrue(args[2]);
     Py_ssize_t n = PyList_GET_SIZE(headers), nconn = 0;
     PyObject *stack_conn[8], **conn = stack_conn;
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *name, *value;
-        if (!pair(PyList_GET_ITEM(headers, i), &name, &value))
-            Py_RETURN_NOTIMPLEMENTED;
+        PyObject *name = PyTuple_GET_ITEM(PyList_GET_ITEM(headers, i), 0);
         if (PyBytes_GET_SIZE(name) == 10 && IEQ(name, "connection"))
             nconn++;
     }
@@ -1016,56 +1340,6 @@ error:
         PyMem_Free(conn);
     Py_DECREF(host);
     return NULL;
-}
-
-/* The data provider's read callback: ``on_read(sid, length)`` gives the bytes for one DATA
-   frame and its flags (NGHTTP2_DATA_FLAG_*), or an int (NGHTTP2_ERR_DEFERRED, ...). */
-static Py_ssize_t
-cb_on_read(void *session, int32_t stream_id, uint8_t *buf, size_t length, uint32_t *data_flags,
-           void *source, void *user_data)
-{
-    Collector *c = current;
-    if (c == NULL || c->on_read == NULL)
-        return ERR_CALLBACK_FAILURE;
-    PyObject *args[2] = {PyLong_FromLong(stream_id), PyLong_FromSize_t(length)};
-    PyObject *res = NULL;
-    if (args[0] != NULL && args[1] != NULL)
-        res = PyObject_Vectorcall(c->on_read, args, 2, NULL);
-    Py_XDECREF(args[0]);
-    Py_XDECREF(args[1]);
-    if (res == NULL)
-        return keep_error(c);
-    if (PyLong_CheckExact(res)) {
-        long rv = PyLong_AsLong(res);
-        Py_DECREF(res);
-        return rv == -1 && PyErr_Occurred() ? keep_error(c) : (Py_ssize_t)rv;
-    }
-    Py_buffer view;
-    long flags;
-    if (!PyTuple_CheckExact(res) || PyTuple_GET_SIZE(res) != 2) {
-        PyErr_SetString(PyExc_TypeError, "on_read must return an int or (data, flags)");
-        goto fail;
-    }
-    flags = PyLong_AsLong(PyTuple_GET_ITEM(res, 1));
-    if (flags == -1 && PyErr_Occurred())
-        goto fail;
-    if (PyObject_GetBuffer(PyTuple_GET_ITEM(res, 0), &view, PyBUF_SIMPLE) < 0)
-        goto fail;
-    if ((size_t)view.len > length) {
-        PyBuffer_Release(&view);
-        PyErr_SetString(PyExc_ValueError, "on_read returned more than it was asked for");
-        goto fail;
-    }
-    Py_ssize_t n = view.len;
-    if (n)
-        memcpy(buf, view.buf, (size_t)n);
-    PyBuffer_Release(&view);
-    Py_DECREF(res);
-    *data_flags |= (uint32_t)flags;
-    return n;
-fail:
-    Py_DECREF(res);
-    return keep_error(c);
 }
 
 /* === the HTTP/1.1 express lane's head loops (http/express_heads.py) =========
@@ -1413,328 +1687,24 @@ finish:
     return res;
 }
 
-/* === calls into libnghttp2 ============================================= */
-
-static int
-not_bound(void)
-{
-    if (f_mem_recv == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "_ngfast.bind() has not been called");
-        return 1;
-    }
-    return 0;
-}
-
-static void *
-session_of(PyObject *addr)
-{
-    void *s = PyLong_AsVoidPtr(addr);
-    if (s == NULL && !PyErr_Occurred())
-        PyErr_SetString(PyExc_ValueError, "no nghttp2 session (freed)");
-    return s;
-}
-
-/* recv(session, data, collector) -> int: nghttp2_session_mem_recv, collecting into ``collector``. */
-static PyObject *
-fast_recv(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
-{
-    if (nargs != 3 || !PyObject_TypeCheck(args[2], &CollectorType)) {
-        PyErr_SetString(PyExc_TypeError, "recv(session, data, collector)");
-        return NULL;
-    }
-    if (not_bound())
-        return NULL;
-    void *s = session_of(args[0]);
-    if (s == NULL)
-        return NULL;
-    Py_buffer buf;
-    if (PyObject_GetBuffer(args[1], &buf, PyBUF_SIMPLE) < 0)
-        return NULL;
-    Collector *prev = current;
-    current = (Collector *)args[2];
-    Py_INCREF(args[2]);
-    Py_ssize_t rv = f_mem_recv(s, (const uint8_t *)buf.buf, (size_t)buf.len);
-    current = prev;
-    Py_DECREF(args[2]);
-    PyBuffer_Release(&buf);
-    if (PyErr_Occurred())
-        return NULL;
-    return PyLong_FromSsize_t(rv);
-}
-
-/* send(session, collector) -> (bytes, rv): everything nghttp2_session_mem_send gives now, joined;
-   rv is 0 or the negative error that stopped it. */
-static PyObject *
-fast_send(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
-{
-    if (nargs != 2 || !PyObject_TypeCheck(args[1], &CollectorType)) {
-        PyErr_SetString(PyExc_TypeError, "send(session, collector)");
-        return NULL;
-    }
-    if (not_bound())
-        return NULL;
-    void *s = session_of(args[0]);
-    if (s == NULL)
-        return NULL;
-    PyObject *out = NULL; /* bytes, grown as needed */
-    Py_ssize_t used = 0, rv;
-    Collector *prev = current;
-    PyObject *col = args[1];
-    Py_INCREF(col);
-    current = (Collector *)col;
-    for (;;) {
-        const uint8_t *p = NULL;
-        rv = f_mem_send(s, &p);
-        if (PyErr_Occurred()) {
-            current = prev;
-            Py_DECREF(col);
-            Py_XDECREF(out);
-            return NULL;
-        }
-        if (rv <= 0)
-            break;
-        if (out == NULL) {
-            out = PyBytes_FromStringAndSize((const char *)p, rv);
-            if (out == NULL)
-                break;
-            used = rv;
-            continue;
-        }
-        Py_ssize_t have = PyBytes_GET_SIZE(out);
-        if (used + rv > have) {
-            Py_ssize_t want = have * 2 > used + rv ? have * 2 : used + rv;
-            if (_PyBytes_Resize(&out, want) < 0)
-                break; /* out is NULL now */
-        }
-        memcpy(PyBytes_AS_STRING(out) + used, p, (size_t)rv);
-        used += rv;
-    }
-    current = prev;
-    Py_DECREF(col);
-    if (PyErr_Occurred()) {
-        Py_XDECREF(out);
-        return NULL;
-    }
-    if (out == NULL) {
-        out = PyBytes_FromStringAndSize(NULL, 0);
-        if (out == NULL)
-            return NULL;
-    } else if (used != PyBytes_GET_SIZE(out) && _PyBytes_Resize(&out, used) < 0) {
-        return NULL;
-    }
-    return Py_BuildValue("(Nn)", out, rv < 0 ? rv : (Py_ssize_t)0);
-}
-
-/* Fill ``nv`` (``cap`` entries) from a list of (name, value) bytes tuples; a tuple subclass
-   (hpack's NeverIndexedHeaderTuple) is sent never-indexed. Returns the count, or -1 with
-   TypeError when a field is not a 2-tuple of bytes (the caller packs it in Python), or -2
-   when there are more than ``cap``. */
-static Py_ssize_t
-pack(PyObject *fields, nv_t *nv, Py_ssize_t cap)
-{
-    if (!PyList_CheckExact(fields)) {
-        PyErr_SetString(PyExc_TypeError, "fields must be a list");
-        return -1;
-    }
-    Py_ssize_t n = PyList_GET_SIZE(fields);
-    if (n > cap)
-        return -2;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *f = PyList_GET_ITEM(fields, i);
-        if (!PyTuple_Check(f) || PyTuple_GET_SIZE(f) != 2) {
-            PyErr_SetString(PyExc_TypeError, "a field is not a (name, value) tuple");
-            return -1;
-        }
-        PyObject *name = PyTuple_GET_ITEM(f, 0), *value = PyTuple_GET_ITEM(f, 1);
-        if (!PyBytes_CheckExact(name) || !PyBytes_CheckExact(value)) {
-            PyErr_SetString(PyExc_TypeError, "a field is not made of bytes");
-            return -1;
-        }
-        nv[i].name = (const uint8_t *)PyBytes_AS_STRING(name);
-        nv[i].value = (const uint8_t *)PyBytes_AS_STRING(value);
-        nv[i].namelen = (size_t)PyBytes_GET_SIZE(name);
-        nv[i].valuelen = (size_t)PyBytes_GET_SIZE(value);
-        nv[i].flags = PyTuple_CheckExact(f) ? 0 : NV_FLAG_NO_INDEX;
-    }
-    return n;
-}
-
-/* Pack into a stack array, or a heap one for a long list; *heap is set when it must be freed. */
-#define PACK_FIELDS(fields, nv, n, heap)                                                \
-    nv_t stack_nv[STACK_NV];                                                            \
-    nv_t *nv = stack_nv;                                                                \
-    nv_t *heap = NULL;                                                                  \
-    Py_ssize_t n = pack(fields, stack_nv, STACK_NV);                                    \
-    if (n == -2) {                                                                      \
-        Py_ssize_t want = PyList_GET_SIZE(fields);                                      \
-        heap = PyMem_Malloc(sizeof(nv_t) * (size_t)want);                               \
-        if (heap == NULL)                                                               \
-            return PyErr_NoMemory();                                                    \
-        nv = heap;                                                                      \
-        n = pack(fields, heap, want);                                                   \
-    }                                                                                   \
-    if (n < 0) {                                                                        \
-        PyMem_Free(heap);                                                               \
-        return NULL;                                                                    \
-    }
-
-static void *
-pointer_arg(PyObject *o)
-{
-    return o == Py_None ? NULL : PyLong_AsVoidPtr(o);
-}
-
-/* submit_request(session, fields, provider) -> int: nghttp2_submit_request (provider: an
-   address, or None for a request without a body). */
-static PyObject *
-fast_submit_request(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
-{
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "submit_request(session, fields, provider)");
-        return NULL;
-    }
-    if (not_bound())
-        return NULL;
-    void *s = session_of(args[0]);
-    if (s == NULL)
-        return NULL;
-    void *prd = pointer_arg(args[2]);
-    if (PyErr_Occurred())
-        return NULL;
-    PACK_FIELDS(args[1], nv, n, heap)
-    int32_t rv = f_submit_request(s, NULL, nv, (size_t)n, prd, NULL);
-    PyMem_Free(heap);
-    if (PyErr_Occurred())
-        return NULL;
-    return PyLong_FromLong(rv);
-}
-
-/* submit_response(session, stream_id, fields, provider) -> int: nghttp2_submit_response. */
-static PyObject *
-fast_submit_response(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
-{
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "submit_response(session, stream_id, fields, provider)");
-        return NULL;
-    }
-    if (not_bound())
-        return NULL;
-    void *s = session_of(args[0]);
-    if (s == NULL)
-        return NULL;
-    long sid = PyLong_AsLong(args[1]);
-    void *prd = pointer_arg(args[3]);
-    if (PyErr_Occurred())
-        return NULL;
-    PACK_FIELDS(args[2], nv, n, heap)
-    int rv = f_submit_response(s, (int32_t)sid, nv, (size_t)n, prd);
-    PyMem_Free(heap);
-    if (PyErr_Occurred())
-        return NULL;
-    return PyLong_FromLong(rv);
-}
-
-/* submit_headers(session, flags, stream_id, fields) -> int: nghttp2_submit_headers. */
-static PyObject *
-fast_submit_headers(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
-{
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "submit_headers(session, flags, stream_id, fields)");
-        return NULL;
-    }
-    if (not_bound())
-        return NULL;
-    void *s = session_of(args[0]);
-    if (s == NULL)
-        return NULL;
-    long flags = PyLong_AsLong(args[1]);
-    long sid = PyLong_AsLong(args[2]);
-    if (PyErr_Occurred())
-        return NULL;
-    PACK_FIELDS(args[3], nv, n, heap)
-    int32_t rv = f_submit_headers(s, (uint8_t)flags, (int32_t)sid, NULL, nv, (size_t)n, NULL);
-    PyMem_Free(heap);
-    if (PyErr_Occurred())
-        return NULL;
-    return PyLong_FromLong(rv);
-}
-
-/* bind(mem_recv, mem_send, submit_request, submit_response, submit_headers, layout): the
-   libnghttp2 function addresses (ints) to call, and ``layout``, the offsets in nghttp2_frame of
-   (hd.stream_id, hd.type, hd.flags, rst_stream.error_code, headers.cat, goaway.last_stream_id,
-   goaway.error_code, goaway.opaque_data, goaway.opaque_data_len). */
-static PyObject *
-fast_bind(PyObject *module, PyObject *args)
-{
-    PyObject *a[5];
-    Py_ssize_t lay[9];
-    if (!PyArg_ParseTuple(args, "OOOOO(nnnnnnnnn):bind", &a[0], &a[1], &a[2], &a[3], &a[4], &lay[0],
-                          &lay[1], &lay[2], &lay[3], &lay[4], &lay[5], &lay[6], &lay[7], &lay[8]))
-        return NULL;
-    for (int i = 0; i < 9; i++) {
-        if (lay[i] < 0 || lay[i] > 256) {
-            PyErr_SetString(PyExc_ValueError, "bind: implausible nghttp2_frame layout");
-            return NULL;
-        }
-    }
-    void *p[5];
-    for (int i = 0; i < 5; i++) {
-        p[i] = PyLong_AsVoidPtr(a[i]);
-        if (p[i] == NULL) {
-            if (!PyErr_Occurred())
-                PyErr_SetString(PyExc_ValueError, "bind: a function address is 0");
-            return NULL;
-        }
-    }
-    f_mem_recv = (mem_recv_fn)p[0];
-    f_mem_send = (mem_send_fn)p[1];
-    f_submit_request = (submit_request_fn)p[2];
-    f_submit_response = (submit_response_fn)p[3];
-    f_submit_headers = (submit_headers_fn)p[4];
-    L.sid = lay[0];
-    L.type = lay[1];
-    L.flags = lay[2];
-    L.rst_code = lay[3];
-    L.cat = lay[4];
-    L.ga_last = lay[5];
-    L.ga_code = lay[6];
-    L.ga_data = lay[7];
-    L.ga_len = lay[8];
-    Py_RETURN_NONE;
-}
-
-/* callbacks() -> dict: name -> address of the C callbacks to put in a callback table. */
-static PyObject *
-fast_callbacks(PyObject *module, PyObject *Py_UNUSED(ignored))
-{
-    return Py_BuildValue("{s:N,s:N,s:N,s:N,s:N,s:N}",
-                         "on_header", PyLong_FromVoidPtr((void *)cb_on_header),
-                         "on_begin_headers", PyLong_FromVoidPtr((void *)cb_on_begin_headers),
-                         "on_data_chunk_recv", PyLong_FromVoidPtr((void *)cb_on_data_chunk_recv),
-                         "on_frame_recv", PyLong_FromVoidPtr((void *)cb_on_frame_recv),
-                         "on_stream_close", PyLong_FromVoidPtr((void *)cb_on_stream_close),
-                         "data_source_read", PyLong_FromVoidPtr((void *)cb_on_read));
-}
-
 static PyMethodDef fast_methods[] = {
     {"recv", (PyCFunction)(void (*)(void))fast_recv, METH_FASTCALL,
      "recv(session, data, collector) -> int: nghttp2_session_mem_recv with the GIL held."},
     {"send", (PyCFunction)(void (*)(void))fast_send, METH_FASTCALL,
      "send(session, collector) -> (bytes, rv): nghttp2_session_mem_send until it has nothing more."},
     {"submit_request", (PyCFunction)(void (*)(void))fast_submit_request, METH_FASTCALL,
-     "submit_request(session, fields, provider) -> int"},
+     "submit_request(session, fields, body) -> stream id or a negative nghttp2 error"},
     {"submit_response", (PyCFunction)(void (*)(void))fast_submit_response, METH_FASTCALL,
-     "submit_response(session, stream_id, fields, provider) -> int"},
-    {"submit_headers", (PyCFunction)(void (*)(void))fast_submit_headers, METH_FASTCALL,
-     "submit_headers(session, flags, stream_id, fields) -> int"},
+     "submit_response(session, stream_id, fields, end) -> int"},
     {"bind", fast_bind, METH_VARARGS,
-     "bind(mem_recv, mem_send, submit_request, submit_response, submit_headers, layout)"},
+     "bind(mem_recv, mem_send, submit_request, submit_response, submit_headers, provider, layout)"},
     {"callbacks", fast_callbacks, METH_NOARGS, "callbacks() -> {name: address}"},
-    {"set_types", fast_set_types, METH_VARARGS, "set_types(RequestHead, ResponseHead, NeverIndexedHeaderTuple)"},
+    {"headers_setup", fast_headers_setup, METH_VARARGS,
+     "headers_setup(RequestHead, ResponseHead, NeverIndexedHeaderTuple, lift_request_py, lift_response_py, clean_py)"},
     {"lift_request", (PyCFunction)(void (*)(void))fast_lift_request, METH_FASTCALL,
-     "lift_request(stream_id, fields, end_stream, max_size, max_count, size): _h2_headers.lift_request"},
+     "lift_request(stream_id, fields, end_stream, max_size, max_count, size=None): _h2_headers.lift_request"},
     {"lift_response", (PyCFunction)(void (*)(void))fast_lift_response, METH_FASTCALL,
-     "lift_response(stream_id, fields, end_stream, max_size, max_count, checked, size)"},
+     "lift_response(stream_id, fields, end_stream, max_size, max_count, checked=False, size=None)"},
     {"clean", (PyCFunction)(void (*)(void))fast_clean, METH_FASTCALL,
      "clean(headers, out, drop_host) -> host: _h2_headers._clean"},
     {"express_setup", fast_express_setup, METH_VARARGS,

@@ -27,8 +27,7 @@ reference the tests compare them with.
 
 from __future__ import annotations
 
-import os
-
+from ..codec import native
 from ..codec._http1_checks import _GOOD_HOSTS
 from .headers import MESHPROXY_PREFIX, new_request_id
 
@@ -337,12 +336,10 @@ def _keeps(value: bytes) -> bool:
 
 def _load_fast():  # noqa: ANN202 - the extension module or None
     """``_ngfast`` (the C loops of ``plain_request``/``plain_response``) handed this module's
-    memos, classifiers and ``new_request_id``; None when not built or ``MESHPROXY_NGFAST=0``."""
-    if os.environ.get("MESHPROXY_NGFAST", "1") == "0":
-        return None
-    try:
-        from ..codec import _ngfast
-    except ImportError:
+    memos, classifiers, ``new_request_id`` and reference functions; None when not built or
+    switched off (``codec/native``)."""
+    _ngfast = native.load()
+    if _ngfast is None:
         return None
     kinds = (_HOST, _CL, _CLOSE, _RID, _XFF, _XFP, _UNDER, _ODD, _CHUNKED, _GRPC)
     if kinds != tuple(range(10)):  # the C loops read these numbers
