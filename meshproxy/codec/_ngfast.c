@@ -1,10 +1,12 @@
 /* Native helpers of the hot paths: the nghttp2 codec's per-field and per-chunk
- * work, the HTTP/2 header-list checks, and the HTTP/1.1 express lane's head loops.
+ * work, the HTTP/2 header-list checks, header hygiene, and the HTTP/1.1 express
+ * lane's head loops.
  *
  * Where this sits: an optional CPython extension used by _ng_wire.py and
  * _ng_codec.py (the nghttp2 codec), _h2_headers.py (lift_request, lift_response,
- * _clean) and http/express_heads.py (plain_request, plain_response) when it was
- * built. setup.py builds it when a C compiler is present; without it, or with
+ * _clean), http/headers.py (clean_request, clean_response) and
+ * http/express_heads.py (plain_request, plain_response) when it was built.
+ * setup.py builds it when a C compiler is present; without it, or with
  * MESHPROXY_NGFAST=0, each of them runs its Python code, which stays the
  * reference the tests compare these functions with.
  * It does not link against libnghttp2 and needs no nghttp2 headers: _ng_wire
@@ -1342,6 +1344,490 @@ error:
     return NULL;
 }
 
+/* === request and response hygiene (http/headers.py's _hygiene_request_py,
+ * _hygiene_response_py and new_request_id) ========================================================
+ *
+ * One pass over a head's fields with the same rules as the Python functions,
+ * which stay the reference (tests/unit/http/test_hygiene_native.py compares the
+ * two on generated heads). Each calls its Python version itself for anything
+ * that is not the common case: fields that are not exact (bytes, bytes) tuples
+ * with a non-empty name, a request with an ``upgrade``, a ``request_id``,
+ * ``peer_ip`` or ``scheme`` that is neither str nor bytes. */
+
+static PyObject *H_request_py, *H_response_py, *H_getrandbits, *I_64;
+static PyObject *S_headers, *S_upgrade, *S_status;
+static PyObject *C_te_trailers, *C_connection_upgrade, *B_xff, *B_xfp, *B_rid, *B_comma;
+
+/* hygiene_setup(clean_request_py, clean_response_py, getrandbits) */
+static PyObject *
+fast_hygiene_setup(PyObject *module, PyObject *args)
+{
+    PyObject *a[3];
+    if (!PyArg_UnpackTuple(args, "hygiene_setup", 3, 3, &a[0], &a[1], &a[2]))
+        return NULL;
+    if (S_headers == NULL) {
+        I_64 = PyLong_FromLong(64);
+        S_headers = PyUnicode_InternFromString("headers");
+        S_upgrade = PyUnicode_InternFromString("upgrade");
+        S_status = PyUnicode_InternFromString("status");
+        C_te_trailers = Py_BuildValue("(y#y#)", "te", (Py_ssize_t)2, "trailers", (Py_ssize_t)8);
+        C_connection_upgrade = Py_BuildValue("(y#y#)", "connection", (Py_ssize_t)10, "upgrade", (Py_ssize_t)7);
+        B_xff = PyBytes_FromString("x-forwarded-for");
+        B_xfp = PyBytes_FromString("x-forwarded-proto");
+        B_rid = PyBytes_FromString("x-request-id");
+        B_comma = PyBytes_FromString(", ");
+        if (!S_headers || !S_upgrade || !S_status || !C_te_trailers || !C_connection_upgrade || !B_xff
+            || !B_xfp || !B_rid || !B_comma || !I_64)
+            return NULL;
+    }
+    Py_XSETREF(H_request_py, Py_NewRef(a[0]));
+    Py_XSETREF(H_response_py, Py_NewRef(a[1]));
+    Py_XSETREF(H_getrandbits, Py_NewRef(a[2]));
+    Py_RETURN_NONE;
+}
+
+/* 64 bits from ``getrandbits(64)``; -1 with an exception set on failure. */
+static int
+random64(unsigned long long *out)
+{
+    PyObject *v = PyObject_CallOneArg(H_getrandbits, I_64);
+    if (v == NULL)
+        return -1;
+    *out = PyLong_AsUnsignedLongLong(v);
+    Py_DECREF(v);
+    return *out == (unsigned long long)-1 && PyErr_Occurred() ? -1 : 0;
+}
+
+/* new_request_id() -> bytes: headers._new_request_id_py, the same text from the same random
+   state (``getrandbits(128)`` is ``getrandbits(64)`` twice, the low word first). */
+static PyObject *
+fast_new_request_id(PyObject *module, PyObject *unused)
+{
+    static const char hex[] = "0123456789abcdef";
+    unsigned long long lo, hi;
+    unsigned char b[16];
+    if (!ready(H_getrandbits, "hygiene_setup") || random64(&lo) < 0 || random64(&hi) < 0)
+        return NULL;
+    for (int i = 0; i < 8; i++) {
+        b[7 - i] = (unsigned char)(hi >> (8 * i));
+        b[15 - i] = (unsigned char)(lo >> (8 * i));
+    }
+    b[6] = (unsigned char)((b[6] & 0x0F) | 0x40); /* version 4 */
+    b[8] = (unsigned char)((b[8] & 0x3F) | 0x80); /* variant 10 */
+    PyObject *out = PyBytes_FromStringAndSize(NULL, 36);
+    if (out == NULL)
+        return NULL;
+    char *w = PyBytes_AS_STRING(out);
+    for (int i = 0; i < 16; i++) {
+        if (i == 4 || i == 6 || i == 8 || i == 10)
+            *w++ = '-';
+        *w++ = hex[b[i] >> 4];
+        *w++ = hex[b[i] & 15];
+    }
+    return out;
+}
+
+/* A list of exact (bytes, bytes) tuples with non-empty names? */
+static int
+plain_fields(PyObject *fields)
+{
+    PyObject *name, *value;
+    if (!PyList_CheckExact(fields))
+        return 0;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(fields); i++)
+        if (!pair(PyList_GET_ITEM(fields, i), &name, &value) || PyBytes_GET_SIZE(name) == 0)
+            return 0;
+    return 1;
+}
+
+/* The field actions of headers.py (_REQUEST_ACTIONS; the response's are a subset). */
+enum { A_NONE = 0, A_DROP, A_CONNECTION, A_TE, A_UPGRADE, A_RID, A_XFF, A_XFP, A_XFCC };
+
+static int
+field_action(PyObject *name)
+{
+    const char *p = PyBytes_AS_STRING(name);
+    switch (PyBytes_GET_SIZE(name)) {
+    case 2: return memcmp(p, "te", 2) == 0 ? A_TE : A_NONE;
+    case 7: return memcmp(p, "upgrade", 7) == 0 ? A_UPGRADE : A_NONE;
+    case 10:
+        if (memcmp(p, "connection", 10) == 0) return A_CONNECTION;
+        return memcmp(p, "keep-alive", 10) == 0 ? A_DROP : A_NONE;
+    case 12: return memcmp(p, "x-request-id", 12) == 0 ? A_RID : A_NONE;
+    case 15: return memcmp(p, "x-forwarded-for", 15) == 0 ? A_XFF : A_NONE;
+    case 16: return memcmp(p, "proxy-connection", 16) == 0 ? A_DROP : A_NONE;
+    case 17:
+        if (memcmp(p, "transfer-encoding", 17) == 0) return A_DROP;
+        return memcmp(p, "x-forwarded-proto", 17) == 0 ? A_XFP : A_NONE;
+    case 23: return memcmp(p, "x-forwarded-client-cert", 23) == 0 ? A_XFCC : A_NONE;
+    default: return A_NONE;
+    }
+}
+
+static int
+is_tab_space(char c)
+{
+    return c == ' ' || c == '\t';
+}
+
+/* Does a Connection value name ``name`` (headers._nominated: the value lower-cased, split at
+   commas, each token stripped of spaces and tabs)? ``name`` has no action of its own. */
+static int
+names_field(PyObject *name, PyObject *value)
+{
+    Py_ssize_t nl = PyBytes_GET_SIZE(name), vl = PyBytes_GET_SIZE(value), start = 0;
+    const char *np = PyBytes_AS_STRING(name), *v = PyBytes_AS_STRING(value);
+    if ((nl == 5 && memcmp(np, "close", 5) == 0) || (nl == 4 && memcmp(np, "host", 4) == 0)
+        || (nl == 14 && memcmp(np, "content-length", 14) == 0))
+        return 0; /* _NOT_NOMINATED */
+    while (start <= vl) {
+        Py_ssize_t end = start;
+        while (end < vl && v[end] != ',')
+            end++;
+        Py_ssize_t a = start, b = end;
+        while (a < b && is_tab_space(v[a]))
+            a++;
+        while (b > a && is_tab_space(v[b - 1]))
+            b--;
+        if (b - a == nl) {
+            Py_ssize_t j = 0;
+            for (; j < nl; j++) {
+                char ch = v[a + j];
+                if (ch >= 'A' && ch <= 'Z')
+                    ch += 32;
+                if (ch != np[j])
+                    break;
+            }
+            if (j == nl)
+                return 1;
+        }
+        start = end + 1;
+    }
+    return 0;
+}
+
+static int
+nominated_in(PyObject *name, PyObject **conn, Py_ssize_t nconn)
+{
+    for (Py_ssize_t k = 0; k < nconn; k++)
+        if (names_field(name, conn[k]))
+            return 1;
+    return 0;
+}
+
+/* headers._offers_trailers: ``trailers`` among the comma-separated TE members
+   (parameters after ';' ignored, ASCII case-insensitive, spaces and tabs stripped). */
+static int
+offers_trailers(PyObject *value)
+{
+    Py_ssize_t vl = PyBytes_GET_SIZE(value), start = 0;
+    const char *v = PyBytes_AS_STRING(value);
+    while (start <= vl) {
+        Py_ssize_t end = start, semi;
+        while (end < vl && v[end] != ',')
+            end++;
+        semi = start;
+        while (semi < end && v[semi] != ';')
+            semi++;
+        Py_ssize_t a = start, b = semi;
+        while (a < b && is_tab_space(v[a]))
+            a++;
+        while (b > a && is_tab_space(v[b - 1]))
+            b--;
+        if (b - a == 8) {
+            int j = 0;
+            for (; j < 8; j++) {
+                char ch = v[a + j];
+                if (ch >= 'A' && ch <= 'Z')
+                    ch += 32;
+                if (ch != "trailers"[j])
+                    break;
+            }
+            if (j == 8)
+                return 1;
+        }
+        start = end + 1;
+    }
+    return 0;
+}
+
+static int
+meshproxy_name(PyObject *name) /* starts with b"x-meshproxy-" */
+{
+    return PyBytes_GET_SIZE(name) >= 12 && memcmp(PyBytes_AS_STRING(name), "x-meshproxy-", 12) == 0;
+}
+
+/* The Connection values of ``fields`` (borrowed), in ``*conn`` (``stack`` when they fit). */
+static Py_ssize_t
+connection_values(PyObject *fields, PyObject **stack, Py_ssize_t cap, PyObject ***conn)
+{
+    Py_ssize_t n = PyList_GET_SIZE(fields), k = 0;
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (EQ(PyTuple_GET_ITEM(PyList_GET_ITEM(fields, i), 0), "connection"))
+            k++;
+    *conn = stack;
+    if (k > cap && (*conn = PyMem_Malloc(sizeof(PyObject *) * (size_t)k)) == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    k = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *f = PyList_GET_ITEM(fields, i);
+        if (EQ(PyTuple_GET_ITEM(f, 0), "connection"))
+            (*conn)[k++] = PyTuple_GET_ITEM(f, 1);
+    }
+    return k;
+}
+
+static int
+append_pair(PyObject *out, PyObject *name, PyObject *value)
+{
+    PyObject *t = PyTuple_Pack(2, name, value);
+    if (t == NULL)
+        return -1;
+    int rv = PyList_Append(out, t);
+    Py_DECREF(t);
+    return rv;
+}
+
+/* str → its UTF-8 bytes (new reference); bytes as they are; NULL without an error otherwise. */
+static PyObject *
+as_bytes(PyObject *s)
+{
+    if (PyBytes_CheckExact(s))
+        return Py_NewRef(s);
+    if (PyUnicode_CheckExact(s))
+        return PyUnicode_AsUTF8String(s);
+    return NULL;
+}
+
+/* clean_request(head, inbound, peer_ip, scheme, request_id) -> x-request-id: headers._clean_request_py */
+static PyObject *
+fast_clean_request(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "clean_request(head, inbound, peer_ip, scheme, request_id)");
+        return NULL;
+    }
+    if (!ready(H_request_py, "hygiene_setup"))
+        return NULL;
+    PyObject *head = args[0], *peer_ip = args[2], *scheme = args[3], *request_id = args[4];
+    int inbound = PyObject_IsTrue(args[1]);
+    if (inbound < 0)
+        return NULL;
+    PyObject *upgrade = PyObject_GetAttr(head, S_upgrade);
+    if (upgrade == NULL)
+        return NULL;
+    Py_DECREF(upgrade); /* only compared with None below */
+    PyObject *fields = PyObject_GetAttr(head, S_headers);
+    if (fields == NULL)
+        return NULL;
+    if (upgrade != Py_None || !plain_fields(fields)
+        || (request_id != Py_None && !PyBytes_CheckExact(request_id))
+        || !(PyBytes_CheckExact(peer_ip) || PyUnicode_CheckExact(peer_ip))
+        || !(PyBytes_CheckExact(scheme) || PyUnicode_CheckExact(scheme))) {
+        Py_DECREF(fields);
+        return PyObject_Vectorcall(H_request_py, args, (size_t)nargs, NULL);
+    }
+    PyObject *stack_conn[8], **conn = NULL, *stack_xff[8], **xff = stack_xff;
+    PyObject *out = NULL, *rid = NULL, *ip = NULL, *res = NULL;
+    Py_ssize_t nxff = 0, capxff = 8, xff_at = -1;
+    int has_xfp = 0, has_te = 0;
+    Py_ssize_t nconn = connection_values(fields, stack_conn, 8, &conn);
+    if (nconn < 0)
+        goto done;
+    Py_ssize_t n = PyList_GET_SIZE(fields);
+    out = PyList_New(0);
+    if (out == NULL)
+        goto done;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PyList_GET_ITEM(fields, i);
+        PyObject *name = PyTuple_GET_ITEM(item, 0), *value = PyTuple_GET_ITEM(item, 1);
+        PyObject *add = item;
+        switch (field_action(name)) {
+        case A_NONE:
+            if (meshproxy_name(name) || (nconn && nominated_in(name, conn, nconn)))
+                add = NULL;
+            break;
+        case A_RID:
+            if (rid != NULL || PyBytes_GET_SIZE(value) == 0)
+                add = NULL;
+            else
+                rid = Py_NewRef(value);
+            break;
+        case A_XFF:
+            if (inbound) {
+                if (xff_at < 0)
+                    xff_at = PyList_GET_SIZE(out);
+                else
+                    add = NULL;
+                if (PyBytes_GET_SIZE(value)) {
+                    if (nxff == capxff) {
+                        PyObject **grown = PyMem_Malloc(sizeof(PyObject *) * (size_t)(capxff * 2));
+                        if (grown == NULL) {
+                            PyErr_NoMemory();
+                            goto done;
+                        }
+                        memcpy(grown, xff, sizeof(PyObject *) * (size_t)nxff);
+                        if (xff != stack_xff)
+                            PyMem_Free(xff);
+                        xff = grown;
+                        capxff *= 2;
+                    }
+                    xff[nxff++] = value;
+                }
+            }
+            break;
+        case A_XFP:
+            if (inbound)
+                add = NULL;
+            else
+                has_xfp = 1;
+            break;
+        case A_TE:
+            if (!has_te && offers_trailers(value)) {
+                has_te = 1;
+                add = C_te_trailers;
+            } else {
+                add = NULL;
+            }
+            break;
+        default: /* A_DROP, A_CONNECTION, A_XFCC, and A_UPGRADE: this head is no upgrade */
+            add = NULL;
+        }
+        if (add != NULL && PyList_Append(out, add) < 0)
+            goto done;
+    }
+    if (rid == NULL) {
+        if (request_id != Py_None && PyBytes_GET_SIZE(request_id))
+            rid = Py_NewRef(request_id);
+        else if ((rid = fast_new_request_id(module, NULL)) == NULL)
+            goto done;
+        if (append_pair(out, B_rid, rid) < 0)
+            goto done;
+    }
+    if (inbound) {
+        if ((ip = as_bytes(peer_ip)) == NULL)
+            goto done;
+        if (xff_at < 0) {
+            if (append_pair(out, B_xff, ip) < 0)
+                goto done;
+        } else {
+            Py_ssize_t total = PyBytes_GET_SIZE(ip);
+            for (Py_ssize_t k = 0; k < nxff; k++)
+                total += PyBytes_GET_SIZE(xff[k]) + 2;
+            PyObject *joined = PyBytes_FromStringAndSize(NULL, total);
+            if (joined == NULL)
+                goto done;
+            char *w = PyBytes_AS_STRING(joined);
+            for (Py_ssize_t k = 0; k < nxff; k++) {
+                memcpy(w, PyBytes_AS_STRING(xff[k]), (size_t)PyBytes_GET_SIZE(xff[k]));
+                w += PyBytes_GET_SIZE(xff[k]);
+                *w++ = ',';
+                *w++ = ' ';
+            }
+            memcpy(w, PyBytes_AS_STRING(ip), (size_t)PyBytes_GET_SIZE(ip));
+            PyObject *t = PyTuple_Pack(2, B_xff, joined);
+            Py_DECREF(joined);
+            if (t == NULL)
+                goto done;
+            PyList_SetItem(out, xff_at, t); /* steals t */
+        }
+    }
+    if (!has_xfp) {
+        PyObject *sb = as_bytes(scheme);
+        if (sb == NULL)
+            goto done;
+        int rv = append_pair(out, B_xfp, sb);
+        Py_DECREF(sb);
+        if (rv < 0)
+            goto done;
+    }
+    if (PyObject_SetAttr(head, S_headers, out) < 0)
+        goto done;
+    res = Py_NewRef(rid);
+done:
+    if (conn != NULL && conn != stack_conn)
+        PyMem_Free(conn);
+    if (xff != stack_xff)
+        PyMem_Free(xff);
+    Py_XDECREF(out);
+    Py_XDECREF(rid);
+    Py_XDECREF(ip);
+    Py_DECREF(fields);
+    return res;
+}
+
+/* clean_response(head, local) -> None: headers._clean_response_py */
+static PyObject *
+fast_clean_response(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "clean_response(head, local)");
+        return NULL;
+    }
+    if (!ready(H_response_py, "hygiene_setup"))
+        return NULL;
+    PyObject *head = args[0];
+    int local = PyObject_IsTrue(args[1]);
+    if (local < 0)
+        return NULL;
+    PyObject *status = PyObject_GetAttr(head, S_status);
+    if (status == NULL)
+        return NULL;
+    long code = PyLong_CheckExact(status) ? PyLong_AsLong(status) : -2;
+    Py_DECREF(status);
+    if (code == -1 && PyErr_Occurred())
+        PyErr_Clear(); /* out of range: not 101 */
+    PyObject *fields = PyObject_GetAttr(head, S_headers);
+    if (fields == NULL)
+        return NULL;
+    if (code == -2 || !plain_fields(fields)) {
+        Py_DECREF(fields);
+        return PyObject_Vectorcall(H_response_py, args, (size_t)nargs, NULL);
+    }
+    int keep_upgrade = code == 101;
+    PyObject *stack_conn[8], **conn = NULL, *out = NULL, *res = NULL;
+    Py_ssize_t nconn = connection_values(fields, stack_conn, 8, &conn);
+    if (nconn < 0)
+        goto done;
+    Py_ssize_t n = PyList_GET_SIZE(fields);
+    out = PyList_New(0);
+    if (out == NULL)
+        goto done;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PyList_GET_ITEM(fields, i);
+        PyObject *name = PyTuple_GET_ITEM(item, 0);
+        int keep;
+        switch (field_action(name)) {
+        case A_NONE:
+            keep = !((!local && meshproxy_name(name)) || (nconn && nominated_in(name, conn, nconn)));
+            break;
+        case A_RID: case A_XFF: case A_XFP: case A_XFCC: /* no response rule, and never nominated */
+            keep = 1;
+            break;
+        case A_UPGRADE:
+            keep = keep_upgrade;
+            break;
+        default: /* connection, te and the dropped hop-by-hop fields */
+            keep = 0;
+        }
+        if (keep && PyList_Append(out, item) < 0)
+            goto done;
+    }
+    if (keep_upgrade && PyList_Append(out, C_connection_upgrade) < 0)
+        goto done;
+    if (PyObject_SetAttr(head, S_headers, out) < 0)
+        goto done;
+    res = Py_NewRef(Py_None);
+done:
+    if (conn != NULL && conn != stack_conn)
+        PyMem_Free(conn);
+    Py_XDECREF(out);
+    Py_DECREF(fields);
+    return res;
+}
+
 /* === the HTTP/1.1 express lane's head loops (http/express_heads.py) =========
  *
  * ``plain_request`` and ``plain_response`` read each raw field line through the
@@ -1707,6 +2193,13 @@ static PyMethodDef fast_methods[] = {
      "lift_response(stream_id, fields, end_stream, max_size, max_count, checked=False, size=None)"},
     {"clean", (PyCFunction)(void (*)(void))fast_clean, METH_FASTCALL,
      "clean(headers, out, drop_host) -> host: _h2_headers._clean"},
+    {"hygiene_setup", fast_hygiene_setup, METH_VARARGS,
+     "hygiene_setup(clean_request_py, clean_response_py, getrandbits)"},
+    {"new_request_id", fast_new_request_id, METH_NOARGS, "new_request_id() -> bytes: headers.new_request_id"},
+    {"clean_request", (PyCFunction)(void (*)(void))fast_clean_request, METH_FASTCALL,
+     "clean_request(head, inbound, peer_ip, scheme, request_id) -> x-request-id: headers._clean_request_py"},
+    {"clean_response", (PyCFunction)(void (*)(void))fast_clean_response, METH_FASTCALL,
+     "clean_response(head, local) -> None: headers._clean_response_py"},
     {"express_setup", fast_express_setup, METH_VARARGS,
      "express_setup(request_memo, response_memo, request_line, response_line, new_request_id, "
      "plain_request_py, plain_response_py)"},

@@ -44,6 +44,7 @@ from __future__ import annotations
 import random
 from http import HTTPStatus
 
+from ..codec import native
 from ..codec.events import Headers, RequestHead, ResponseHead
 
 HOP_BY_HOP = frozenset(
@@ -127,7 +128,7 @@ _UUID4_SET = (0x4 << 76) | (0x8 << 60)
 """Version nibble ``4`` and variant bits ``10``."""
 
 
-def new_request_id() -> bytes:
+def _new_request_id_py() -> bytes:
     """A random UUID version 4 in its 36-character text form.
 
     122 random bits with the version and variant bits set, as hex with the hyphens put
@@ -158,6 +159,13 @@ def clean_request(head: RequestHead, *, direction: str, peer_ip: str, scheme: st
     inbound = direction == "inbound"
     if not inbound and direction not in _OUTBOUND_LIKE:
         raise ValueError(f"direction must be 'inbound', 'outbound' or 'explicit', got {direction!r}")
+    return hygiene_request(head, inbound, peer_ip, scheme, request_id)
+
+
+def _hygiene_request_py(head: RequestHead, inbound: bool, peer_ip: str | bytes, scheme: str | bytes,
+                        request_id: bytes | None) -> bytes:
+    """``clean_request`` with the direction already decided (``hygiene_request``, positional,
+    is this or its C twin; ``http/chain.py``'s ``HeaderHygiene`` calls it per request)."""
     upgrade = head.upgrade
     if upgrade is not None and upgrade.lower() == b"h2c":
         head.upgrade = upgrade = None
@@ -286,6 +294,11 @@ def clean_response(head: ResponseHead, *, local: bool = False) -> None:
     own local reply, which carries ``x-meshproxy-response-flags``). Mutates
     ``head``: ``head.headers`` becomes a new list.
     """
+    hygiene_response(head, local)
+
+
+def _hygiene_response_py(head: ResponseHead, local: bool) -> None:
+    """``clean_response``, positional (``hygiene_response`` is this or its C twin)."""
     keep_upgrade = head.status == 101
     if not keep_upgrade:
         found = None
@@ -338,6 +351,17 @@ def _clean_response_rules(head: ResponseHead, local: bool, keep_upgrade: bool) -
     if keep_upgrade:
         append(_CONNECTION_UPGRADE)
     head.headers = out
+
+
+# The optional C extension (``codec/native``) has both loops and ``new_request_id``; the Python
+# functions above stay the reference (tests/unit/http/test_hygiene_native.py compares them), and
+# the C loops call them for any head that is not the common case.
+_fast = native.load()
+if _fast is not None:
+    _fast.hygiene_setup(_hygiene_request_py, _hygiene_response_py, _getrandbits)
+hygiene_request = _hygiene_request_py if _fast is None else _fast.clean_request
+hygiene_response = _hygiene_response_py if _fast is None else _fast.clean_response
+new_request_id = _new_request_id_py if _fast is None else _fast.new_request_id
 
 
 _PHRASES: dict[int, str] = {
