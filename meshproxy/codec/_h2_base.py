@@ -14,7 +14,7 @@ from .events import NO_ERROR, REFUSED_STREAM, ConnectionEnded, Reset
 
 class StreamTable:
     """Needs, from the backend: ``_streams`` (id → stream record with ``id`` and
-    ``pending``), ``_client``, ``_dead``, ``_goaway_received``, ``send_data`` and ``_forget``."""
+    ``pending``), ``_client``, ``_dead``, ``_goaway_received``, ``send_head``, ``send_data`` and ``_forget``."""
 
     @property
     def open_streams(self) -> int:
@@ -25,6 +25,12 @@ class StreamTable:
         """Bytes queued on ``stream_id`` waiting for the peer's window."""
         st = self._streams.get(stream_id)
         return st.pending if st is not None else 0
+
+    def send_response(self, head, data: bytes) -> None:
+        """A response head and its whole body: ``send_head(head)`` then ``send_data(...,
+        end_stream=True)``. A backend may submit both at once (``NgHttp2Codec``)."""
+        self.send_head(head)
+        self.send_data(head.stream_id, data, True)
 
     def send_end(self, stream_id: int) -> None:
         """End the stream (empty DATA with END_STREAM), after any queued data."""

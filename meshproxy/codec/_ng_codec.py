@@ -623,6 +623,31 @@ class NgHttp2Codec(StreamTable):
             self._local_end(st)
         return sid
 
+    def send_response(self, head: ResponseHead, data: bytes) -> None:
+        """``send_head(head)`` then ``send_data(sid, data, True)``, for a final response whose
+        whole body is known: one submit, the head with the data provider already attached
+        (the frames are the same: HEADERS, then DATA as the peer's window allows)."""
+        sid = head.stream_id
+        st = self._streams.get(sid)
+        if (self._fast is None or not data or head.status < 200 or head.end_stream or st is None
+                or st.end_requested or st.attached or self._dead):
+            StreamTable.send_response(self, head, data)
+            return
+        try:
+            self._fast.submit_response(self._sa, sid, response_block(head), 2)
+        except TypeError:  # a field that is not plain bytes: the two-step path packs it
+            StreamTable.send_response(self, head, data)
+            return
+        st.responded = True
+        q = st.queue
+        if q is None:
+            q = st.queue = deque()
+        q.append(data)
+        st.pending += len(data)
+        st.blocked = True
+        st.end_requested = True
+        st.attached = True
+
     def send_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
         """Send body bytes as the peer's window allows; queue the rest (``pending``)."""
         st = self._streams.get(stream_id)

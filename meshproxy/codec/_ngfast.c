@@ -635,8 +635,9 @@ pack(PyObject *fields, nv_t *nv, Py_ssize_t cap)
 }
 
 /* Submit a head: nghttp2_submit_request (``kind`` SUBMIT_REQUEST; with our data provider when
-   ``body``), nghttp2_submit_response (a response that ends the stream) or nghttp2_submit_headers
-   (one that does not, or a 1xx). The fields are packed into a stack array, or a heap one for a
+   ``body``), nghttp2_submit_response (a final response: it ends the stream, or with ``body`` our
+   data provider sends the body queued for it) or nghttp2_submit_headers (a response head whose
+   body follows later, or a 1xx). The fields are packed into a stack array, or a heap one for a
    long list. Returns nghttp2's result (a new stream id for a request). */
 enum { SUBMIT_REQUEST, SUBMIT_RESPONSE, SUBMIT_HEADERS };
 
@@ -664,7 +665,7 @@ submit(int kind, PyObject *session, int32_t stream_id, PyObject *fields, int bod
             rv = f_submit_request(s, NULL, nv, (size_t)n, body ? f_provider : NULL, NULL);
             break;
         case SUBMIT_RESPONSE:
-            rv = f_submit_response(s, stream_id, nv, (size_t)n, NULL);
+            rv = f_submit_response(s, stream_id, nv, (size_t)n, body ? f_provider : NULL);
             break;
         default:
             rv = f_submit_headers(s, 0, stream_id, NULL, nv, (size_t)n, NULL);
@@ -685,8 +686,9 @@ fast_submit_request(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return submit(SUBMIT_REQUEST, args[0], 0, args[1], PyObject_IsTrue(args[2]));
 }
 
-/* submit_response(session, stream_id, fields, end) -> int: a response head that ends the
-   stream (``end``), or one that does not (or a 1xx) */
+/* submit_response(session, stream_id, fields, end) -> int: ``end`` 1 (or True): a response head
+   that ends the stream; 2: a final response whose body is queued for the data provider; 0 (or
+   False): a head whose body follows later, or a 1xx */
 static PyObject *
 fast_submit_response(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -697,7 +699,10 @@ fast_submit_response(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     long sid = PyLong_AsLong(args[1]);
     if (sid == -1 && PyErr_Occurred())
         return NULL;
-    return submit(PyObject_IsTrue(args[3]) ? SUBMIT_RESPONSE : SUBMIT_HEADERS, args[0], (int32_t)sid, args[2], 0);
+    long end = PyLong_AsLong(args[3]);
+    if (end == -1 && PyErr_Occurred())
+        return NULL;
+    return submit(end ? SUBMIT_RESPONSE : SUBMIT_HEADERS, args[0], (int32_t)sid, args[2], end == 2);
 }
 
 /* bind(mem_recv, mem_send, submit_request, submit_response, submit_headers, provider, layout): the
@@ -2181,7 +2186,7 @@ static PyMethodDef fast_methods[] = {
     {"submit_request", (PyCFunction)(void (*)(void))fast_submit_request, METH_FASTCALL,
      "submit_request(session, fields, body) -> stream id or a negative nghttp2 error"},
     {"submit_response", (PyCFunction)(void (*)(void))fast_submit_response, METH_FASTCALL,
-     "submit_response(session, stream_id, fields, end) -> int"},
+     "submit_response(session, stream_id, fields, end) -> int (end: 0 head only, 1 ends the stream, 2 body queued)"},
     {"bind", fast_bind, METH_VARARGS,
      "bind(mem_recv, mem_send, submit_request, submit_response, submit_headers, provider, layout)"},
     {"callbacks", fast_callbacks, METH_NOARGS, "callbacks() -> {name: address}"},

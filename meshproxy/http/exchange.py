@@ -300,6 +300,28 @@ class Exchange:
             self.grpc_status = _grpc_status(head.headers, self.grpc_status)
         self.server.send_head(head, self.head.upgrade is not None)
 
+    def on_response_whole(self, head: ResponseHead, data: bytes, flow: int) -> None:
+        """A whole response in one upstream read: ``on_response_head(head)`` then
+        ``on_response_rest(data, flow)``, with one send downstream (``send_response``).
+        Anything but a final answer to a request that has ended takes those two steps."""
+        status = head.status
+        if (self.finished or self.resp_started or status < 200 or status == 101 or not self.req_done
+                or self.head.upgrade is not None or self.head.method == b"CONNECT"):
+            self.on_response_head(head)
+            self.on_response_rest(data, flow)
+            return
+        self.resp_started = True
+        self.status = status
+        head.stream_id = self.sid
+        head.keep_alive = True
+        self.server.chain.run_response(self.fctx, head)
+        self.resp_bytes += len(data)
+        self.resp_done = True
+        self.server.send_response(head, data)
+        if flow:
+            self.up.consumed(flow)
+        self._finish()
+
     def on_response_data(self, data: bytes, flow: int) -> None:
         if self.finished:
             return

@@ -223,6 +223,18 @@ class HttpServerConnection(asyncio.Protocol):
         if upgrade and not self.h2:
             self._handle(self.codec.receive_data(b""))
 
+    def send_response(self, head: ResponseHead, data: bytes) -> None:
+        """``send_head(head)`` then ``send_data(sid, data, True)``: a final response and its
+        whole body (not an upgrade's), in one codec call where the codec has one (HTTP/2)."""
+        if self.h2:
+            self.codec.send_response(head, data)
+        else:
+            if self.ctx.draining:
+                head.keep_alive = False
+            self.codec.send_head(head)
+            self.codec.send_data(head.stream_id, data, True)
+        self.mark()
+
     def send_data(self, sid: int, data: bytes, end: bool = False) -> None:
         self.codec.send_data(sid, data, end)
         self.mark()

@@ -358,14 +358,30 @@ class Http2Connection(UpstreamConnection):
     def _dispatch(self, events) -> None:
         # A stream's last body chunk and its end in a row (the usual small response, whether
         # its head came in this read or an earlier one) go to the handler as one
-        # on_response_rest: one send downstream. Every other event takes the general loop,
-        # in order.
+        # on_response_rest: one send downstream; with the head right before them, as one
+        # on_response_whole. Every other event takes the general loop, in order.
         streams = self.streams
         general = UpstreamConnection._dispatch
         start = i = 0
         last = len(events) - 1
         while i < last:
             data = events[i]
+            if type(data) is ResponseHead and i + 2 <= last:
+                head, data, end = data, events[i + 1], events[i + 2]
+                sid = head.stream_id
+                if (type(data) is Data and type(end) is EndStream and data.stream_id == sid
+                        and end.stream_id == sid):
+                    if start < i:
+                        general(self, events[start:i])
+                    s = streams.get(sid)
+                    if s is not None:  # else gone: the general loop would skip all three too
+                        s.resp_ended = True
+                        s.handler.on_response_whole(head, data.data, data.flow_controlled_length)
+                        self._maybe_release(s)
+                    i += 3
+                    start = i
+                    continue
+                data = events[i]
             if type(data) is Data:
                 end = events[i + 1]
                 sid = data.stream_id

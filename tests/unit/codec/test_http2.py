@@ -278,6 +278,38 @@ def test_window_update_releases_queue_and_emits_window_opened():
     assert "END_STREAM" in frames[-1].flags and len(frames[0].data) == 70000 - 65535
 
 
+@pytest.mark.parametrize("size", [1, 70000, 200000])
+def test_send_response_is_send_head_then_send_data(size):
+    """``send_response`` (nghttp2 submits the head with the body already queued) gives the
+    same frames, the same pending counts and the same WindowOpened events as ``send_head``
+    followed by ``send_data(..., end_stream=True)``, through the peer's flow-control window."""
+    runs = []
+    for fused in (True, False):
+        srv = RawServer()
+        srv.feed(srv.ff.headers(1, request_fields(), end_stream=True))
+        srv.drain()
+        head = ResponseHead(1, 200, [(b"content-type", b"text/plain")])
+        if fused:
+            srv.codec.send_response(head, b"z" * size)
+        else:
+            srv.codec.send_head(head)
+            srv.codec.send_data(1, b"z" * size, True)
+        steps = []
+        for _ in range(10):
+            frames = srv.drain()
+            steps.append(([(type(f).__name__, len(getattr(f, "data", b"")), sorted(f.flags)) for f in frames],
+                          srv.codec.pending(1), srv.codec.open_streams))
+            sent = sum(len(f.data) for f in frames if isinstance(f, DataFrame))
+            if not sent:
+                break
+            steps.append(srv.feed(srv.ff.window_update(0, sent) + srv.ff.window_update(1, sent)))
+        runs.append(steps)
+    assert runs[0] == runs[1]
+    data = [f for step in runs[0][::2] for f in step[0] if f[0] == "DataFrame"]
+    assert sum(n for _, n, _ in data) == size and "END_STREAM" in data[-1][2]
+    assert runs[0][-1][1:] == (0, 0)  # nothing pending, the stream closed
+
+
 def test_padding_counts_in_flow_controlled_length():
     srv = RawServer()
     srv.feed(srv.ff.headers(1, request_fields(method=b"POST")))
