@@ -183,9 +183,11 @@ class NgHttp2Codec(StreamTable):
             self._pp = ffi.new("const char **")
         else:
             self._fast = native.fast
-            """The C helpers (``_ngfast``): they collect into ``_col``, call ``_frame``,
+            """The C helpers (``_ngfast``): they collect into ``_col``, call ``_frame`` (HEADERS
+            and DATA: ``_headers_frame`` and ``_data_frame``, with what was collected),
             ``_closed`` and ``_read``, and take the session by address (``_sa``, 0 once freed)."""
-            self._col = native.fast.Collector(hard_limit, self._frame, self._closed, self._read)
+            self._col = native.fast.Collector(hard_limit, self._frame, self._closed, self._read,
+                                              self._headers_frame, self._data_frame)
             self._prd = native.provider
             self._sa = int(ffi.cast("uintptr_t", self._s))
         """``_col``: the header fields and DATA chunks of the frame being received;
@@ -327,9 +329,10 @@ class NgHttp2Codec(StreamTable):
         ``debug`` GOAWAY's debug data. Returns NGHTTP2_ERR_CALLBACK_FAILURE to stop
         reading once the connection is over."""
         if t == HEADERS:
-            self._on_headers(sid, flags, extra)
+            fields, size = self._col.take()  # size: what lift_* would count again
+            self._on_headers(sid, flags, extra, fields, size)
         elif t == DATA:
-            self._on_data(sid, flags, length)
+            self._on_data(sid, flags, length, self._col.data())
         elif t == RST_STREAM:
             self._on_reset(sid, code)
         elif t == SETTINGS or t == PING:
@@ -342,6 +345,20 @@ class NgHttp2Codec(StreamTable):
             self._on_goaway(extra, code, debug)
         if self._fatal is not None or self._dead:
             return ERR_CALLBACK_FAILURE  # stop reading: the connection is over
+        return 0
+
+    def _headers_frame(self, sid: int, flags: int, cat: int, fields: list, size: int) -> int:
+        """``_frame`` for a HEADERS frame, its fields already taken from the collector (``_ngfast``)."""
+        self._on_headers(sid, flags, cat, fields, size)
+        if self._fatal is not None or self._dead:
+            return ERR_CALLBACK_FAILURE
+        return 0
+
+    def _data_frame(self, sid: int, flags: int, length: int, data: bytes) -> int:
+        """``_frame`` for a DATA frame, its chunks already joined (``_ngfast``)."""
+        self._on_data(sid, flags, length, data)
+        if self._fatal is not None or self._dead:
+            return ERR_CALLBACK_FAILURE
         return 0
 
     def _closed(self, sid: int, error_code: int) -> int:
@@ -411,8 +428,7 @@ class NgHttp2Codec(StreamTable):
         st.deferred = True
         return ERR_DEFERRED
 
-    def _on_headers(self, sid: int, flags: int, cat: int) -> None:
-        fields, size = self._col.take()  # size: what lift_* would count again
+    def _on_headers(self, sid: int, flags: int, cat: int, fields: list, size: int) -> None:
         self._guard.empty_frames = 0
         end = flags & FLAG_END_STREAM
         if cat == HCAT_REQUEST:
@@ -477,8 +493,7 @@ class NgHttp2Codec(StreamTable):
             self._send_rst(sid, PROTOCOL_ERROR, True)
             self._ev.append(Reset(sid, PROTOCOL_ERROR, False))
 
-    def _on_data(self, sid: int, flags: int, length: int) -> None:
-        data = self._col.data()
+    def _on_data(self, sid: int, flags: int, length: int, data: bytes) -> None:
         end = flags & FLAG_END_STREAM
         st = self._streams.get(sid)
         if not data:

@@ -98,6 +98,8 @@ typedef struct {
     PyObject *on_frame;    /* on_frame(type, sid, flags, length, code, cat_or_last, debug) -> int */
     PyObject *on_close;    /* on_close(sid, error_code) -> int */
     PyObject *on_read;     /* on_read(sid, length) -> int, or (bytes-like, data flags) */
+    PyObject *on_headers;  /* on_headers(sid, flags, cat, fields, fsize) -> int, or NULL: on_frame */
+    PyObject *on_data;     /* on_data(sid, flags, length, data) -> int, or NULL: on_frame */
     PyObject *error;       /* the exception a Python callback raised, or NULL */
 } Collector;
 
@@ -106,17 +108,18 @@ static _Thread_local Collector *current;
 static int
 Collector_init(Collector *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"hard_limit", "on_frame", "on_close", "on_read", NULL};
+    static char *kwlist[] = {"hard_limit", "on_frame", "on_close", "on_read", "on_headers", "on_data", NULL};
     Py_ssize_t hard_limit;
-    PyObject *on_frame = NULL, *on_close = NULL, *on_read = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "n|OOO", kwlist, &hard_limit, &on_frame, &on_close, &on_read))
+    PyObject *on_frame = NULL, *on_close = NULL, *on_read = NULL, *on_headers = NULL, *on_data = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "n|OOOOO", kwlist, &hard_limit, &on_frame, &on_close, &on_read,
+                                     &on_headers, &on_data))
         return -1;
-    if ((on_frame != NULL && on_frame != Py_None && !PyCallable_Check(on_frame))
-        || (on_close != NULL && on_close != Py_None && !PyCallable_Check(on_close))
-        || (on_read != NULL && on_read != Py_None && !PyCallable_Check(on_read))) {
-        PyErr_SetString(PyExc_TypeError, "on_frame, on_close and on_read must be callable");
-        return -1;
-    }
+    PyObject *given[5] = {on_frame, on_close, on_read, on_headers, on_data};
+    for (int i = 0; i < 5; i++)
+        if (given[i] != NULL && given[i] != Py_None && !PyCallable_Check(given[i])) {
+            PyErr_SetString(PyExc_TypeError, "on_frame, on_close, on_read, on_headers and on_data must be callable");
+            return -1;
+        }
     PyObject *fields = PyList_New(0), *chunks = PyList_New(0);
     if (fields == NULL || chunks == NULL) {
         Py_XDECREF(fields);
@@ -132,6 +135,8 @@ Collector_init(Collector *self, PyObject *args, PyObject *kwds)
     Py_XSETREF(self->on_frame, on_frame == Py_None ? NULL : Py_XNewRef(on_frame));
     Py_XSETREF(self->on_close, on_close == Py_None ? NULL : Py_XNewRef(on_close));
     Py_XSETREF(self->on_read, on_read == Py_None ? NULL : Py_XNewRef(on_read));
+    Py_XSETREF(self->on_headers, on_headers == Py_None ? NULL : Py_XNewRef(on_headers));
+    Py_XSETREF(self->on_data, on_data == Py_None ? NULL : Py_XNewRef(on_data));
     Py_CLEAR(self->error);
     return 0;
 }
@@ -146,6 +151,8 @@ Collector_traverse(Collector *self, visitproc visit, void *arg)
     Py_VISIT(self->on_frame);
     Py_VISIT(self->on_close);
     Py_VISIT(self->on_read);
+    Py_VISIT(self->on_headers);
+    Py_VISIT(self->on_data);
     Py_VISIT(self->error);
     return 0;
 }
@@ -158,6 +165,8 @@ Collector_clear(Collector *self)
     Py_CLEAR(self->on_frame);
     Py_CLEAR(self->on_close);
     Py_CLEAR(self->on_read);
+    Py_CLEAR(self->on_headers);
+    Py_CLEAR(self->on_data);
     Py_CLEAR(self->error);
     return 0;
 }
@@ -382,8 +391,9 @@ keep_error(Collector *c)
 
 #define AT(p, off, type) (*(const type *)((const char *)(p) + (off)))
 
-/* on_frame_recv: the frames the codec acts on go to ``on_frame``; the rest (PRIORITY,
-   WINDOW_UPDATE, unknown types), which it ignores, never reach Python. */
+/* on_frame_recv: the frames the codec acts on go to ``on_frame``, HEADERS and DATA to
+   ``on_headers`` and ``on_data`` with what was collected for them when the codec gave those;
+   the rest (PRIORITY, WINDOW_UPDATE, unknown types), which it ignores, never reach Python. */
 static int
 cb_on_frame_recv(void *session, const void *frame, void *user_data)
 {
@@ -391,6 +401,32 @@ cb_on_frame_recv(void *session, const void *frame, void *user_data)
     if (c == NULL || c->on_frame == NULL)
         return ERR_CALLBACK_FAILURE;
     uint8_t type = AT(frame, L.type, uint8_t);
+    if (type == T_HEADERS && c->on_headers != NULL) {
+        PyObject *taken = Collector_take(c, NULL);
+        if (taken == NULL)
+            return keep_error(c);
+        PyObject *args[5] = {
+            PyLong_FromLong(AT(frame, L.sid, int32_t)),
+            PyLong_FromLong(AT(frame, L.flags, uint8_t)),
+            PyLong_FromLong(AT(frame, L.cat, int)),
+            Py_NewRef(PyTuple_GET_ITEM(taken, 0)),
+            Py_NewRef(PyTuple_GET_ITEM(taken, 1)),
+        };
+        Py_DECREF(taken);
+        return call_back(c, c->on_headers, args, 5);
+    }
+    if (type == T_DATA && c->on_data != NULL) {
+        PyObject *data = Collector_data(c, NULL);
+        if (data == NULL)
+            return keep_error(c);
+        PyObject *args[4] = {
+            PyLong_FromLong(AT(frame, L.sid, int32_t)),
+            PyLong_FromLong(AT(frame, L.flags, uint8_t)),
+            PyLong_FromSize_t(AT(frame, 0, size_t)),
+            data,
+        };
+        return call_back(c, c->on_data, args, 4);
+    }
     long code = 0, extra = 0;
     PyObject *debug;
     switch (type) {

@@ -194,6 +194,38 @@ def test_a_freed_session_is_refused_not_touched(native):
     assert codec.receive_data(b"more") == []  # the codec itself never gets that far
 
 
+def test_headers_and_data_frames_come_with_what_was_collected(native):
+    """With ``on_headers``/``on_data`` given, HEADERS and DATA frames reach them with the
+    fields and the joined chunks (no ``on_frame`` call, no ``take``/``data``); every other
+    frame still goes to ``on_frame``. Without them (``on_frame`` only) the codec reads the
+    same events."""
+    runs = []
+    for typed in (True, False):
+        raw = RawServer()
+        codec, calls = raw.codec, []
+
+        def record(name, fn):
+            def call(*args):
+                calls.append((name, args[0]) if name == "frame" else (name, args[:3]))
+                return fn(*args)
+            return call
+
+        extra = (record("headers", codec._headers_frame), record("data", codec._data_frame)) if typed else ()
+        codec._col = native.fast.Collector(2 * 65536, record("frame", codec._frame), codec._closed, codec._read,
+                                           *extra)
+        events = raw.feed(raw.ff.headers(1, request_fields(method="POST"), end_stream=False)
+                          + raw.ff.data(1, b"abc") + raw.ff.data(1, b"de", end_stream=True))
+        runs.append(events)
+        kinds = [c[0] for c in calls]
+        if typed:
+            assert ("headers", (1, 4, 0)) in calls and ("data", (1, 0, 3)) in calls and ("data", (1, 1, 2)) in calls
+            assert all(c[1] not in (0, 1) for c in calls if c[0] == "frame")  # no DATA (0) or HEADERS (1) there
+        else:
+            assert set(kinds) == {"frame"}
+    assert runs[0] == runs[1]
+    assert [type(e).__name__ for e in runs[0]] == ["RequestHead", "Data", "Data", "EndStream"]
+
+
 def test_collector_take_and_data_start_over(native):
     col = native.fast.Collector(100)
     assert col.take() == ([], 0) and col.data() == b"" and col.hard_limit == 100
