@@ -1,11 +1,12 @@
 /* Native helpers of the hot paths: the nghttp2 codec's per-field and per-chunk
- * work, the HTTP/2 header-list checks, header hygiene, and the HTTP/1.1 express
- * lane's head loops.
+ * work, the HTTP/2 header-list checks, header hygiene, the HTTP/1.1 express
+ * lane's head loops, and the request metrics' per-request recording.
  *
  * Where this sits: an optional CPython extension used by _ng_wire.py and
  * _ng_codec.py (the nghttp2 codec), _h2_headers.py (lift_request, lift_response,
- * _clean), http/headers.py (clean_request, clean_response) and
- * http/express_heads.py (plain_request, plain_response) when it was built.
+ * _clean), http/headers.py (clean_request, clean_response, new_request_id),
+ * http/express_heads.py (plain_request, plain_response) and observe/requests.py
+ * (Series) when it was built.
  * setup.py builds it when a C compiler is present; without it, or with
  * MESHPROXY_NGFAST=0, each of them runs its Python code, which stays the
  * reference the tests compare these functions with.
@@ -260,10 +261,10 @@ static PyMemberDef Collector_members[] = {
 static PyTypeObject CollectorType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "meshproxy.codec._ngfast.Collector",
-    .tp_doc = PyDoc_STR("Collector(hard_limit, on_frame=None, on_close=None, on_read=None): the header "
-                        "fields and DATA chunks nghttp2 hands one session during recv(), and the Python "
-                        "callables its frame-received, stream-closed and data-provider read callbacks "
-                        "call."),
+    .tp_doc = PyDoc_STR("Collector(hard_limit, on_frame=None, on_close=None, on_read=None, on_headers=None, "
+                        "on_data=None): the header fields and DATA chunks nghttp2 hands one session during "
+                        "recv(), and the Python callables its frame-received, stream-closed and "
+                        "data-provider read callbacks call."),
     .tp_basicsize = sizeof(Collector),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_traverse = (traverseproc)Collector_traverse,
@@ -2214,6 +2215,165 @@ finish:
     return res;
 }
 
+/* === request metrics (observe/requests.py's Series) ==========================
+ *
+ * One label set's counter and three histograms, as the Python ``Series``, which
+ * stays the reference (tests/unit/observe/test_series_native.py compares them).
+ * ``series_setup`` hands over the bucket bounds once, so they are written in one
+ * place (observe/requests.py). A bucket is chosen as ``bisect_left`` does: the
+ * first bound not below the value (a NaN duration falls in the first). */
+
+#define MAX_BOUNDS 32
+static double dur_bounds[MAX_BOUNDS], size_bounds[MAX_BOUNDS];
+static Py_ssize_t n_dur = -1, n_size = -1;
+
+typedef struct {
+    PyObject_HEAD
+    long long count;
+    double dur_sum;
+    long long req_sum, resp_sum;
+    long long dur[MAX_BOUNDS + 1], req[MAX_BOUNDS + 1], resp[MAX_BOUNDS + 1];
+} Series;
+
+/* series_setup(duration_bounds, size_bounds) */
+static PyObject *
+fast_series_setup(PyObject *module, PyObject *args)
+{
+    PyObject *d, *s;
+    if (!PyArg_ParseTuple(args, "OO:series_setup", &d, &s))
+        return NULL;
+    double *into[2] = {dur_bounds, size_bounds};
+    Py_ssize_t *count[2] = {&n_dur, &n_size};
+    PyObject *given[2] = {d, s};
+    for (int k = 0; k < 2; k++) {
+        PyObject *seq = PySequence_Fast(given[k], "series_setup: bounds must be a sequence");
+        if (seq == NULL)
+            return NULL;
+        Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+        if (n > MAX_BOUNDS) {
+            Py_DECREF(seq);
+            return PyErr_Format(PyExc_ValueError, "series_setup: at most %d bounds", MAX_BOUNDS);
+        }
+        for (Py_ssize_t i = 0; i < n; i++) {
+            double v = PyFloat_AsDouble(PySequence_Fast_GET_ITEM(seq, i));
+            if (v == -1.0 && PyErr_Occurred()) {
+                Py_DECREF(seq);
+                return NULL;
+            }
+            into[k][i] = v;
+        }
+        *count[k] = n;
+        Py_DECREF(seq);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Series_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    if (n_dur < 0) {
+        PyErr_SetString(PyExc_RuntimeError, "_ngfast.series_setup() has not been called");
+        return NULL;
+    }
+    if (PyTuple_GET_SIZE(args) || (kwds && PyDict_GET_SIZE(kwds))) {
+        PyErr_SetString(PyExc_TypeError, "Series() takes no arguments");
+        return NULL;
+    }
+    return type->tp_alloc(type, 0); /* zeroed */
+}
+
+static Py_ssize_t
+bucket(const double *bounds, Py_ssize_t n, double x)
+{
+    Py_ssize_t lo = 0, hi = n;
+    while (lo < hi) {
+        Py_ssize_t mid = (lo + hi) / 2;
+        if (bounds[mid] < x)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+/* observe(duration_ms, request_bytes, response_bytes) */
+static PyObject *
+Series_observe(Series *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "observe(duration_ms, request_bytes, response_bytes)");
+        return NULL;
+    }
+    double d = PyFloat_AsDouble(args[0]);
+    if (d == -1.0 && PyErr_Occurred())
+        return NULL;
+    long long rq = PyLong_AsLongLong(args[1]);
+    if (rq == -1 && PyErr_Occurred())
+        return NULL;
+    long long rs = PyLong_AsLongLong(args[2]);
+    if (rs == -1 && PyErr_Occurred())
+        return NULL;
+    self->count++;
+    self->dur[bucket(dur_bounds, n_dur, d)]++;
+    self->dur_sum += d;
+    self->req[bucket(size_bounds, n_size, (double)rq)]++;
+    self->req_sum += rq;
+    self->resp[bucket(size_bounds, n_size, (double)rs)]++;
+    self->resp_sum += rs;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+counts(const long long *c, Py_ssize_t n)
+{
+    PyObject *out = PyList_New(n);
+    if (out == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *v = PyLong_FromLongLong(c[i]);
+        if (v == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyList_SET_ITEM(out, i, v);
+    }
+    return out;
+}
+
+static PyObject *Series_dur(Series *self, void *c) { return counts(self->dur, n_dur + 1); }
+static PyObject *Series_req(Series *self, void *c) { return counts(self->req, n_size + 1); }
+static PyObject *Series_resp(Series *self, void *c) { return counts(self->resp, n_size + 1); }
+
+static PyGetSetDef Series_getset[] = {
+    {"dur", (getter)Series_dur, NULL, "duration bucket counts (one per bound, then +Inf)", NULL},
+    {"req", (getter)Series_req, NULL, "request size bucket counts", NULL},
+    {"resp", (getter)Series_resp, NULL, "response size bucket counts", NULL},
+    {NULL}};
+
+static PyMemberDef Series_members[] = {
+    {"count", T_LONGLONG, offsetof(Series, count), READONLY, "requests observed"},
+    {"dur_sum", T_DOUBLE, offsetof(Series, dur_sum), READONLY, "their durations' sum (ms)"},
+    {"req_sum", T_LONGLONG, offsetof(Series, req_sum), READONLY, "their request sizes' sum"},
+    {"resp_sum", T_LONGLONG, offsetof(Series, resp_sum), READONLY, "their response sizes' sum"},
+    {NULL}};
+
+static PyMethodDef Series_methods[] = {
+    {"observe", (PyCFunction)(void (*)(void))Series_observe, METH_FASTCALL,
+     "observe(duration_ms, request_bytes, response_bytes): one finished request"},
+    {NULL}};
+
+static PyTypeObject SeriesType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "meshproxy.codec._ngfast.Series",
+    .tp_doc = PyDoc_STR("Series(): observe/requests.Series in C (one label set's counter and histograms)"),
+    .tp_basicsize = sizeof(Series),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = Series_new,
+    .tp_methods = Series_methods,
+    .tp_members = Series_members,
+    .tp_getset = Series_getset,
+};
+
 static PyMethodDef fast_methods[] = {
     {"recv", (PyCFunction)(void (*)(void))fast_recv, METH_FASTCALL,
      "recv(session, data, collector) -> int: nghttp2_session_mem_recv with the GIL held."},
@@ -2241,6 +2401,7 @@ static PyMethodDef fast_methods[] = {
      "clean_request(head, inbound, peer_ip, scheme, request_id) -> x-request-id: headers._clean_request_py"},
     {"clean_response", (PyCFunction)(void (*)(void))fast_clean_response, METH_FASTCALL,
      "clean_response(head, local) -> None: headers._clean_response_py"},
+    {"series_setup", fast_series_setup, METH_VARARGS, "series_setup(duration_bounds, size_bounds)"},
     {"express_setup", fast_express_setup, METH_VARARGS,
      "express_setup(request_memo, response_memo, request_line, response_line, new_request_id, "
      "plain_request_py, plain_response_py)"},
@@ -2258,7 +2419,7 @@ static struct PyModuleDef fast_module = {
 PyMODINIT_FUNC
 PyInit__ngfast(void)
 {
-    if (PyType_Ready(&CollectorType) < 0)
+    if (PyType_Ready(&CollectorType) < 0 || PyType_Ready(&SeriesType) < 0)
         return NULL;
     {
         const char *tok = "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz";
@@ -2271,6 +2432,12 @@ PyInit__ngfast(void)
     Py_INCREF(&CollectorType);
     if (PyModule_AddObject(m, "Collector", (PyObject *)&CollectorType) < 0) {
         Py_DECREF(&CollectorType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&SeriesType);
+    if (PyModule_AddObject(m, "Series", (PyObject *)&SeriesType) < 0) {
+        Py_DECREF(&SeriesType);
         Py_DECREF(m);
         return NULL;
     }

@@ -1,7 +1,8 @@
 """The optional C extension ``codec/_ngfast``, or None.
 
 Where this sits: read once, at import, by the modules whose hot loops it has in C
-(``_ng_wire`` for the nghttp2 codec, ``_h2_headers``, ``http/express_heads``);
+(``_ng_wire`` for the nghttp2 codec, ``_h2_headers``, ``http/headers``,
+``http/express_heads``, ``observe/requests``);
 each hands it what it needs and keeps its Python code as the reference. ``setup.py``
 builds the extension when a C compiler is present; ``MESHPROXY_NGFAST=0`` switches
 it off everywhere.

@@ -5,7 +5,8 @@ Where this sits: beside the HTTP path. ``http/server.py`` calls
 of a label set it sees again and calls ``observe``); ``Metrics.render()``
 collects. Recording is a tuple hash, a dict lookup, three ``bisect``s and a few
 integer additions — no locks and no Prometheus client objects per request —
-because this runs for every request on the byte path.
+because this runs for every request on the byte path (in C when the optional
+extension is built, ``SeriesType``).
 
 Families (Istio names): ``istio_requests_total`` (counter),
 ``istio_request_duration_milliseconds``, ``istio_request_bytes``,
@@ -19,6 +20,7 @@ from bisect import bisect_left
 
 from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily
 
+from ..codec import native
 from .metrics import ISTIO_LABELS, istio_labels
 
 DURATION_BUCKETS_MS = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000,
@@ -57,6 +59,16 @@ class Series:
         self.resp_sum += response_bytes
 
 
+# The optional C extension (``codec/native``) has a ``Series`` twin: the class above stays the
+# reference (tests/unit/observe/test_series_native.py compares them) and the bounds are handed
+# over from here.
+_fast = native.load()
+if _fast is not None:
+    _fast.series_setup(DURATION_BUCKETS_MS, SIZE_BUCKETS)
+SeriesType = Series if _fast is None else _fast.Series
+"""What ``RequestMetrics`` makes a series of: ``Series`` or its C twin."""
+
+
 class RequestMetrics:
     """Accumulates request series; is itself a Prometheus collector. Labels are
     ``observe.metrics.istio_labels(...)`` plus (code, grpc status, flags)."""
@@ -69,7 +81,7 @@ class RequestMetrics:
         """The series of ``labels`` (the full ``REQUEST_LABELS`` tuple), made on first use."""
         s = self.series.get(labels)
         if s is None:
-            s = self.series[labels] = Series()
+            s = self.series[labels] = SeriesType()
         return s
 
     def record(self, labels: tuple[str, ...], duration_ms: float, request_bytes: int, response_bytes: int) -> None:
