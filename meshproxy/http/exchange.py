@@ -387,6 +387,8 @@ class Exchange:
         self.fail(kind, message)
 
     def on_upstream_reset(self, error_code: int) -> None:
+        if self.finished:
+            return
         if (error_code == REFUSED_STREAM and not self.resp_started and not self.retried
                 and self.req_bytes == 0 and self.req_done):
             # RFC 9113 8.7: a refused stream was not processed; send it again, once, on a fresh stream.
@@ -445,6 +447,12 @@ class Exchange:
             return
         self.finished = True
         self.deadline = 0.0
+        if not self.tunnel:
+            # The upstream stream's handler is this exchange: drop our side of that cycle, so
+            # reference counting frees both (and the head, fields ...) once the connection
+            # lets go of the stream, instead of the cyclic collector after a while. A tunnel
+            # keeps it: bytes may still flow one way after the other side ended.
+            self.up = None
         ep = self.endpoint
         if ep is not None:
             ep.rq_active -= 1
