@@ -57,7 +57,11 @@ class ExpressConnection(asyncio.Protocol):
         self.key = key
         self.pool = pool
         self.limits = limits or DEFAULT_LIMITS
+        self.flusher = pool.flusher
         self.transport: asyncio.Transport | None = None
+        self.out: list[bytes] = []
+        """Bytes written this loop turn, handed to the transport at its end (``flush``)."""
+        self.dirty = False
         self.closed = False
         self.requests = 0
         """Requests sent on this connection so far (``max_requests_per_connection``)."""
@@ -88,11 +92,23 @@ class ExpressConnection(asyncio.Protocol):
         self.requests += 1
         self.is_head = is_head
         self.state = _HEAD
-        self.transport.write(data)
+        self.out.append(data)
+        if not self.dirty:
+            self.flusher.mark(self)
+
+    def flush(self) -> None:
+        """End of the loop turn (``net/flush.py``): what ``send`` wrote goes out in one write."""
+        out = self.out
+        if out:
+            data = out[0] if len(out) == 1 else b"".join(out)
+            out.clear()
+            if not self.closed:
+                self.transport.write(data)
 
     def abandon(self) -> None:
         """The downstream gave up on the response: this connection cannot be reused."""
         self.call = None
+        self.out.clear()
         self.closed = True
         self.pool.forget(self)
         if self.transport is not None:
@@ -108,6 +124,7 @@ class ExpressConnection(asyncio.Protocol):
 
     def close(self) -> None:
         if not self.closed:
+            self.flush()
             self.closed = True
             self.pool.forget(self)
             if self.transport is not None:

@@ -262,9 +262,27 @@ class _Call:
         self.failures.append((kind.flag, message))
 
 
+class _Flusher:
+    """``net.flush.Flusher`` stand-in: marked connections are flushed when the test says."""
+
+    def __init__(self):
+        self.marked = []
+
+    def mark(self, conn):
+        conn.dirty = True
+        self.marked.append(conn)
+
+    def run(self):
+        marked, self.marked = self.marked, []
+        for conn in marked:
+            conn.dirty = False
+            conn.flush()
+
+
 class _Pool:
     def __init__(self):
         self.released = []
+        self.flusher = _Flusher()
 
     def release(self, conn):
         self.released.append(conn)
@@ -274,13 +292,17 @@ class _Pool:
 
 
 class _Transport:
+    def __init__(self):
+        self.log = []
+
     def write(self, data):
-        pass
+        self.log.append(data)
 
     def abort(self):
-        pass
+        self.log.append("abort")
 
-    close = abort
+    def close(self):
+        self.log.append("close")
 
 
 def _upstream():
@@ -308,6 +330,27 @@ def test_a_response_head_of_known_lines_skips_the_parser(monkeypatch):
     conn.data_received(GOOD)
     assert call.starts[-1] == (200, b"OK", b"server: s\r\ncontent-type: text/plain\r\n", 2, b"ok", True)
     assert not call.failures and len(conn.pool.released) == 2
+
+
+def test_upstream_writes_wait_for_the_end_of_the_loop_turn():
+    """``send`` queues the request; the flusher's end-of-turn run writes it (one write for
+    what the turn queued); ``close`` writes what is queued first; ``abandon`` drops it."""
+    conn = _upstream()
+    conn.send(_Call(), b"GET /a HTTP/1.1\r\n\r\n", False)
+    assert conn.transport.log == [] and conn.pool.flusher.marked == [conn]
+    conn.pool.flusher.run()
+    assert conn.transport.log == [b"GET /a HTTP/1.1\r\n\r\n"] and not conn.dirty
+    conn.call = None
+    conn.send(_Call(), b"GET /b HTTP/1.1\r\n\r\n", False)
+    conn.close()
+    assert conn.transport.log[1:] == [b"GET /b HTTP/1.1\r\n\r\n", "close"]
+    conn.pool.flusher.run()  # nothing more after the close
+    assert len(conn.transport.log) == 3
+    conn = _upstream()
+    conn.send(_Call(), b"GET /c HTTP/1.1\r\n\r\n", False)
+    conn.abandon()
+    conn.pool.flusher.run()
+    assert conn.transport.log == ["abort"]
 
 
 @pytest.mark.parametrize("bad", [
