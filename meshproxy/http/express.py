@@ -51,6 +51,7 @@ from ..codec._http1_write import LAST_CHUNK, render_fields, render_trailers, sta
 from ..codec.events import RequestHead
 from ..codec.http1 import Http1Codec
 from ..errors import DOWNSTREAM_CONNECTION_TERMINATION, UPSTREAM_CONNECT_FAILURE, UPSTREAM_REQUEST_TIMEOUT
+from ..net.flush import TurnWrites
 from ..observe.requests import ConnectionSeries
 from ..upstream.pool import Key
 from . import headers as hdr
@@ -75,7 +76,7 @@ def express_eligible(ctx, conn, h2: bool) -> bool:
     return len(ctx.chains[conn.direction.value]) == 1  # header hygiene only (no authz, no filters)
 
 
-class ExpressServer(asyncio.Protocol):
+class ExpressServer(TurnWrites, asyncio.Protocol):
     """One downstream HTTP/1.1 connection on the express lane."""
 
     def __init__(self, ctx, conn, target):
@@ -377,7 +378,7 @@ class ExpressServer(asyncio.Protocol):
         elif body and self.framing == _FIXED:
             parts.append(body)
         self.resp_bytes = len(body)
-        self._write(b"".join(parts))
+        self.queue(b"".join(parts))
         if ended:
             self._response_ended()
 
@@ -397,9 +398,9 @@ class ExpressServer(asyncio.Protocol):
                 else:
                     out += LAST_CHUNK
             if out:
-                self._write(out)
+                self.queue(out)
         elif framing == _FIXED and data:
-            self._write(data)
+            self.queue(data)
         if ended:
             self._response_ended()
 
@@ -407,20 +408,6 @@ class ExpressServer(asyncio.Protocol):
         if self.busy:
             self.up = None  # it closed itself
             self._fail(kind, message)
-
-    def _write(self, data: bytes) -> None:
-        self.out_q.append(data)
-        if not self.dirty:
-            self.flusher.mark(self)
-
-    def flush(self) -> None:
-        """End of the loop turn (``net/flush.py``): this turn's response bytes in one write."""
-        out = self.out_q
-        if out:
-            data = out[0] if len(out) == 1 else b"".join(out)
-            out.clear()
-            if not self.closed:
-                self.transport.write(data)
 
     # === ends ===
     def _response_ended(self) -> None:

@@ -67,6 +67,27 @@ class Flusher:
             self.run()
 
 
+class TurnWrites:
+    """Mixin for a protocol that writes raw bytes (the express lane's two ends): ``queue``
+    keeps them until the flusher's run, then ``flush`` hands the turn's bytes to the transport
+    in one write. Needs ``flusher``, ``transport``, ``closed`` and, set in ``__init__``,
+    ``out_q = []`` and ``dirty = False``. Whoever closes the transport calls ``flush`` first;
+    whoever aborts it clears ``out_q``."""
+
+    def queue(self, data: bytes) -> None:
+        self.out_q.append(data)
+        if not self.dirty:
+            self.flusher.mark(self)
+
+    def flush(self) -> None:
+        out = self.out_q
+        if out:
+            data = out[0] if len(out) == 1 else b"".join(out)
+            out.clear()
+            if not self.closed:
+                self.transport.write(data)
+
+
 _flushers: dict[asyncio.AbstractEventLoop, Flusher] = {}
 
 

@@ -41,6 +41,7 @@ from ..codec.events import ResponseHead
 from ..errors import UPSTREAM_CONNECTION_TERMINATION, UPSTREAM_PROTOCOL_ERROR, UPSTREAM_RESET
 from ..http.express_heads import fields_of, head_lines, known_response, plain_response, remember_start
 from ..http.headers import clean_response
+from ..net.flush import TurnWrites
 
 log = logging.getLogger("meshproxy.upstream")
 
@@ -48,7 +49,7 @@ log = logging.getLogger("meshproxy.upstream")
 _IDLE, _HEAD, _FIXED, _CHUNKED, _UNTIL_EOF = range(5)
 
 
-class ExpressConnection(asyncio.Protocol):
+class ExpressConnection(TurnWrites, asyncio.Protocol):
     """One upstream HTTP/1.1 connection in a ``Pool`` (key protocol ``"express"``)."""
 
     protocol = "express"
@@ -59,8 +60,8 @@ class ExpressConnection(asyncio.Protocol):
         self.limits = limits or DEFAULT_LIMITS
         self.flusher = pool.flusher
         self.transport: asyncio.Transport | None = None
-        self.out: list[bytes] = []
-        """Bytes written this loop turn, handed to the transport at its end (``flush``)."""
+        self.out_q: list[bytes] = []
+        """Bytes written this loop turn, handed to the transport at its end (``TurnWrites``)."""
         self.dirty = False
         self.closed = False
         self.requests = 0
@@ -92,23 +93,12 @@ class ExpressConnection(asyncio.Protocol):
         self.requests += 1
         self.is_head = is_head
         self.state = _HEAD
-        self.out.append(data)
-        if not self.dirty:
-            self.flusher.mark(self)
-
-    def flush(self) -> None:
-        """End of the loop turn (``net/flush.py``): what ``send`` wrote goes out in one write."""
-        out = self.out
-        if out:
-            data = out[0] if len(out) == 1 else b"".join(out)
-            out.clear()
-            if not self.closed:
-                self.transport.write(data)
+        self.queue(data)
 
     def abandon(self) -> None:
         """The downstream gave up on the response: this connection cannot be reused."""
         self.call = None
-        self.out.clear()
+        self.out_q.clear()
         self.closed = True
         self.pool.forget(self)
         if self.transport is not None:
