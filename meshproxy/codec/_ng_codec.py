@@ -654,14 +654,8 @@ class NgHttp2Codec(StreamTable):
             StreamTable.send_response(self, head, data)
             return
         st.responded = True
-        q = st.queue
-        if q is None:
-            q = st.queue = deque()
-        q.append(data)
-        st.pending += len(data)
-        st.blocked = True
-        st.end_requested = True
-        st.attached = True
+        st.attached = True  # the provider is on the stream already: send_data only queues
+        self.send_data(sid, data, True)
 
     def send_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
         """Send body bytes as the peer's window allows; queue the rest (``pending``)."""

@@ -180,6 +180,21 @@ Collector_dealloc(Collector *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+/* The header block received so far (a new reference; its RFC 7541 size in ``*fsize``); starts a
+   new one. NULL when out of memory. */
+static PyObject *
+take_fields(Collector *self, Py_ssize_t *fsize)
+{
+    PyObject *fresh = PyList_New(0);
+    if (fresh == NULL)
+        return NULL;
+    PyObject *fields = self->fields;
+    self->fields = fresh;
+    *fsize = self->fsize;
+    self->fsize = 0;
+    return fields;
+}
+
 /* take() -> (fields, fsize): the header block received so far; starts a new one. */
 static PyObject *
 Collector_take(Collector *self, PyObject *Py_UNUSED(ignored))
@@ -188,25 +203,9 @@ Collector_take(Collector *self, PyObject *Py_UNUSED(ignored))
         PyErr_SetString(PyExc_ValueError, "Collector not initialised");
         return NULL;
     }
-    PyObject *fresh = PyList_New(0);
-    if (fresh == NULL)
-        return NULL;
-    PyObject *size = PyLong_FromSsize_t(self->fsize);
-    if (size == NULL) {
-        Py_DECREF(fresh);
-        return NULL;
-    }
-    PyObject *out = PyTuple_New(2);
-    if (out == NULL) {
-        Py_DECREF(fresh);
-        Py_DECREF(size);
-        return NULL;
-    }
-    PyTuple_SET_ITEM(out, 0, self->fields); /* the reference moves into the tuple */
-    PyTuple_SET_ITEM(out, 1, size);
-    self->fields = fresh;
-    self->fsize = 0;
-    return out;
+    Py_ssize_t fsize;
+    PyObject *fields = take_fields(self, &fsize);
+    return fields == NULL ? NULL : Py_BuildValue("(Nn)", fields, fsize);
 }
 
 /* data() -> bytes: the DATA frame's chunks joined (b"" when none); starts a new frame. */
@@ -403,17 +402,17 @@ cb_on_frame_recv(void *session, const void *frame, void *user_data)
         return ERR_CALLBACK_FAILURE;
     uint8_t type = AT(frame, L.type, uint8_t);
     if (type == T_HEADERS && c->on_headers != NULL) {
-        PyObject *taken = Collector_take(c, NULL);
-        if (taken == NULL)
+        Py_ssize_t fsize;
+        PyObject *fields = take_fields(c, &fsize);
+        if (fields == NULL)
             return keep_error(c);
         PyObject *args[5] = {
             PyLong_FromLong(AT(frame, L.sid, int32_t)),
             PyLong_FromLong(AT(frame, L.flags, uint8_t)),
             PyLong_FromLong(AT(frame, L.cat, int)),
-            Py_NewRef(PyTuple_GET_ITEM(taken, 0)),
-            Py_NewRef(PyTuple_GET_ITEM(taken, 1)),
+            fields,
+            PyLong_FromSsize_t(fsize),
         };
-        Py_DECREF(taken);
         return call_back(c, c->on_headers, args, 5);
     }
     if (type == T_DATA && c->on_data != NULL) {
@@ -1272,40 +1271,85 @@ is_space(char c) /* bytes.strip()'s whitespace */
     return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\x0b' || c == '\x0c';
 }
 
-/* Is lower-case ``name`` one of the comma-separated tokens of the Connection values? */
 static int
-nominated_by(PyObject *name, PyObject **conn_values, Py_ssize_t nconn)
+is_tab_space(char c) /* bytes.strip(b" \t")'s whitespace */
 {
-    Py_ssize_t nl = PyBytes_GET_SIZE(name);
-    const char *np = PyBytes_AS_STRING(name);
-    for (Py_ssize_t k = 0; k < nconn; k++) {
-        const char *v = PyBytes_AS_STRING(conn_values[k]);
-        Py_ssize_t vl = PyBytes_GET_SIZE(conn_values[k]), start = 0;
-        while (start <= vl) {
-            Py_ssize_t end = start;
-            while (end < vl && v[end] != ',')
-                end++;
-            Py_ssize_t a = start, b = end;
-            while (a < b && is_space(v[a]))
-                a++;
-            while (b > a && is_space(v[b - 1]))
-                b--;
-            if (b - a == nl) {
-                Py_ssize_t j = 0;
-                for (; j < nl; j++) {
-                    char ch = v[a + j];
-                    if (ch >= 'A' && ch <= 'Z')
-                        ch += 32;
-                    if (ch != np[j])
-                        break;
-                }
-                if (j == nl)
-                    return 1;
+    return c == ' ' || c == '\t';
+}
+
+/* Is ``want`` (``wl`` bytes) one of the comma-separated members of ``value``? Each member is
+   cut at its first ';' when ``params``, stripped of what ``ws`` calls whitespace, lower-cased
+   (ASCII) and compared with ``want`` byte for byte. */
+static int
+lists_member(PyObject *value, const char *want, Py_ssize_t wl, int params, int (*ws)(char))
+{
+    Py_ssize_t vl = PyBytes_GET_SIZE(value), start = 0;
+    const char *v = PyBytes_AS_STRING(value);
+    while (start <= vl) {
+        Py_ssize_t end = start;
+        while (end < vl && v[end] != ',')
+            end++;
+        Py_ssize_t a = start, b = end;
+        if (params)
+            for (b = a; b < end && v[b] != ';'; b++)
+                ;
+        while (a < b && ws(v[a]))
+            a++;
+        while (b > a && ws(v[b - 1]))
+            b--;
+        if (b - a == wl) {
+            Py_ssize_t j = 0;
+            for (; j < wl; j++) {
+                char ch = v[a + j];
+                if (ch >= 'A' && ch <= 'Z')
+                    ch += 32;
+                if (ch != want[j])
+                    break;
             }
-            start = end + 1;
+            if (j == wl)
+                return 1;
         }
+        start = end + 1;
     }
     return 0;
+}
+
+/* Does one of the Connection values (members split and stripped as ``ws`` says) name ``name``? */
+static int
+named_by(PyObject *name, PyObject **conn, Py_ssize_t nconn, int (*ws)(char))
+{
+    for (Py_ssize_t k = 0; k < nconn; k++)
+        if (lists_member(conn[k], PyBytes_AS_STRING(name), PyBytes_GET_SIZE(name), 0, ws))
+            return 1;
+    return 0;
+}
+
+/* The Connection values of a list of (name, value) tuples (borrowed), in ``*conn``: ``stack``
+   when ``cap`` is room enough, else a PyMem block the caller frees. Names are matched exactly,
+   or ASCII case-insensitively with ``any_case``. -1 (MemoryError set) when out of memory. */
+static Py_ssize_t
+connection_values(PyObject *fields, int any_case, PyObject **stack, Py_ssize_t cap, PyObject ***conn)
+{
+    Py_ssize_t n = PyList_GET_SIZE(fields), k = 0;
+    *conn = stack;
+    for (int pass = 0; pass < 2; pass++) {
+        for (Py_ssize_t i = 0; i < n; i++) {
+            PyObject *f = PyList_GET_ITEM(fields, i), *name = PyTuple_GET_ITEM(f, 0);
+            if (any_case ? IEQ(name, "connection") : EQ(name, "connection")) {
+                if (pass)
+                    (*conn)[k] = PyTuple_GET_ITEM(f, 1);
+                k++;
+            }
+        }
+        if (pass == 0) {
+            if (k > cap && (*conn = PyMem_Malloc(sizeof(PyObject *) * (size_t)k)) == NULL) {
+                PyErr_NoMemory();
+                return -1;
+            }
+            k = 0;
+        }
+    }
+    return k;
 }
 
 /* clean(headers, out, drop_host) -> host or None */
@@ -1322,22 +1366,11 @@ fast_clean(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (!PyList_CheckExact(headers) || !all_pairs(headers))
         return PyObject_Vectorcall(CleanPy, args, (size_t)nargs, NULL);
     int drop_host = PyObject_IsTrue(args[2]);
-    Py_ssize_t n = PyList_GET_SIZE(headers), nconn = 0;
-    PyObject *stack_conn[8], **conn = stack_conn;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *name = PyTuple_GET_ITEM(PyList_GET_ITEM(headers, i), 0);
-        if (PyBytes_GET_SIZE(name) == 10 && IEQ(name, "connection"))
-            nconn++;
-    }
-    if (nconn > 8 && (conn = PyMem_Malloc(sizeof(PyObject *) * (size_t)nconn)) == NULL)
-        return PyErr_NoMemory();
-    nconn = 0;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *f = PyList_GET_ITEM(headers, i);
-        PyObject *name = PyTuple_GET_ITEM(f, 0);
-        if (PyBytes_GET_SIZE(name) == 10 && IEQ(name, "connection"))
-            conn[nconn++] = PyTuple_GET_ITEM(f, 1);
-    }
+    Py_ssize_t n = PyList_GET_SIZE(headers);
+    PyObject *stack_conn[8], **conn;
+    Py_ssize_t nconn = connection_values(headers, 1, stack_conn, 8, &conn);
+    if (nconn < 0)
+        return NULL;
     PyObject *host = Py_None;
     Py_INCREF(host);
     for (Py_ssize_t i = 0; i < n; i++) {
@@ -1348,7 +1381,7 @@ fast_clean(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             goto error;
         PyObject *item = NULL;
         if (connection_specific(name) || (PyBytes_GET_SIZE(name) && PyBytes_AS_STRING(name)[0] == ':')
-            || (nconn && nominated_by(name, conn, nconn))) {
+            || (nconn && named_by(name, conn, nconn, is_space))) {
             Py_DECREF(name);
             continue;
         }
@@ -1506,119 +1539,25 @@ field_action(PyObject *name)
     }
 }
 
+/* Never taken out by a Connection value: fields with a rule of their own (which never reach this
+   test) and these (headers._NOT_NOMINATED). */
 static int
-is_tab_space(char c)
+never_nominated(PyObject *name)
 {
-    return c == ' ' || c == '\t';
+    return EQ(name, "close") || EQ(name, "host") || EQ(name, "content-length");
 }
 
-/* Does a Connection value name ``name`` (headers._nominated: the value lower-cased, split at
-   commas, each token stripped of spaces and tabs)? ``name`` has no action of its own. */
+/* headers._nominated for a field with no rule of its own: does a Connection value name it? */
 static int
-names_field(PyObject *name, PyObject *value)
+nominated(PyObject *name, PyObject **conn, Py_ssize_t nconn)
 {
-    Py_ssize_t nl = PyBytes_GET_SIZE(name), vl = PyBytes_GET_SIZE(value), start = 0;
-    const char *np = PyBytes_AS_STRING(name), *v = PyBytes_AS_STRING(value);
-    if ((nl == 5 && memcmp(np, "close", 5) == 0) || (nl == 4 && memcmp(np, "host", 4) == 0)
-        || (nl == 14 && memcmp(np, "content-length", 14) == 0))
-        return 0; /* _NOT_NOMINATED */
-    while (start <= vl) {
-        Py_ssize_t end = start;
-        while (end < vl && v[end] != ',')
-            end++;
-        Py_ssize_t a = start, b = end;
-        while (a < b && is_tab_space(v[a]))
-            a++;
-        while (b > a && is_tab_space(v[b - 1]))
-            b--;
-        if (b - a == nl) {
-            Py_ssize_t j = 0;
-            for (; j < nl; j++) {
-                char ch = v[a + j];
-                if (ch >= 'A' && ch <= 'Z')
-                    ch += 32;
-                if (ch != np[j])
-                    break;
-            }
-            if (j == nl)
-                return 1;
-        }
-        start = end + 1;
-    }
-    return 0;
-}
-
-static int
-nominated_in(PyObject *name, PyObject **conn, Py_ssize_t nconn)
-{
-    for (Py_ssize_t k = 0; k < nconn; k++)
-        if (names_field(name, conn[k]))
-            return 1;
-    return 0;
-}
-
-/* headers._offers_trailers: ``trailers`` among the comma-separated TE members
-   (parameters after ';' ignored, ASCII case-insensitive, spaces and tabs stripped). */
-static int
-offers_trailers(PyObject *value)
-{
-    Py_ssize_t vl = PyBytes_GET_SIZE(value), start = 0;
-    const char *v = PyBytes_AS_STRING(value);
-    while (start <= vl) {
-        Py_ssize_t end = start, semi;
-        while (end < vl && v[end] != ',')
-            end++;
-        semi = start;
-        while (semi < end && v[semi] != ';')
-            semi++;
-        Py_ssize_t a = start, b = semi;
-        while (a < b && is_tab_space(v[a]))
-            a++;
-        while (b > a && is_tab_space(v[b - 1]))
-            b--;
-        if (b - a == 8) {
-            int j = 0;
-            for (; j < 8; j++) {
-                char ch = v[a + j];
-                if (ch >= 'A' && ch <= 'Z')
-                    ch += 32;
-                if (ch != "trailers"[j])
-                    break;
-            }
-            if (j == 8)
-                return 1;
-        }
-        start = end + 1;
-    }
-    return 0;
+    return nconn && !never_nominated(name) && named_by(name, conn, nconn, is_tab_space);
 }
 
 static int
 meshproxy_name(PyObject *name) /* starts with b"x-meshproxy-" */
 {
     return PyBytes_GET_SIZE(name) >= 12 && memcmp(PyBytes_AS_STRING(name), "x-meshproxy-", 12) == 0;
-}
-
-/* The Connection values of ``fields`` (borrowed), in ``*conn`` (``stack`` when they fit). */
-static Py_ssize_t
-connection_values(PyObject *fields, PyObject **stack, Py_ssize_t cap, PyObject ***conn)
-{
-    Py_ssize_t n = PyList_GET_SIZE(fields), k = 0;
-    for (Py_ssize_t i = 0; i < n; i++)
-        if (EQ(PyTuple_GET_ITEM(PyList_GET_ITEM(fields, i), 0), "connection"))
-            k++;
-    *conn = stack;
-    if (k > cap && (*conn = PyMem_Malloc(sizeof(PyObject *) * (size_t)k)) == NULL) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    k = 0;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *f = PyList_GET_ITEM(fields, i);
-        if (EQ(PyTuple_GET_ITEM(f, 0), "connection"))
-            (*conn)[k++] = PyTuple_GET_ITEM(f, 1);
-    }
-    return k;
 }
 
 static int
@@ -1675,7 +1614,7 @@ fast_clean_request(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     PyObject *out = NULL, *rid = NULL, *ip = NULL, *res = NULL;
     Py_ssize_t nxff = 0, capxff = 8, xff_at = -1;
     int has_xfp = 0, has_te = 0;
-    Py_ssize_t nconn = connection_values(fields, stack_conn, 8, &conn);
+    Py_ssize_t nconn = connection_values(fields, 0, stack_conn, 8, &conn);
     if (nconn < 0)
         goto done;
     Py_ssize_t n = PyList_GET_SIZE(fields);
@@ -1688,7 +1627,7 @@ fast_clean_request(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyObject *add = item;
         switch (field_action(name)) {
         case A_NONE:
-            if (meshproxy_name(name) || (nconn && nominated_in(name, conn, nconn)))
+            if (meshproxy_name(name) || nominated(name, conn, nconn))
                 add = NULL;
             break;
         case A_RID:
@@ -1727,7 +1666,7 @@ fast_clean_request(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 has_xfp = 1;
             break;
         case A_TE:
-            if (!has_te && offers_trailers(value)) {
+            if (!has_te && lists_member(value, "trailers", 8, 1, is_tab_space)) { /* _offers_trailers */
                 has_te = 1;
                 add = C_te_trailers;
             } else {
@@ -1830,7 +1769,7 @@ fast_clean_response(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     int keep_upgrade = code == 101;
     PyObject *stack_conn[8], **conn = NULL, *out = NULL, *res = NULL;
-    Py_ssize_t nconn = connection_values(fields, stack_conn, 8, &conn);
+    Py_ssize_t nconn = connection_values(fields, 0, stack_conn, 8, &conn);
     if (nconn < 0)
         goto done;
     Py_ssize_t n = PyList_GET_SIZE(fields);
@@ -1843,7 +1782,7 @@ fast_clean_response(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         int keep;
         switch (field_action(name)) {
         case A_NONE:
-            keep = !((!local && meshproxy_name(name)) || (nconn && nominated_in(name, conn, nconn)));
+            keep = !((!local && meshproxy_name(name)) || nominated(name, conn, nconn));
             break;
         case A_RID: case A_XFF: case A_XFP: case A_XFCC: /* no response rule, and never nominated */
             keep = 1;

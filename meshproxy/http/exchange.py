@@ -283,11 +283,17 @@ class Exchange:
 
     # === response side ==================================================
     def on_response_head(self, head: ResponseHead) -> None:
+        if self._take_head(head):
+            self.server.send_head(head, self.head.upgrade is not None)
+
+    def _take_head(self, head: ResponseHead) -> bool:
+        """Record a response head and run the response filters on it; False when it is not
+        passed on (the exchange is over, or a 1xx other than 101)."""
         if self.finished:
-            return
+            return False
         status = head.status
         if status < 200 and status != 101:
-            return  # 100-continue was answered locally; other 1xx are dropped
+            return False  # 100-continue was answered locally; other 1xx are dropped
         self.resp_started = True
         self.status = status
         if self.deadline and (status == 101 or (self.head.method == b"CONNECT" and status < 300)):
@@ -298,23 +304,18 @@ class Exchange:
         self.server.chain.run_response(self.fctx, head)
         if head.end_stream:
             self.grpc_status = _grpc_status(head.headers, self.grpc_status)
-        self.server.send_head(head, self.head.upgrade is not None)
+        return True
 
     def on_response_whole(self, head: ResponseHead, data: bytes, flow: int) -> None:
         """A whole response in one upstream read: ``on_response_head(head)`` then
         ``on_response_rest(data, flow)``, with one send downstream (``send_response``).
         Anything but a final answer to a request that has ended takes those two steps."""
-        status = head.status
-        if (self.finished or self.resp_started or status < 200 or status == 101 or not self.req_done
+        if (self.finished or self.resp_started or head.status < 200 or not self.req_done
                 or self.head.upgrade is not None or self.head.method == b"CONNECT"):
             self.on_response_head(head)
             self.on_response_rest(data, flow)
             return
-        self.resp_started = True
-        self.status = status
-        head.stream_id = self.sid
-        head.keep_alive = True
-        self.server.chain.run_response(self.fctx, head)
+        self._take_head(head)
         self.resp_bytes += len(data)
         self.resp_done = True
         self.server.send_response(head, data)

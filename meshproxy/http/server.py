@@ -226,13 +226,11 @@ class HttpServerConnection(asyncio.Protocol):
     def send_response(self, head: ResponseHead, data: bytes) -> None:
         """``send_head(head)`` then ``send_data(sid, data, True)``: a final response and its
         whole body (not an upgrade's), in one codec call where the codec has one (HTTP/2)."""
-        if self.h2:
-            self.codec.send_response(head, data)
-        else:
-            if self.ctx.draining:
-                head.keep_alive = False
-            self.codec.send_head(head)
-            self.codec.send_data(head.stream_id, data, True)
+        if not self.h2:
+            self.send_head(head)
+            self.send_data(head.stream_id, data, True)
+            return
+        self.codec.send_response(head, data)
         self.mark()
 
     def send_data(self, sid: int, data: bytes, end: bool = False) -> None:

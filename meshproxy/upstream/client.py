@@ -366,32 +366,22 @@ class Http2Connection(UpstreamConnection):
         last = len(events) - 1
         while i < last:
             data = events[i]
-            if type(data) is ResponseHead and i + 2 <= last:
-                head, data, end = data, events[i + 1], events[i + 2]
-                sid = head.stream_id
-                if (type(data) is Data and type(end) is EndStream and data.stream_id == sid
-                        and end.stream_id == sid):
-                    if start < i:
-                        general(self, events[start:i])
-                    s = streams.get(sid)
-                    if s is not None:  # else gone: the general loop would skip all three too
-                        s.resp_ended = True
-                        s.handler.on_response_whole(head, data.data, data.flow_controlled_length)
-                        self._maybe_release(s)
-                    i += 3
-                    start = i
-                    continue
-                data = events[i]
             if type(data) is Data:
                 end = events[i + 1]
                 sid = data.stream_id
                 if type(end) is EndStream and end.stream_id == sid:
-                    if start < i:
-                        general(self, events[start:i])
+                    head = events[i - 1] if i > start else None  # not yet dispatched
+                    whole = type(head) is ResponseHead and head.stream_id == sid
+                    first = i - 1 if whole else i
+                    if start < first:
+                        general(self, events[start:first])
                     s = streams.get(sid)
-                    if s is not None:  # else gone: the general loop would skip both too
+                    if s is not None:  # else gone: the general loop would skip these too
                         s.resp_ended = True
-                        s.handler.on_response_rest(data.data, data.flow_controlled_length)
+                        if whole:
+                            s.handler.on_response_whole(head, data.data, data.flow_controlled_length)
+                        else:
+                            s.handler.on_response_rest(data.data, data.flow_controlled_length)
                         self._maybe_release(s)
                     i += 2
                     start = i

@@ -140,6 +140,18 @@ def test_whole_response_dispatch_matches_event_by_event():
     assert results[0] == results[1]
 
 
+class _Up:
+    """The exchange's upstream stream, recording what it acknowledges."""
+
+    paused = False
+
+    def __init__(self):
+        self.acked = []
+
+    def consumed(self, n):
+        self.acked.append(n)
+
+
 @pytest.mark.parametrize("flow", [0, 7])
 def test_exchange_rest_of_response_matches_data_then_end(flow):
     """``Exchange.on_response_rest`` leaves the downstream codec, the upstream stream's
@@ -164,22 +176,13 @@ def test_exchange_rest_of_response_matches_data_then_end(flow):
         def exchange_done(self, ex):
             self.done.append(ex.sid)
 
-    class Up:
-        paused = False
-
-        def __init__(self):
-            self.acked = []
-
-        def consumed(self, n):
-            self.acked.append(n)
-
     results = []
     for whole in (True, False):
         srv = Server()
         head = srv.codec.receive_data(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")[0]
         ex = Exchange(srv, head)
         ex.req_done = True
-        ex.up = up = Up()
+        ex.up = up = _Up()
         srv.codec.send_head(ResponseHead(head.stream_id, 200, [], content_length=2))
         if whole:
             ex.on_response_rest(b"ok", flow)
@@ -310,6 +313,7 @@ def _server_with_request(kind: str):
     """A downstream connection stand-in with a real server codec (HTTP/1.1, or HTTP/2 on
     either backend) that has received one GET, and that request's head."""
     from meshproxy.codec.http2 import codec_class
+    from meshproxy.http.server import HttpServerConnection
 
     class Server:
         write_paused = False
@@ -341,10 +345,10 @@ def _server_with_request(kind: str):
         def mark(self):
             pass
 
-        send_response = __import__("meshproxy.http.server", fromlist=["x"]).HttpServerConnection.send_response
-        send_head = __import__("meshproxy.http.server", fromlist=["x"]).HttpServerConnection.send_head
-        send_data = __import__("meshproxy.http.server", fromlist=["x"]).HttpServerConnection.send_data
-        send_end = __import__("meshproxy.http.server", fromlist=["x"]).HttpServerConnection.send_end
+        send_response = HttpServerConnection.send_response
+        send_head = HttpServerConnection.send_head
+        send_data = HttpServerConnection.send_data
+        send_end = HttpServerConnection.send_end
 
         def congested(self, sid):
             return False
@@ -372,22 +376,13 @@ def test_exchange_whole_response_matches_head_then_rest(kind, status, flow):
         except _ng_ffi.Nghttp2Unavailable:
             pytest.skip("libnghttp2 not here")
 
-    class Up:
-        paused = False
-
-        def __init__(self):
-            self.acked = []
-
-        def consumed(self, n):
-            self.acked.append(n)
-
     results = []
     for whole in (True, False):
         srv, head = _server_with_request(kind)
         ex = Exchange(srv, head)
         ex.req_done = True
         ex.fctx = None
-        ex.up = up = Up()
+        ex.up = up = _Up()
         resp = ResponseHead(9, status, [(b"content-type", b"text/plain"), (b"connection", b"x"), (b"x", b"1"),
                                         (b"content-length", b"2")], content_length=2)
         if whole:
