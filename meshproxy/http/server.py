@@ -66,6 +66,10 @@ class HttpServerConnection(asyncio.Protocol):
         self.exchanges: dict[int, Exchange] = {}
         self.dirty = False
         self.write_paused = False
+        self.stalled: list = []
+        """Exchanges that paused their upstream for this connection's congestion: looked at
+        again after each ``flush`` (what a flush sent may have ended the congestion without
+        any event saying so: the window was open, the bytes were only waiting for the turn's end)."""
         self.read_pausers = 0
         self.closed = False
         self.head_since: float | None = None
@@ -93,17 +97,10 @@ class HttpServerConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.head_since is None and not self.exchanges:
             self.head_since = self.loop.time()
-        f = self.flusher
         try:
-            f.depth += 1  # ``with self.flusher``, without two method calls per read
-            try:
-                self._handle(self.codec.receive_data(data))
-                if self.h2:
-                    self.mark()
-            finally:
-                f.depth -= 1
-                if not f.depth and f.dirty:
-                    f.run()
+            self._handle(self.codec.receive_data(data))
+            if self.h2:
+                self.mark()
         except Exception:  # the per-connection boundary: a bug closes this connection only
             log.exception("internal error on HTTP connection from %s; closing it", self.conn.peer)
             self.closed = True
@@ -203,6 +200,10 @@ class HttpServerConnection(asyncio.Protocol):
         data = self.codec.data_to_send()
         if data and not self.closed:
             self.transport.write(data)
+        if self.stalled:
+            stalled, self.stalled = self.stalled, []
+            for ex in stalled:
+                ex.on_downstream_writable()
         if not self.h2 and not self.exchanges and not self.closed and self.codec.should_close:
             self.close()
 

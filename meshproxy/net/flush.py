@@ -1,23 +1,37 @@
-"""Write coalescing: every codec-backed connection writes at most once per loop turn.
+"""Write coalescing: every connection writes at most once per loop turn.
 
 Where this sits: ``http/server.py`` and ``upstream/client.py`` queue output in
-their codecs and ``mark()`` themselves here instead of writing after every
-``send_*``. Inside a ``data_received`` (``with flusher:``) the marked
-connections are written when the outermost callback returns, so a response head,
-its body and its end that arrive in one upstream read leave as ONE downstream
-write. Marks made outside such a callback (timers, connect futures) are written
-by one ``call_soon``. The HTTP/1.1 express lane (``http/express.py``,
-``upstream/express.py``) marks itself from outside such a callback, so its
-writes wait for that ``call_soon``: the end of the loop turn, after every
-connection that was ready in it has been read. Written back to back like that,
-the requests to an upstream and the responses to clients on the other CPU wake
-each peer once per turn instead of once per request (about a tenth of the lane's
-CPU under load on a 2-vCPU host, bench/RESULTS.md).
+their codecs, the HTTP/1.1 express lane (``http/express.py``,
+``upstream/express.py``) in ``TurnWrites.out_q``, and each ``mark()``s itself
+here instead of writing after every ``send_*``. Marks made from the loop's
+callbacks (reads, timers, connect futures) are written by one ``call_soon``:
+the end of the loop turn, after every connection that was ready in it has been
+read. So a response head, its body and its end that arrive in one upstream read
+leave as ONE downstream write, and the requests of many downstream connections
+to one upstream leave as one write too. Written back to back like that, the
+requests to an upstream and the responses to clients on the other CPU wake each
+peer once per turn instead of once per request (about a tenth of the express
+lane's CPU under load on a 2-vCPU host, bench/RESULTS.md). ``with flusher:``
+(callbacks that must see their writes done before they return: EOF, connection
+loss, resume_writing) writes when the outermost one exits.
+
+Two rules keep flow control whole when writes wait: a bulk body chunk
+(``BULK``) is written at once, so the transport's
+pause_writing sees it as it comes; and a producer paused for a connection's
+congestion is looked at again after that connection's ``flush`` (``stalled``),
+because what the flush sent may have ended the congestion with no event saying
+so (``tests/e2e/test_h2_proxy.py`` slow-reader cases).
 """
 
 from __future__ import annotations
 
 import asyncio
+
+BULK = 16 * 1024
+"""A body chunk at least this big is written at once instead of at the end of the loop
+turn: coalescing only pays for small messages, and a bulk transfer's flow control rests
+on the transport seeing its bytes (pause_writing) as they come. One turn may read many
+chunks from one socket (libuv reads up to 32 times per readiness event)."""
 
 
 class Flushable:

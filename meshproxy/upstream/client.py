@@ -122,6 +122,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.dirty = False
         self.write_paused = False
+        self.stalled: list = []
+        """Exchanges that paused their request body for this connection's congestion: looked
+        at again after each ``flush`` (as ``HttpServerConnection.stalled``)."""
         self.closed = False
         self.requests = 0
         """Streams opened on this connection so far."""
@@ -138,6 +141,10 @@ class UpstreamConnection(asyncio.Protocol):
         data = self.codec.data_to_send()
         if data and not self.closed:
             self.transport.write(data)
+        if self.stalled:
+            stalled, self.stalled = self.stalled, []
+            for ex in stalled:
+                ex.on_upstream_writable()
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -165,16 +172,9 @@ class UpstreamConnection(asyncio.Protocol):
                     s.handler.on_upstream_error(UPSTREAM_CONNECTION_TERMINATION, "upstream connection closed")
 
     def data_received(self, data: bytes) -> None:
-        f = self.flusher
         try:
-            f.depth += 1  # ``with self.flusher``, without two method calls per read
-            try:
-                self._dispatch(self.codec.receive_data(data))
-                self._after_read()
-            finally:
-                f.depth -= 1
-                if not f.depth and f.dirty:
-                    f.run()
+            self._dispatch(self.codec.receive_data(data))
+            self._after_read()
         except Exception:  # the per-connection boundary: a bug closes this connection only
             log.exception("internal error on upstream connection %s:%s; closing it", self.key.host, self.key.port)
             if self.transport is not None:

@@ -196,7 +196,7 @@ class RawH2:
 class H2Upstream:
     """An h2c origin (prior knowledge). Every request is answered with a JSON echo
     of what arrived, after its body ended; ``/big?n=N`` answers N bytes of ``z``
-    within the flow-control windows; ``/slow`` answers after ``slow_delay``."""
+    within the flow-control windows (in DATA frames of ``&frame=BYTES`` if given); ``/slow`` answers after ``slow_delay``."""
 
     def __init__(self, max_streams: int = 1000):
         self.max_streams = max_streams
@@ -229,13 +229,14 @@ class H2Upstream:
         writer.write(conn.data_to_send())
         streams: dict[int, dict] = {}
         big: dict[int, int] = {}  # stream id -> bytes still to send
+        frame_size: dict[int, int] = {}  # stream id -> DATA frame size asked for (``&frame=N``)
 
         def pump():
             for sid in list(big):
                 left = big[sid]
                 while left:
                     try:
-                        room = min(conn.local_flow_control_window(sid), conn.max_outbound_frame_size, left)
+                        room = min(conn.local_flow_control_window(sid), frame_size.get(sid, conn.max_outbound_frame_size), left)
                     except Exception:
                         left = 0
                         break
@@ -266,7 +267,10 @@ class H2Upstream:
             st = streams[sid]
             path = st["headers"].get(":path", "")
             if path.startswith("/big"):
-                n = int(path.split("n=")[1]) if "n=" in path else 8 << 20
+                q = dict(kv.split("=", 1) for kv in path.partition("?")[2].split("&") if "=" in kv)
+                n = int(q.get("n", 8 << 20))
+                if "frame" in q:
+                    frame_size[sid] = int(q["frame"])
                 conn.send_headers(sid, [(":status", "200"), ("content-type", "application/octet-stream")])
                 big[sid] = n
                 pump()

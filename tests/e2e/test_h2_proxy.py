@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import socket
 
 import aiohttp
 import pytest
@@ -204,6 +205,21 @@ async def test_slow_h2_reader_keeps_proxy_buffers_bounded(proxy, h2up, client):
     await c.read_until(lambda: c.done(1), timeout=30)
     resp = c.responses[1]
     assert resp.reset is None and len(resp.body) == n and resp.body.count(b"z") == n
+
+
+async def test_small_frames_faster_than_one_turn_all_arrive(proxy, h2up, client):
+    """An upstream sending a big body in 1 KiB DATA frames, to a reader with its windows
+    wide open: thousands of frames per turn are queued and leave at the turn's end
+    (net/flush.py), and every byte arrives."""
+    up = await h2up()
+    n = 6 << 20
+    r = await proxy(listener(up.port))
+    c = await client(r.port("web"), auto_window=False, initial_window=(1 << 31) - 1)
+    await c.send(c.window_frame(0, (1 << 31) - 1 - 65535))
+    await c.request(1, f"/big?n={n}&frame=1024")
+    await c.read_until(lambda: c.done(1), timeout=30)
+    resp = c.responses[1]
+    assert resp.reset is None and len(resp.body) == n
 
 
 async def test_slow_h2_reader_with_http1_upstream_bounded(proxy, h1up, client):
@@ -409,3 +425,33 @@ async def test_content_length_mismatch_is_a_stream_error_not_a_connection_error(
     assert c.goaway is None, f"one malformed stream closed the whole connection: {c.goaway!r}"
     assert c.responses[3].reset == PROTOCOL_ERROR, c.responses[3].__dict__
     assert c.responses[1].reset is None and c.responses[1].status == 200
+
+
+@pytest.mark.parametrize("express", [True, False], ids=["express", "general"])
+async def test_slow_http1_reader_with_http1_upstream_bounded(proxy, h1up, express):
+    """An HTTP/1.1 client that stops reading a 64 MiB response: writes wait for the end of the
+    loop turn, and one turn may read many upstream chunks, so bulk chunks must still reach
+    the transport as they come (its pause_writing is the brake), on both lanes."""
+    up = await h1up()
+    n = 64 << 20
+    r = await proxy(listener(up.port, **h1_cluster(up.port), http={"express": express}))
+    reader, writer = await asyncio.open_connection("127.0.0.1", r.port("web"), limit=1 << 20)
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    writer.transport.pause_reading()
+    writer.write(f"GET /big?n={n} HTTP/1.1\r\nHost: test.local\r\n\r\n".encode())
+    await asyncio.sleep(1.0)
+    srv = list(r.app.http.connections)[0]
+    assert type(srv).__name__ == ("ExpressServer" if express else "HttpServerConnection")
+    held = srv.transport.get_write_buffer_size() + sum(len(b) for b in getattr(srv, "out_q", ()))
+    assert held <= 3 * (1 << 20), f"proxy holds {held} bytes for a reader that is not reading"
+    writer.transport.resume_reading()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    assert head.startswith(b"HTTP/1.1 200") and f"content-length: {n}".encode() in head.lower()
+    got = 0
+    while got < n:
+        chunk = await asyncio.wait_for(reader.read(1 << 20), 10)
+        assert chunk, f"connection closed after {got} of {n} body bytes"
+        got += len(chunk)
+    assert got == n
+    writer.close()
