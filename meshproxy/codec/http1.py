@@ -359,6 +359,7 @@ class Http1Codec(Http1Sender):
         return False
 
     def _message_done(self) -> None:
+        self._parser = None  # it holds this codec's callbacks: kept, it would tie the two in a cycle
         s = self._cur
         assert s is not None
         events = self._events

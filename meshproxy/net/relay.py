@@ -227,7 +227,9 @@ class _Side(asyncio.Protocol):
             n = _kernel_read(sock, self.eof, final=True, errored=exc is not None)
             if n is not None and n > self.nbytes:
                 self.nbytes = n
-        self.relay._side_lost(self, exc)
+        relay = self.relay
+        if relay is not None:  # None: the relay finished and let go (a second report changes nothing)
+            relay._side_lost(self, exc)
 
 
 class _Splice:
@@ -564,3 +566,9 @@ class Relay:
             self._idle_handle.cancel()
             self._idle_handle = None
         self.on_close(self)
+        # Both sides are gone and no callback can follow: let go of the transports and of each
+        # other, so reference counting frees the pair (the relay <-> side and side <-> transport
+        # links are cycles, and the collector would have to find them per connection).
+        for side in (self.down, self.up):
+            side.transport = side.other = None
+            side.relay = None

@@ -95,3 +95,52 @@ async def test_http1_requests_leave_no_cycles(proxy, express):
             writer.close()
     finally:
         await up.stop()
+
+
+CONNECTIONS = 5
+
+
+async def _echo(reader, writer):
+    while data := await reader.read(65536):
+        writer.write(data)
+    writer.close()
+
+
+@pytest.mark.parametrize("mode", ["express", "general", "tcp"])
+async def test_closed_connections_leave_no_cycles(proxy, mode):
+    """A connection that closes leaves nothing in a cycle either: the L4 relay lets go of its
+    two sides and their transports when both are gone, and the HTTP/1 codec drops its parser
+    (which holds the codec's callbacks) when a message ends. Before, each closed connection
+    left 15 (relay) or 18 (general HTTP/1 path) objects for the collector on uvloop."""
+    up = await EchoH1().start()
+    echo = await asyncio.start_server(_echo, "127.0.0.1", 0)
+    try:
+        if mode == "tcp":
+            port = echo.sockets[0].getsockname()[1]
+            r = await proxy({"listeners": [{"name": "web", "port": 0, "protocol": "tcp",
+                                            "upstream": f"127.0.0.1:{port}"}]})
+        else:
+            r = await proxy({"listeners": [{"name": "web", "port": 0, "protocol": "http",
+                                            "upstream": f"127.0.0.1:{up.port}"}],
+                             **h1_cluster(up.port), "http": {"express": mode == "express"}})
+
+        async def send_all():
+            for _ in range(CONNECTIONS):
+                reader, writer = await asyncio.open_connection("127.0.0.1", r.port("web"))
+                if mode == "tcp":
+                    writer.write(b"hello")
+                    assert await asyncio.wait_for(reader.readexactly(5), 5) == b"hello"
+                else:
+                    writer.write(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+                    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+                    assert head.startswith(b"HTTP/1.1 200")
+                    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                    await asyncio.wait_for(reader.readexactly(length), 5)
+                writer.close()
+                await writer.wait_closed()
+            await asyncio.sleep(0.2)  # the proxy sees both ends close
+
+        assert await through(send_all) == []
+    finally:
+        echo.close()
+        await up.stop()
