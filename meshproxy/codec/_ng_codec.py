@@ -792,3 +792,8 @@ class NgHttp2Codec(StreamTable):
         self._sa = 0
         if s is not None:
             ffi.release(s)
+            # The C collector holds this codec's bound callbacks and the handle holds the codec:
+            # with the session gone neither is needed, and kept they tie the codec in a cycle.
+            if self._fast is not None:
+                self._col = self._fast.Collector(self._col.hard_limit)
+            self._handle = None

@@ -106,19 +106,24 @@ async def _echo(reader, writer):
     writer.close()
 
 
-@pytest.mark.parametrize("mode", ["express", "general", "tcp"])
+@pytest.mark.parametrize("mode", ["express", "general", "h2", "tcp"])
 async def test_closed_connections_leave_no_cycles(proxy, mode):
     """A connection that closes leaves nothing in a cycle either: the L4 relay lets go of its
-    two sides and their transports when both are gone, and the HTTP/1 codec drops its parser
-    (which holds the codec's callbacks) when a message ends. Before, each closed connection
-    left 15 (relay) or 18 (general HTTP/1 path) objects for the collector on uvloop."""
-    up = await EchoH1().start()
+    two sides and their transports when both are gone, the HTTP/1 codec drops its parser
+    (which holds the codec's callbacks) when a message ends, and the HTTP/2 codec its C
+    collector's callbacks and its nghttp2 handle with the session. Before, each closed
+    connection left 15 (relay), 18 (general HTTP/1 path) or 16 (HTTP/2) objects for the
+    collector on uvloop."""
+    up = await (H2Upstream().start() if mode == "h2" else EchoH1().start())
     echo = await asyncio.start_server(_echo, "127.0.0.1", 0)
     try:
         if mode == "tcp":
             port = echo.sockets[0].getsockname()[1]
             r = await proxy({"listeners": [{"name": "web", "port": 0, "protocol": "tcp",
                                             "upstream": f"127.0.0.1:{port}"}]})
+        elif mode == "h2":
+            r = await proxy({"listeners": [{"name": "web", "port": 0, "protocol": "http",
+                                            "upstream": f"127.0.0.1:{up.port}"}]})
         else:
             r = await proxy({"listeners": [{"name": "web", "port": 0, "protocol": "http",
                                             "upstream": f"127.0.0.1:{up.port}"}],
@@ -126,6 +131,13 @@ async def test_closed_connections_leave_no_cycles(proxy, mode):
 
         async def send_all():
             for _ in range(CONNECTIONS):
+                if mode == "h2":
+                    c = await RawH2.connect(r.port("web"))
+                    await c.request(1, "/x")
+                    await c.read_until(lambda: c.done(1))
+                    assert c.responses[1].status == 200
+                    c.close()
+                    continue
                 reader, writer = await asyncio.open_connection("127.0.0.1", r.port("web"))
                 if mode == "tcp":
                     writer.write(b"hello")
