@@ -22,7 +22,6 @@ import logging
 import time
 
 from ..codec.events import REFUSED_STREAM, RequestHead, ResponseHead
-from ..net.flush import BULK
 from ..observe.propagation import extract, inject
 from ..errors import (DOWNSTREAM_CONNECTION_TERMINATION, INTERNAL_ERROR, UPSTREAM_CONNECT_FAILURE,
                       UPSTREAM_REQUEST_TIMEOUT, UPSTREAM_RESET, ErrorKind)
@@ -227,8 +226,6 @@ class Exchange:
                 self.server.pause_request(self.sid)
             return
         up.send_data(data)
-        if len(data) >= BULK:
-            up.conn.flush()  # bulk: now, so the transport's own flow control sees it
         if up.congested:
             self.unacked += flow
             if not self.req_paused:
@@ -333,8 +330,6 @@ class Exchange:
         self.resp_bytes += len(data)
         srv = self.server
         srv.send_data(self.sid, data)
-        if len(data) >= BULK:
-            srv.flush()  # bulk: now, so the transport's own flow control sees it
         up = self.up
         if srv.write_paused or (srv.h2 and srv.congested(self.sid)):
             if not up.paused:

@@ -51,7 +51,7 @@ from ..codec._http1_write import LAST_CHUNK, render_fields, render_trailers, sta
 from ..codec.events import RequestHead
 from ..codec.http1 import Http1Codec
 from ..errors import DOWNSTREAM_CONNECTION_TERMINATION, UPSTREAM_CONNECT_FAILURE, UPSTREAM_REQUEST_TIMEOUT
-from ..net.flush import BULK, TurnWrites
+from ..net.flush import TurnWrites
 from ..observe.requests import ConnectionSeries
 from ..upstream.pool import Key
 from . import headers as hdr
@@ -401,8 +401,6 @@ class ExpressServer(TurnWrites, asyncio.Protocol):
                 self.queue(out)
         elif framing == _FIXED and data:
             self.queue(data)
-        if len(data) >= BULK:
-            self.flush()  # now: the transport's pause_writing is the brake on a bulk body
         if ended:
             self._response_ended()
 

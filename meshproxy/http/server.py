@@ -25,6 +25,7 @@ from ..codec.events import (ConnectionEnded, Data, EndStream, ProtocolError, Req
 from ..codec.http1 import Http1Codec
 from ..codec.http2 import Http2Codec
 from ..errors import DOWNSTREAM_PROTOCOL_ERROR, REQUEST_HEADERS_TIMEOUT
+from ..net.flush import BULK
 from ..observe.requests import ConnectionSeries
 from . import headers as hdr
 from .exchange import Exchange
@@ -236,7 +237,10 @@ class HttpServerConnection(asyncio.Protocol):
 
     def send_data(self, sid: int, data: bytes, end: bool = False) -> None:
         self.codec.send_data(sid, data, end)
-        self.mark()
+        if len(data) >= BULK:
+            self.flush()  # bulk: now, so the transport's own flow control sees it (net/flush.py)
+        else:
+            self.mark()
 
     def send_trailers(self, sid: int, headers) -> None:
         self.codec.send_trailers(sid, headers)

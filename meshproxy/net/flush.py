@@ -15,9 +15,9 @@ lane's CPU under load on a 2-vCPU host, bench/RESULTS.md). ``with flusher:``
 (callbacks that must see their writes done before they return: EOF, connection
 loss, resume_writing) writes when the outermost one exits.
 
-Two rules keep flow control whole when writes wait: a bulk body chunk
-(``BULK``) is written at once, so the transport's
-pause_writing sees it as it comes; and a producer paused for a connection's
+Two rules keep flow control whole when writes wait: a bulk chunk (``BULK``)
+is written at once by whoever queues it (``TurnWrites.queue``, the general
+path's ``send_data``), so the transport's pause_writing sees it as it comes; and a producer paused for a connection's
 congestion is looked at again after that connection's ``flush`` (``stalled``),
 because what the flush sent may have ended the congestion with no event saying
 so (``tests/e2e/test_h2_proxy.py`` slow-reader cases).
@@ -90,7 +90,9 @@ class TurnWrites:
 
     def queue(self, data: bytes) -> None:
         self.out_q.append(data)
-        if not self.dirty:
+        if len(data) >= BULK:
+            self.flush()  # bulk: now, so the transport's own flow control sees it
+        elif not self.dirty:
             self.flusher.mark(self)
 
     def flush(self) -> None:

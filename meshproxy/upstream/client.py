@@ -27,7 +27,7 @@ from ..codec.events import (CANCEL, ConnectionEnded, Data, EndStream, ProtocolEr
 from ..codec.http1 import Http1Codec
 from ..codec.http2 import Http2Codec
 from ..errors import UPSTREAM_CONNECTION_TERMINATION, UPSTREAM_PROTOCOL_ERROR
-from ..net.flush import Flusher
+from ..net.flush import BULK, Flusher
 
 log = logging.getLogger("meshproxy.upstream")
 
@@ -61,7 +61,10 @@ class UpStream:
         self.conn.codec.send_data(self.sid, data, end)
         if end:
             self.req_ended = True
-        self.conn.mark()
+        if len(data) >= BULK:
+            self.conn.flush()  # bulk: now, so the transport's own flow control sees it (net/flush.py)
+        else:
+            self.conn.mark()
 
     def send_trailers(self, headers) -> None:
         if self.closed:
