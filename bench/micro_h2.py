@@ -141,6 +141,7 @@ def drive(client: Client, server, upconn, origin: Origin, n: int, batch: int, pr
     The cyclic GC is off meanwhile: the h2 peers' garbage would otherwise be collected on the
     proxy's clock. ``prof``: a ``cProfile.Profile`` switched on around the proxy's calls only."""
     down_t, up_t = server.transport, upconn.transport
+    end_of_turn = server.flusher.run  # what the loop runs after each turn's reads (net/flush.py)
     if prof is not None:
         on, off = prof.enable, prof.disable
     else:
@@ -155,12 +156,14 @@ def drive(client: Client, server, upconn, origin: Origin, n: int, batch: int, pr
         on()
         t0 = clock()
         server.data_received(frames)
+        end_of_turn()
         t1 = clock()
         off()
         answer = origin.receive(up_t.take())
         on()
         t2 = clock()
         upconn.data_received(answer)
+        end_of_turn()
         t3 = clock()
         off()
         spent += (t1 - t0) + (t3 - t2)
@@ -169,6 +172,7 @@ def drive(client: Client, server, upconn, origin: Origin, n: int, batch: int, pr
             on()
             t4 = clock()
             server.data_received(back)  # the client's WINDOW_UPDATEs: part of the proxy's work
+            end_of_turn()
             spent += clock() - t4
             off()
         acks = origin.receive(up_t.take())
@@ -176,6 +180,7 @@ def drive(client: Client, server, upconn, origin: Origin, n: int, batch: int, pr
             on()
             t5 = clock()
             upconn.data_received(acks)
+            end_of_turn()
             spent += clock() - t5
             off()
     gc.enable()
