@@ -1138,7 +1138,7 @@ class FixedRate(Measurement):
                         Metric(f"cpu_{tag}", f"proxy CPU per 1000 req at {t}", "ms", False, "{:.1f}")]
 
     def run(self, ctx, sc):
-        logf = ctx.env.path("h2load.tsv")
+        logf = ctx.env.path(f"h2load-{self.tag}-{sc.name}.tsv")  # one per measurement and scenario (--keep-tmp)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(logf)
         url = f"http://127.0.0.1:{sc.ports[self.port]}{self.path}"
