@@ -1432,7 +1432,7 @@ def run_suite(suite: Suite, args, env: Env, up: Upstream) -> Results:
     values: dict[str, dict[str, list[float]]] = {n: {} for n in names}
     infos: list[dict] = []
     ctx = RunCtx(env, up, args, dur)
-    warm = RunCtx(env, up, args, max(1.0, dur / 10))
+    warm = RunCtx(env, up, args, max(1, round(dur / 10)))  # whole seconds: h2load -D takes no fraction
     for n, sc in scs.items():                              # warm-up, not recorded
         if "http" in sc.ports:
             Wrk("warm", "/1k", 64, latency=False).run(warm, sc)
