@@ -88,6 +88,10 @@ from .events import (CANCEL, ENHANCE_YOUR_CALM, INTERNAL_ERROR, NO_ERROR, PROTOC
                      REFUSED_STREAM, ConnectionEnded, Data, EndStream, Event, Headers,
                      ProtocolError, Reset, RequestHead, ResponseHead, Trailers, WindowOpened)
 
+BODY_IN_C = 16 * 1024
+"""A whole response body up to this size (one DATA frame at the default frame size) is
+handed to the C data provider in ``send_response`` and sent from there."""
+
 __all__ = ["NgHttp2Codec"]
 
 log = logging.getLogger("meshproxy.codec.http2")
@@ -193,6 +197,8 @@ class NgHttp2Codec(StreamTable):
         """``_col``: the header fields and DATA chunks of the frame being received;
         ``_prd``: the data provider attached to streams with a body (nghttp2 copies it)."""
         self._streams: dict[int, _Stream] = {}
+        if self._fast is not None:
+            self._col.streams = self._streams  # nghttp2's stream-close calls ``_closed`` only for these
         self._out: list[bytes] = []
         self._credit: dict[int, int] = {}  # stream -> padding nghttp2 consumed itself
         self._late: list = []
@@ -648,8 +654,18 @@ class NgHttp2Codec(StreamTable):
                 or st.end_requested or st.attached or self._dead):
             StreamTable.send_response(self, head, data)
             return
+        block = response_block(head)
         try:
-            self._fast.submit_response(self._sa, sid, response_block(head), 2)
+            # The whole body at once, when the peer's windows take it now: the C read callback
+            # sends it from ``_col.bodies`` with the next flush (no ``_read``, no queue), so the
+            # stream is over as far as the codec's bookkeeping goes. A body the windows would
+            # hold back stays a queued stream below, counted against the stream limit.
+            if len(data) <= BODY_IN_C and self._fast.submit_whole(self._sa, sid, block, data, self._col):
+                st.responded = True
+                st.end_requested = True
+                self._local_end(st)
+                return
+            self._fast.submit_response(self._sa, sid, block, 2)
         except TypeError:  # a field that is not plain bytes: the two-step path packs it
             StreamTable.send_response(self, head, data)
             return

@@ -167,6 +167,8 @@ int nghttp2_session_consume(nghttp2_session *session, int32_t stream_id, size_t 
 int nghttp2_session_set_local_window_size(nghttp2_session *session, uint8_t flags,
     int32_t stream_id, int32_t window_size);
 uint32_t nghttp2_session_get_remote_settings(nghttp2_session *session, int id);
+int32_t nghttp2_session_get_stream_remote_window_size(nghttp2_session *session, int32_t stream_id);
+int32_t nghttp2_session_get_remote_window_size(nghttp2_session *session);
 uint32_t nghttp2_session_get_next_stream_id(nghttp2_session *session);
 int32_t nghttp2_session_get_last_proc_stream_id(nghttp2_session *session);
 int nghttp2_session_terminate_session(nghttp2_session *session, uint32_t error_code);

@@ -80,6 +80,10 @@ static submit_request_fn f_submit_request;
 static submit_response_fn f_submit_response;
 static submit_headers_fn f_submit_headers;
 static const void *f_provider; /* the nghttp2_data_provider of requests with a body */
+typedef int32_t (*stream_window_fn)(void *session, int32_t stream_id);
+typedef int32_t (*session_window_fn)(void *session);
+static stream_window_fn f_stream_window;   /* nghttp2_session_get_stream_remote_window_size */
+static session_window_fn f_session_window; /* nghttp2_session_get_remote_window_size */
 
 /* Offsets into nghttp2_frame, from cffi's view of the declared layout (``bind``). */
 static struct {
@@ -102,6 +106,10 @@ typedef struct {
     PyObject *on_headers;  /* on_headers(sid, flags, cat, fields, fsize) -> int, or NULL: on_frame */
     PyObject *on_data;     /* on_data(sid, flags, length, data) -> int, or NULL: on_frame */
     PyObject *error;       /* the exception a Python callback raised, or NULL */
+    PyObject *streams;     /* the codec's dict of streams it still tracks, or NULL: on_close is
+                              called only for those (a stream the codec forgot needs no call) */
+    PyObject *bodies;      /* dict sid -> bytes: whole response bodies the read callback sends
+                              itself, without on_read (``NgHttp2Codec.send_response``) */
 } Collector;
 
 static _Thread_local Collector *current;
@@ -121,12 +129,15 @@ Collector_init(Collector *self, PyObject *args, PyObject *kwds)
             PyErr_SetString(PyExc_TypeError, "on_frame, on_close, on_read, on_headers and on_data must be callable");
             return -1;
         }
-    PyObject *fields = PyList_New(0), *chunks = PyList_New(0);
-    if (fields == NULL || chunks == NULL) {
+    PyObject *fields = PyList_New(0), *chunks = PyList_New(0), *bodies = PyDict_New();
+    if (fields == NULL || chunks == NULL || bodies == NULL) {
         Py_XDECREF(fields);
         Py_XDECREF(chunks);
+        Py_XDECREF(bodies);
         return -1;
     }
+    Py_XSETREF(self->bodies, bodies);
+    Py_CLEAR(self->streams);
     Py_XSETREF(self->fields, fields);
     Py_XSETREF(self->chunks, chunks);
     self->fsize = 0;
@@ -155,6 +166,8 @@ Collector_traverse(Collector *self, visitproc visit, void *arg)
     Py_VISIT(self->on_headers);
     Py_VISIT(self->on_data);
     Py_VISIT(self->error);
+    Py_VISIT(self->streams);
+    Py_VISIT(self->bodies);
     return 0;
 }
 
@@ -169,6 +182,8 @@ Collector_clear(Collector *self)
     Py_CLEAR(self->on_headers);
     Py_CLEAR(self->on_data);
     Py_CLEAR(self->error);
+    Py_CLEAR(self->streams);
+    Py_CLEAR(self->bodies);
     return 0;
 }
 
@@ -255,6 +270,10 @@ static PyMemberDef Collector_members[] = {
     {"failed", T_INT, offsetof(Collector, failed), 0, "1 once collecting failed (out of memory)"},
     {"error", T_OBJECT, offsetof(Collector, error), 0,
      "the exception on_frame or on_close raised (None when none); the caller clears it"},
+    {"streams", T_OBJECT, offsetof(Collector, streams), 0,
+     "the codec's dict of the streams it tracks (or None): on_close is called only for those"},
+    {"bodies", T_OBJECT_EX, offsetof(Collector, bodies), READONLY,
+     "dict stream id -> bytes: bodies the data provider sends without calling on_read"},
     {NULL}};
 
 static PyTypeObject CollectorType = {
@@ -470,7 +489,24 @@ cb_on_stream_close(void *session, int32_t stream_id, uint32_t error_code, void *
     Collector *c = current;
     if (c == NULL || c->on_close == NULL)
         return ERR_CALLBACK_FAILURE;
-    PyObject *args[2] = {PyLong_FromLong(stream_id), PyLong_FromUnsignedLong(error_code)};
+    PyObject *sid = PyLong_FromLong(stream_id);
+    if (sid == NULL)
+        return keep_error(c);
+    if (c->bodies != NULL && PyDict_GET_SIZE(c->bodies) && PyDict_DelItem(c->bodies, sid) < 0) {
+        if (!PyErr_ExceptionMatches(PyExc_KeyError)) {
+            Py_DECREF(sid);
+            return keep_error(c);
+        }
+        PyErr_Clear(); /* sent whole already, or never had one */
+    }
+    if (c->streams != NULL && PyDict_CheckExact(c->streams)) {
+        int tracked = PyDict_Contains(c->streams, sid);
+        if (tracked <= 0) {
+            Py_DECREF(sid);
+            return tracked < 0 ? keep_error(c) : 0; /* forgotten by the codec: nothing to tell it */
+        }
+    }
+    PyObject *args[2] = {sid, PyLong_FromUnsignedLong(error_code)};
     return call_back(c, c->on_close, args, 2);
 }
 
@@ -483,6 +519,35 @@ cb_on_read(void *session, int32_t stream_id, uint8_t *buf, size_t length, uint32
     Collector *c = current;
     if (c == NULL || c->on_read == NULL)
         return ERR_CALLBACK_FAILURE;
+    if (c->bodies != NULL && PyDict_GET_SIZE(c->bodies)) { /* a whole body handed over: sent from here */
+        PyObject *sid = PyLong_FromLong(stream_id);
+        if (sid == NULL)
+            return keep_error(c);
+        PyObject *body = PyDict_GetItemWithError(c->bodies, sid); /* borrowed */
+        if (body == NULL && PyErr_Occurred()) {
+            Py_DECREF(sid);
+            return keep_error(c);
+        }
+        if (body != NULL && PyBytes_CheckExact(body)) {
+            Py_ssize_t n = PyBytes_GET_SIZE(body);
+            int rc;
+            if ((size_t)n <= length) {
+                if (n)
+                    memcpy(buf, PyBytes_AS_STRING(body), (size_t)n);
+                *data_flags |= 1; /* NGHTTP2_DATA_FLAG_EOF */
+                rc = PyDict_DelItem(c->bodies, sid);
+            } else {
+                memcpy(buf, PyBytes_AS_STRING(body), length);
+                PyObject *rest = PyBytes_FromStringAndSize(PyBytes_AS_STRING(body) + length, n - (Py_ssize_t)length);
+                rc = rest == NULL ? -1 : PyDict_SetItem(c->bodies, sid, rest);
+                Py_XDECREF(rest);
+                n = (Py_ssize_t)length;
+            }
+            Py_DECREF(sid);
+            return rc < 0 ? keep_error(c) : n;
+        }
+        Py_DECREF(sid);
+    }
     PyObject *args[2] = {PyLong_FromLong(stream_id), PyLong_FromSize_t(length)};
     PyObject *res = NULL;
     if (args[0] != NULL && args[1] != NULL)
@@ -739,6 +804,73 @@ fast_submit_response(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (end == -1 && PyErr_Occurred())
         return NULL;
     return submit(end ? SUBMIT_RESPONSE : SUBMIT_HEADERS, args[0], (int32_t)sid, args[2], end == 2);
+}
+
+/* submit_whole(session, stream_id, fields, body, collector) -> bool: a final response and its whole
+   body in one submit, the body kept in ``collector.bodies`` for the read callback to send from
+   (no ``on_read``), when the peer's windows take all of it now, so it leaves with the next send.
+   False, with nothing submitted, when they do not (or ``body`` is not bytes, or ``bind_windows``
+   was not called); TypeError, with nothing submitted, for a field that is not plain bytes. */
+static PyObject *
+fast_submit_whole(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 5 || !PyObject_TypeCheck(args[4], &CollectorType)) {
+        PyErr_SetString(PyExc_TypeError, "submit_whole(session, stream_id, fields, body, collector)");
+        return NULL;
+    }
+    if (not_bound())
+        return NULL;
+    Collector *c = (Collector *)args[4];
+    PyObject *body = args[3];
+    long sid = PyLong_AsLong(args[1]);
+    if (sid == -1 && PyErr_Occurred())
+        return NULL;
+    void *s = session_of(args[0]);
+    if (s == NULL)
+        return NULL;
+    if (f_stream_window == NULL || f_session_window == NULL || c->bodies == NULL || !PyBytes_CheckExact(body))
+        Py_RETURN_FALSE;
+    Py_ssize_t n = PyBytes_GET_SIZE(body);
+    if (n > f_session_window(s) || n > f_stream_window(s, (int32_t)sid))
+        Py_RETURN_FALSE;
+    PyObject *key = PyLong_FromLong(sid);
+    if (key == NULL || PyDict_SetItem(c->bodies, key, body) < 0) {
+        Py_XDECREF(key);
+        return NULL;
+    }
+    PyObject *rv = submit(SUBMIT_RESPONSE, args[0], (int32_t)sid, args[2], 1);
+    if (rv == NULL) { /* nothing was submitted: the body goes too */
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        if (PyDict_DelItem(c->bodies, key) < 0)
+            PyErr_Clear();
+        PyErr_Restore(type, value, tb);
+        Py_DECREF(key);
+        return NULL;
+    }
+    Py_DECREF(key);
+    Py_DECREF(rv);
+    Py_RETURN_TRUE;
+}
+
+/* bind_windows(stream_remote_window_size, remote_window_size): the addresses of
+   nghttp2_session_get_stream_remote_window_size and nghttp2_session_get_remote_window_size,
+   which ``submit_whole`` asks. */
+static PyObject *
+fast_bind_windows(PyObject *module, PyObject *args)
+{
+    PyObject *a, *b;
+    if (!PyArg_ParseTuple(args, "OO:bind_windows", &a, &b))
+        return NULL;
+    void *pa = PyLong_AsVoidPtr(a), *pb = PyLong_AsVoidPtr(b);
+    if (pa == NULL || pb == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "bind_windows: a function address is 0");
+        return NULL;
+    }
+    f_stream_window = (stream_window_fn)pa;
+    f_session_window = (session_window_fn)pb;
+    Py_RETURN_NONE;
 }
 
 /* bind(mem_recv, mem_send, submit_request, submit_response, submit_headers, provider, layout): the
@@ -2322,6 +2454,11 @@ static PyMethodDef fast_methods[] = {
      "submit_request(session, fields, body) -> stream id or a negative nghttp2 error"},
     {"submit_response", (PyCFunction)(void (*)(void))fast_submit_response, METH_FASTCALL,
      "submit_response(session, stream_id, fields, end) -> int (end: 0 head only, 1 ends the stream, 2 body queued)"},
+    {"submit_whole", (PyCFunction)(void (*)(void))fast_submit_whole, METH_FASTCALL,
+     "submit_whole(session, stream_id, fields, body, collector) -> bool: a response and its whole body, "
+     "sent from collector.bodies, when the peer's windows take it now"},
+    {"bind_windows", fast_bind_windows, METH_VARARGS,
+     "bind_windows(stream_remote_window_size, remote_window_size): function addresses"},
     {"bind", fast_bind, METH_VARARGS,
      "bind(mem_recv, mem_send, submit_request, submit_response, submit_headers, provider, layout)"},
     {"callbacks", fast_callbacks, METH_NOARGS, "callbacks() -> {name: address}"},

@@ -12,7 +12,7 @@ import os
 
 import pytest
 from hpack import Decoder
-from hyperframe.frame import HeadersFrame
+from hyperframe.frame import HeadersFrame, SettingsFrame
 
 from h2helpers import ConnectionPair, RawServer, goaways, parse_frames, request_fields
 from meshproxy.codec import _ng_ffi, http2
@@ -248,6 +248,8 @@ def test_many_streams_through_the_helpers_leave_nothing_behind(native, memory_gr
                 pair.server.ack(e.stream_id, e.flow_controlled_length)
         if i % 7 == 0:
             pair.server.send_reset(sid)
+        elif i % 7 == 1:  # a whole response, sent from C (``_col.bodies``)
+            pair.server.send_response(ResponseHead(sid, 200, [(b"content-type", b"a/b")]), b"w" * 2000)
         else:
             pair.server.send_head(ResponseHead(sid, 200, [(b"content-type", b"a/b")]))
             pair.server.send_data(sid, b"r" * 3000)
@@ -263,5 +265,103 @@ def test_many_streams_through_the_helpers_leave_nothing_behind(native, memory_gr
     for _ in range(50):
         exchange(pair, next(counter))
     grown = memory_growth([lambda: exchange(pair, next(counter))], 2000)
-    assert pair.client.open_streams == 0 and pair.server.open_streams == 0
+    assert pair.client.open_streams == 0 and pair.server.open_streams == 0 and not pair.server._col.bodies
     assert grown < 100_000, grown
+
+
+def _recording_collector(native, codec, on_close_calls: list | None = None, read_calls: list | None = None):
+    """The codec's collector again, with ``on_close``/``on_read`` recording their calls."""
+    def closed(sid, code):
+        if on_close_calls is not None:
+            on_close_calls.append(sid)
+        return codec._closed(sid, code)
+
+    def read(sid, length):
+        if read_calls is not None:
+            read_calls.append(sid)
+        return codec._read(sid, length)
+
+    col = native.fast.Collector(2 * 65536, codec._frame, closed, read, codec._headers_frame, codec._data_frame)
+    col.streams = codec._streams
+    codec._col = col
+    return col
+
+
+def test_a_whole_small_response_goes_from_c_and_the_stream_is_forgotten(native):
+    """``send_response`` with a body the peer's windows take: the body waits in the
+    collector (not in a stream queue), the stream is over for the codec at once, and the
+    next flush sends HEADERS then one DATA frame with END_STREAM without calling ``_read``."""
+    from hyperframe.frame import DataFrame
+    raw = RawServer()
+    raw.feed(raw.ff.headers(1, request_fields(), end_stream=True))
+    raw.drain()
+    reads: list = []
+    col = _recording_collector(native, raw.codec, read_calls=reads)
+    raw.codec.send_response(ResponseHead(1, 200, [(b"content-type", b"text/plain")]), b"hello body")
+    assert 1 not in raw.codec._streams and col.bodies == {1: b"hello body"}
+    frames = raw.drain()
+    (head,) = [f for f in frames if isinstance(f, HeadersFrame)]
+    (data,) = [f for f in frames if isinstance(f, DataFrame)]
+    assert "END_STREAM" not in head.flags and "END_STREAM" in data.flags and data.data == b"hello body"
+    assert reads == [] and col.bodies == {}
+
+
+def test_a_response_the_windows_hold_back_stays_a_counted_stream(native):
+    """A body larger than the peer's stream window is not handed to C: it stays queued on
+    a stream the codec tracks (so it counts against the concurrent-stream limit), goes
+    out as the window allows, and ends whole after a WINDOW_UPDATE."""
+    from hyperframe.frame import DataFrame
+    raw = RawServer(handshake=False)
+    raw.feed(raw.ff.preamble({SettingsFrame.INITIAL_WINDOW_SIZE: 4}) + raw.ff.settings(ack=True))
+    raw.drain()
+    raw.feed(raw.ff.headers(1, request_fields(), end_stream=True))
+    raw.drain()
+    raw.codec.send_response(ResponseHead(1, 200, []), b"0123456789")
+    assert raw.codec._col.bodies == {}
+    first = b"".join(f.data for f in raw.drain() if isinstance(f, DataFrame))
+    assert first == b"0123" and 1 in raw.codec._streams and raw.codec.pending(1) == 6
+    raw.feed(raw.ff.window_update(1, 100))
+    rest = [f for f in raw.drain() if isinstance(f, DataFrame)]
+    assert b"".join(f.data for f in rest) == b"456789" and "END_STREAM" in rest[-1].flags
+    assert 1 not in raw.codec._streams
+
+
+def test_a_reset_drops_a_body_waiting_in_c(native):
+    """The client resets the stream between ``send_response`` and the flush: nghttp2
+    closes the stream, the body goes with it, and no DATA is written for it."""
+    from hyperframe.frame import DataFrame
+    raw = RawServer()
+    raw.feed(raw.ff.headers(1, request_fields(), end_stream=True))
+    raw.drain()
+    raw.codec.send_response(ResponseHead(1, 200, []), b"x" * 100)
+    assert raw.codec._col.bodies
+    raw.feed(raw.ff.rst(1, 0x8))
+    assert raw.codec._col.bodies == {}
+    assert not [f for f in raw.drain() if isinstance(f, DataFrame)]
+
+
+def test_stream_close_calls_the_codec_only_for_streams_it_still_tracks(native):
+    """nghttp2's stream-close callback reaches ``_closed`` only for a stream the codec
+    still tracks (one nghttp2 closed by itself, which becomes a ``Reset``), not for the
+    streams of finished exchanges: those cost no call."""
+    from meshproxy.codec.events import Reset
+    raw = RawServer()
+    closes: list = []
+    _recording_collector(native, raw.codec, on_close_calls=closes)
+    for sid in (1, 3, 5):
+        raw.feed(raw.ff.headers(sid, request_fields(), end_stream=True))
+        raw.codec.send_response(ResponseHead(sid, 200, []), b"ok")
+        raw.drain()
+    assert closes == [] and not raw.codec._streams
+    # a client's response body longer than its content-length: nghttp2 resets that stream
+    # itself while the codec still tracks it
+    client = http2.Http2Codec("client")
+    client.initiate()
+    client_closes: list = []
+    _recording_collector(native, client, on_close_calls=client_closes)
+    client.receive_data(raw.ff.settings())
+    sid = client.send_head(RequestHead(0, b"GET", b"/", b"svc", []))
+    client.data_to_send()
+    events = client.receive_data(raw.ff.headers(sid, [(b":status", b"200"), (b"content-length", b"3")])
+                                 + raw.ff.data(sid, b"abcdef"))
+    assert client_closes == [sid] and Reset(sid, 0x1, False) in events
