@@ -310,7 +310,8 @@ class NgHttp2Codec(StreamTable):
                 return out
             if self._opened:
                 out += [WindowOpened(sid) for sid in self._opened]
-            if not lib.nghttp2_session_want_read(self._s):
+            if not (self._fast.want_read(self._sa) if self._fast is not None
+                    else lib.nghttp2_session_want_read(self._s)):
                 self._check_terminated(start, out)
         finally:
             self._opened = None
@@ -725,16 +726,26 @@ class NgHttp2Codec(StreamTable):
                 return
             n -= credit
         if n:
-            lib.nghttp2_session_consume(self._s, stream_id, n)
+            if self._fast is not None:
+                self._fast.consume(self._sa, stream_id, n)
+            else:
+                lib.nghttp2_session_consume(self._s, stream_id, n)
 
     def _wake(self, st: _Stream) -> None:
         """Make nghttp2 ask the read callback for ``st``'s queue."""
+        fast = self._fast
         if st.deferred:
             st.deferred = False
-            lib.nghttp2_session_resume_data(self._s, st.id)
+            if fast is not None:
+                fast.resume_data(self._sa, st.id)
+            else:
+                lib.nghttp2_session_resume_data(self._s, st.id)
         elif not st.attached:
             st.attached = True
-            lib.nghttp2_submit_data(self._s, FLAG_END_STREAM, st.id, self._prd)
+            if fast is not None:
+                fast.submit_data(self._sa, st.id)
+            else:
+                lib.nghttp2_submit_data(self._s, FLAG_END_STREAM, st.id, self._prd)
 
     def _send(self) -> None:
         """Move everything nghttp2 can send now into ``_out``."""

@@ -323,8 +323,10 @@ class Native:
         fast.bind(addr(lib.nghttp2_session_mem_recv), addr(lib.nghttp2_session_mem_send),
                   addr(lib.nghttp2_submit_request), addr(lib.nghttp2_submit_response),
                   addr(lib.nghttp2_submit_headers), addr(self.provider), layout)
-        fast.bind_windows(addr(lib.nghttp2_session_get_stream_remote_window_size),
-                          addr(lib.nghttp2_session_get_remote_window_size))
+        fast.bind_extra(addr(lib.nghttp2_session_get_stream_remote_window_size),
+                        addr(lib.nghttp2_session_get_remote_window_size),
+                        addr(lib.nghttp2_session_consume), addr(lib.nghttp2_session_want_read),
+                        addr(lib.nghttp2_submit_data), addr(lib.nghttp2_session_resume_data))
         self.fast = fast
         table_p = ffi.new("nghttp2_session_callbacks **")
         if lib.nghttp2_session_callbacks_new(table_p) != 0:

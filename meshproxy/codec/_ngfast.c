@@ -82,8 +82,16 @@ static submit_headers_fn f_submit_headers;
 static const void *f_provider; /* the nghttp2_data_provider of requests with a body */
 typedef int32_t (*stream_window_fn)(void *session, int32_t stream_id);
 typedef int32_t (*session_window_fn)(void *session);
+typedef int (*consume_fn)(void *session, int32_t stream_id, size_t size);
+typedef int (*want_read_fn)(void *session);
+typedef int (*submit_data_fn)(void *session, uint8_t flags, int32_t stream_id, const void *data_prd);
+typedef int (*resume_data_fn)(void *session, int32_t stream_id);
 static stream_window_fn f_stream_window;   /* nghttp2_session_get_stream_remote_window_size */
 static session_window_fn f_session_window; /* nghttp2_session_get_remote_window_size */
+static consume_fn f_consume;               /* nghttp2_session_consume */
+static want_read_fn f_want_read;           /* nghttp2_session_want_read */
+static submit_data_fn f_submit_data;       /* nghttp2_submit_data */
+static resume_data_fn f_resume_data;       /* nghttp2_session_resume_data */
 
 /* Offsets into nghttp2_frame, from cffi's view of the declared layout (``bind``). */
 static struct {
@@ -853,24 +861,119 @@ fast_submit_whole(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_TRUE;
 }
 
-/* bind_windows(stream_remote_window_size, remote_window_size): the addresses of
-   nghttp2_session_get_stream_remote_window_size and nghttp2_session_get_remote_window_size,
-   which ``submit_whole`` asks. */
+/* bind_extra(stream_remote_window_size, remote_window_size, consume, want_read, submit_data,
+   resume_data): the addresses of nghttp2_session_get_stream_remote_window_size and
+   nghttp2_session_get_remote_window_size (which ``submit_whole`` asks), and of the functions
+   behind ``consume``, ``want_read``, ``submit_data`` and ``resume_data`` (a direct call costs
+   less than one through cffi). */
 static PyObject *
-fast_bind_windows(PyObject *module, PyObject *args)
+fast_bind_extra(PyObject *module, PyObject *args)
 {
-    PyObject *a, *b;
-    if (!PyArg_ParseTuple(args, "OO:bind_windows", &a, &b))
+    PyObject *a[6];
+    if (!PyArg_ParseTuple(args, "OOOOOO:bind_extra", &a[0], &a[1], &a[2], &a[3], &a[4], &a[5]))
         return NULL;
-    void *pa = PyLong_AsVoidPtr(a), *pb = PyLong_AsVoidPtr(b);
-    if (pa == NULL || pb == NULL) {
-        if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_ValueError, "bind_windows: a function address is 0");
+    void *p[6];
+    for (int i = 0; i < 6; i++) {
+        p[i] = PyLong_AsVoidPtr(a[i]);
+        if (p[i] == NULL) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_ValueError, "bind_extra: a function address is 0");
+            return NULL;
+        }
+    }
+    f_stream_window = (stream_window_fn)p[0];
+    f_session_window = (session_window_fn)p[1];
+    f_consume = (consume_fn)p[2];
+    f_want_read = (want_read_fn)p[3];
+    f_submit_data = (submit_data_fn)p[4];
+    f_resume_data = (resume_data_fn)p[5];
+    Py_RETURN_NONE;
+}
+
+/* submit_data(session, stream_id) -> int: nghttp2_submit_data with END_STREAM and our data
+   provider (the stream's body is read through ``on_read``). */
+static PyObject *
+fast_submit_data(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "submit_data(session, stream_id)");
         return NULL;
     }
-    f_stream_window = (stream_window_fn)pa;
-    f_session_window = (session_window_fn)pb;
-    Py_RETURN_NONE;
+    if (f_submit_data == NULL || not_bound()) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_RuntimeError, "_ngfast.bind_extra() has not been called");
+        return NULL;
+    }
+    void *s = session_of(args[0]);
+    if (s == NULL)
+        return NULL;
+    long sid = PyLong_AsLong(args[1]);
+    if (sid == -1 && PyErr_Occurred())
+        return NULL;
+    return PyLong_FromLong(f_submit_data(s, 0x1 /* NGHTTP2_FLAG_END_STREAM */, (int32_t)sid, f_provider));
+}
+
+/* resume_data(session, stream_id) -> int: nghttp2_session_resume_data. */
+static PyObject *
+fast_resume_data(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "resume_data(session, stream_id)");
+        return NULL;
+    }
+    if (f_resume_data == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "_ngfast.bind_extra() has not been called");
+        return NULL;
+    }
+    void *s = session_of(args[0]);
+    if (s == NULL)
+        return NULL;
+    long sid = PyLong_AsLong(args[1]);
+    if (sid == -1 && PyErr_Occurred())
+        return NULL;
+    return PyLong_FromLong(f_resume_data(s, (int32_t)sid));
+}
+
+/* consume(session, stream_id, n) -> int: nghttp2_session_consume. */
+static PyObject *
+fast_consume(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "consume(session, stream_id, n)");
+        return NULL;
+    }
+    if (f_consume == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "_ngfast.bind_extra() has not been called");
+        return NULL;
+    }
+    void *s = session_of(args[0]);
+    if (s == NULL)
+        return NULL;
+    long sid = PyLong_AsLong(args[1]);
+    if (sid == -1 && PyErr_Occurred())
+        return NULL;
+    Py_ssize_t n = PyLong_AsSsize_t(args[2]);
+    if (n == -1 && PyErr_Occurred())
+        return NULL;
+    if (n < 0) {
+        PyErr_SetString(PyExc_ValueError, "consume: n must not be negative");
+        return NULL;
+    }
+    return PyLong_FromLong(f_consume(s, (int32_t)sid, (size_t)n));
+}
+
+/* want_read(session) -> bool: nghttp2_session_want_read. */
+static PyObject *
+fast_want_read(PyObject *module, PyObject *session)
+{
+    if (f_want_read == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "_ngfast.bind_extra() has not been called");
+        return NULL;
+    }
+    void *s = session_of(session);
+    if (s == NULL)
+        return NULL;
+    return PyBool_FromLong(f_want_read(s));
 }
 
 /* bind(mem_recv, mem_send, submit_request, submit_response, submit_headers, provider, layout): the
@@ -2457,8 +2560,16 @@ static PyMethodDef fast_methods[] = {
     {"submit_whole", (PyCFunction)(void (*)(void))fast_submit_whole, METH_FASTCALL,
      "submit_whole(session, stream_id, fields, body, collector) -> bool: a response and its whole body, "
      "sent from collector.bodies, when the peer's windows take it now"},
-    {"bind_windows", fast_bind_windows, METH_VARARGS,
-     "bind_windows(stream_remote_window_size, remote_window_size): function addresses"},
+    {"bind_extra", fast_bind_extra, METH_VARARGS,
+     "bind_extra(stream_remote_window_size, remote_window_size, consume, want_read, submit_data, "
+     "resume_data): function addresses"},
+    {"consume", (PyCFunction)(void (*)(void))fast_consume, METH_FASTCALL,
+     "consume(session, stream_id, n) -> int: nghttp2_session_consume"},
+    {"want_read", fast_want_read, METH_O, "want_read(session) -> bool: nghttp2_session_want_read"},
+    {"submit_data", (PyCFunction)(void (*)(void))fast_submit_data, METH_FASTCALL,
+     "submit_data(session, stream_id) -> int: nghttp2_submit_data (END_STREAM, our provider)"},
+    {"resume_data", (PyCFunction)(void (*)(void))fast_resume_data, METH_FASTCALL,
+     "resume_data(session, stream_id) -> int: nghttp2_session_resume_data"},
     {"bind", fast_bind, METH_VARARGS,
      "bind(mem_recv, mem_send, submit_request, submit_response, submit_headers, provider, layout)"},
     {"callbacks", fast_callbacks, METH_NOARGS, "callbacks() -> {name: address}"},

@@ -191,6 +191,15 @@ def test_a_freed_session_is_refused_not_touched(native):
         native.fast.send(codec._sa, codec._col)
     with pytest.raises(ValueError, match="freed"):
         native.fast.recv(codec._sa, b"x", codec._col)
+    for call in (lambda: native.fast.consume(codec._sa, 1, 10), lambda: native.fast.want_read(codec._sa),
+                 lambda: native.fast.submit_data(codec._sa, 1), lambda: native.fast.resume_data(codec._sa, 1),
+                 lambda: native.fast.submit_whole(codec._sa, 1, [], b"x", codec._col)):
+        with pytest.raises(ValueError, match="freed"):
+            call()
+    with pytest.raises(TypeError):
+        native.fast.consume(codec._sa, 1)
+    with pytest.raises(TypeError):
+        native.fast.submit_whole(codec._sa, 1, [], b"x", None)  # not a Collector
     assert codec.receive_data(b"more") == []  # the codec itself never gets that far
 
 
