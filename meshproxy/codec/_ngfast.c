@@ -817,8 +817,9 @@ fast_submit_response(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 /* submit_whole(session, stream_id, fields, body, collector) -> bool: a final response and its whole
    body in one submit, the body kept in ``collector.bodies`` for the read callback to send from
    (no ``on_read``), when the peer's windows take all of it now, so it leaves with the next send.
-   False, with nothing submitted, when they do not (or ``body`` is not bytes, or ``bind_windows``
-   was not called); TypeError, with nothing submitted, for a field that is not plain bytes. */
+   False, with nothing submitted, when they do not (or ``body`` is not bytes, or ``bind_extra``
+   was not called, or a body already waits for the stream, or nghttp2 refused the submit); TypeError, with nothing submitted, for a field
+   that is not plain bytes. */
 static PyObject *
 fast_submit_whole(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -842,22 +843,34 @@ fast_submit_whole(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (n > f_session_window(s) || n > f_stream_window(s, (int32_t)sid))
         Py_RETURN_FALSE;
     PyObject *key = PyLong_FromLong(sid);
-    if (key == NULL || PyDict_SetItem(c->bodies, key, body) < 0) {
-        Py_XDECREF(key);
+    if (key == NULL)
+        return NULL;
+    int waiting = PyDict_Contains(c->bodies, key);
+    if (waiting != 0) { /* a body already waits for this stream: it is not ours to replace */
+        Py_DECREF(key);
+        if (waiting < 0)
+            return NULL;
+        Py_RETURN_FALSE;
+    }
+    if (PyDict_SetItem(c->bodies, key, body) < 0) {
+        Py_DECREF(key);
         return NULL;
     }
     PyObject *rv = submit(SUBMIT_RESPONSE, args[0], (int32_t)sid, args[2], 1);
-    if (rv == NULL) { /* nothing was submitted: the body goes too */
+    long code = rv == NULL ? 0 : PyLong_AsLong(rv);
+    Py_XDECREF(rv);
+    if (rv == NULL || code < 0) { /* nothing was submitted (an exception, or nghttp2 said no): the body goes too */
         PyObject *type, *value, *tb;
         PyErr_Fetch(&type, &value, &tb);
         if (PyDict_DelItem(c->bodies, key) < 0)
             PyErr_Clear();
         PyErr_Restore(type, value, tb);
         Py_DECREF(key);
-        return NULL;
+        if (rv == NULL)
+            return NULL;
+        Py_RETURN_FALSE;
     }
     Py_DECREF(key);
-    Py_DECREF(rv);
     Py_RETURN_TRUE;
 }
 

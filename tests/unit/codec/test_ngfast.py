@@ -313,6 +313,23 @@ def test_a_whole_small_response_goes_from_c_and_the_stream_is_forgotten(native):
     (data,) = [f for f in frames if isinstance(f, DataFrame)]
     assert "END_STREAM" not in head.flags and "END_STREAM" in data.flags and data.data == b"hello body"
     assert reads == [] and col.bodies == {}
+    # a stream nghttp2 does not know has no window: nothing is submitted, nothing kept
+    assert native.fast.submit_whole(raw.codec._sa, 99, [(b":status", b"200")], b"x", col) is False
+    assert col.bodies == {} and not raw.drain()
+    # a second whole response for a stream whose body still waits replaces nothing
+    raw.feed(raw.ff.headers(3, request_fields(), end_stream=True))
+    raw.drain()
+    assert native.fast.submit_whole(raw.codec._sa, 3, [(b":status", b"200")], b"first", col) is True
+    assert native.fast.submit_whole(raw.codec._sa, 3, [(b":status", b"200")], b"second", col) is False
+    assert col.bodies == {3: b"first"}
+    # nghttp2 refuses a response from a client session (the windows would take it): False,
+    # and the body is not kept for a read callback that will never come
+    pair = ConnectionPair()
+    sid = pair.client.send_head(RequestHead(0, b"GET", b"/", b"a.example", [], scheme=b"http", end_stream=True))
+    pair.pump()
+    ccol = _recording_collector(native, pair.client)
+    assert native.fast.submit_whole(pair.client._sa, sid, [(b":status", b"200")], b"x", ccol) is False
+    assert ccol.bodies == {}
 
 
 def test_a_response_the_windows_hold_back_stays_a_counted_stream(native):
