@@ -829,6 +829,8 @@ class MeshproxyMesh(Scenario):
                    "h2UpgradePolicy, pooled connections; the express lane at both ends) → sidecar B (uid 1337; "
                    "inbound listener, STRICT) "
                    "→ nginx; both meshproxy, both on CPU 1")
+    a_extra = ""
+    """YAML lines added to A's ``security:`` block."""
 
     def start(self, env, up, args):
         pki = mesh_pki(env, args)
@@ -845,7 +847,7 @@ class MeshproxyMesh(Scenario):
         port = env.port()
         a_admin, a_health, a_prom = env.port(), env.port(), env.port()
         conf_a = MESH_A_CONF.format(port=port, pod_ip=MESH_POD_IP, app_port=up.http_port, server_id=SERVER_ID,
-                                    td=TRUST_DOMAIN, d=pki.client) + MESHPROXY_COMMON.format(
+                                    td=TRUST_DOMAIN, d=pki.client) + self.a_extra + MESHPROXY_COMMON.format(
             admin=a_admin, health=a_health, prom=a_prom)
         cfg_a = env.path(f"{self.name}-a.yaml")
         with open(cfg_a, "w") as f:
@@ -935,10 +937,18 @@ class HaproxyMtlsChain(Scenario):
         self.ports = {"http": port}
         self.tls = {"host": "127.0.0.1", "port": b_port, "alpn": "h2", "roots": [pb.pid]}
 
+class MeshproxyMeshH2(MeshproxyMesh):
+    name = "meshproxy-mesh-h2"
+    description = ("as `meshproxy-mesh`, but A's `security.h2_upgrade_policy: UPGRADE`: HTTP/1.1 from the client "
+                   "is carried to B as HTTP/2 streams over one mTLS connection (ALPN h2, as the HAProxy chain does), "
+                   "B speaks HTTP/1.1 to nginx; the general path at both ends")
+    a_extra = "  h2_upgrade_policy: UPGRADE\n"
+
+
 SCENARIOS: dict[str, type[Scenario]] = {c.name: c for c in (
     Direct, MeshproxyL4, HaproxyTcp,
     DirectH2c, MeshproxyHttp, HaproxyHttp, NginxProxy, MeshproxyH2c, HaproxyH2c,
-    MeshproxyMesh, HaproxyMtlsChain)}
+    MeshproxyMesh, MeshproxyMeshH2, HaproxyMtlsChain)}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -1346,7 +1356,7 @@ SUITES = {
         setup=mesh_netns,
         tables=[Table(
             title="",
-            scenarios=["direct", "meshproxy-mesh", "haproxy-mtls-chain"], subject="meshproxy-mesh",
+            scenarios=["direct", "meshproxy-mesh", "meshproxy-mesh-h2", "haproxy-mtls-chain"], subject="meshproxy-mesh",
             references=["direct", "haproxy-mtls-chain"], baseline="direct",
             measurements=mesh_measurements,
             targets=[Target("cpu_mesh_c16", "ratio_le", 1.5, "haproxy-mtls-chain"),
