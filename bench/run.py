@@ -190,6 +190,8 @@ class Env:
         self.procs: list[tuple[str, subprocess.Popen]] = []
         self._next_port = random.randrange(20000, 29000)
         self._used: set[int] = set()
+        self.mesh_b: tuple | None = None
+        """(process, prometheus port) of the mesh suite's sidecar B, shared by its meshproxy chains."""
 
     def port(self) -> int:
         for _ in range(2000):
@@ -831,19 +833,29 @@ class MeshproxyMesh(Scenario):
                    "→ nginx; both meshproxy, both on CPU 1")
     a_extra = ""
     """YAML lines added to A's ``security:`` block."""
+    alpn = "meshproxy-http1"
+    """What A offers B (for the new-handshakes measurement)."""
 
     def start(self, env, up, args):
         pki = mesh_pki(env, args)
-        # B first: the inbound side (SO_ORIGINAL_DST of the redirected connection → app port on 127.0.0.1)
-        b_admin, b_health, b_prom = env.port(), env.port(), env.port()
-        conf_b = MESH_B_CONF.format(inbound=MESH_INBOUND_PORT, td=TRUST_DOMAIN, d=pki.server,
-                                    admin=b_admin, health=b_health, prom=b_prom)
-        cfg_b = env.path(f"{self.name}-b.yaml")
-        with open(cfg_b, "w") as f:
-            f.write(conf_b)
-        pb = env.spawn(f"{self.name}-b", as_proxy_uid([args.meshproxy, "run", "--config", cfg_b]), cpu=PROXY_CPU)
-        wait_http_ok(f"http://127.0.0.1:{b_health}/healthz/ready", pb, timeout=30)
-        wait_port(MESH_INBOUND_PORT, pb)
+        # B first: the inbound side (SO_ORIGINAL_DST of the redirected connection → app port on 127.0.0.1).
+        # One B serves every meshproxy chain of the run: the iptables rules send the pod IP's traffic to
+        # the one inbound port (15006), and B speaks both ALPNs. Runs are one at a time, so B's CPU in a
+        # run is that chain's.
+        shared = env.mesh_b
+        if shared is None:
+            b_admin, b_health, b_prom = env.port(), env.port(), env.port()
+            conf_b = MESH_B_CONF.format(inbound=MESH_INBOUND_PORT, td=TRUST_DOMAIN, d=pki.server,
+                                        admin=b_admin, health=b_health, prom=b_prom)
+            cfg_b = env.path("meshproxy-mesh-b.yaml")
+            with open(cfg_b, "w") as f:
+                f.write(conf_b)
+            pb = env.spawn("meshproxy-mesh-b", as_proxy_uid([args.meshproxy, "run", "--config", cfg_b]),
+                           cpu=PROXY_CPU)
+            wait_http_ok(f"http://127.0.0.1:{b_health}/healthz/ready", pb, timeout=30)
+            wait_port(MESH_INBOUND_PORT, pb)
+            env.mesh_b = shared = (pb, b_prom)
+        pb, b_prom = shared
         port = env.port()
         a_admin, a_health, a_prom = env.port(), env.port(), env.port()
         conf_a = MESH_A_CONF.format(port=port, pod_ip=MESH_POD_IP, app_port=up.http_port, server_id=SERVER_ID,
@@ -860,7 +872,7 @@ class MeshproxyMesh(Scenario):
         self.ports = {"http": port}
         self.b_prom = b_prom
         # new handshakes go to B the way A's do: to the pod IP as uid 1337, redirected to the inbound listener
-        self.tls = {"host": MESH_POD_IP, "port": up.http_port, "alpn": "meshproxy-http1", "roots": [pb.pid]}
+        self.tls = {"host": MESH_POD_IP, "port": up.http_port, "alpn": self.alpn, "roots": [pb.pid]}
 
     def check(self):
         super().check()
@@ -941,8 +953,9 @@ class MeshproxyMeshH2(MeshproxyMesh):
     name = "meshproxy-mesh-h2"
     description = ("as `meshproxy-mesh`, but A's `security.h2_upgrade_policy: UPGRADE`: HTTP/1.1 from the client "
                    "is carried to B as HTTP/2 streams over one mTLS connection (ALPN h2, as the HAProxy chain does), "
-                   "B speaks HTTP/1.1 to nginx; the general path at both ends")
+                   "B speaks HTTP/1.1 to nginx; the general path at both ends; the same B process as `meshproxy-mesh`")
     a_extra = "  h2_upgrade_policy: UPGRADE\n"
+    alpn = "meshproxy-h2"
 
 
 SCENARIOS: dict[str, type[Scenario]] = {c.name: c for c in (
