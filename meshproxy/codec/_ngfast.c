@@ -874,6 +874,22 @@ fast_submit_whole(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_TRUE;
 }
 
+/* The ``n`` addresses (ints) in ``objs`` as pointers in ``out``; -1 with an exception set
+   (``zero``, a ValueError, for an address that is 0). */
+static int
+addresses(PyObject **objs, void **out, int n, const char *zero)
+{
+    for (int i = 0; i < n; i++) {
+        out[i] = PyLong_AsVoidPtr(objs[i]);
+        if (out[i] == NULL) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_ValueError, zero);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 /* bind_extra(stream_remote_window_size, remote_window_size, consume, want_read, submit_data,
    resume_data): the addresses of nghttp2_session_get_stream_remote_window_size and
    nghttp2_session_get_remote_window_size (which ``submit_whole`` asks), and of the functions
@@ -886,14 +902,8 @@ fast_bind_extra(PyObject *module, PyObject *args)
     if (!PyArg_ParseTuple(args, "OOOOOO:bind_extra", &a[0], &a[1], &a[2], &a[3], &a[4], &a[5]))
         return NULL;
     void *p[6];
-    for (int i = 0; i < 6; i++) {
-        p[i] = PyLong_AsVoidPtr(a[i]);
-        if (p[i] == NULL) {
-            if (!PyErr_Occurred())
-                PyErr_SetString(PyExc_ValueError, "bind_extra: a function address is 0");
-            return NULL;
-        }
-    }
+    if (addresses(a, p, 6, "bind_extra: a function address is 0") < 0)
+        return NULL;
     f_stream_window = (stream_window_fn)p[0];
     f_session_window = (session_window_fn)p[1];
     f_consume = (consume_fn)p[2];
@@ -903,67 +913,62 @@ fast_bind_extra(PyObject *module, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* The session (args[0]) and stream id (args[1]) of a call that takes ``want`` arguments and
+   needs a function ``bind_extra`` supplied (``bound``: it did); -1 with an exception set
+   (``usage`` for a TypeError) when they cannot be had. */
+static int
+stream_call(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t want, const char *usage, int bound, void **s,
+            int32_t *sid)
+{
+    if (nargs != want) {
+        PyErr_SetString(PyExc_TypeError, usage);
+        return -1;
+    }
+    if (!bound) {
+        PyErr_SetString(PyExc_RuntimeError, "_ngfast.bind_extra() has not been called");
+        return -1;
+    }
+    *s = session_of(args[0]);
+    if (*s == NULL)
+        return -1;
+    long v = PyLong_AsLong(args[1]);
+    if (v == -1 && PyErr_Occurred())
+        return -1;
+    *sid = (int32_t)v;
+    return 0;
+}
+
 /* submit_data(session, stream_id) -> int: nghttp2_submit_data with END_STREAM and our data
    provider (the stream's body is read through ``on_read``). */
 static PyObject *
 fast_submit_data(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "submit_data(session, stream_id)");
+    void *s;
+    int32_t sid;
+    if (not_bound()
+        || stream_call(args, nargs, 2, "submit_data(session, stream_id)", f_submit_data != NULL, &s, &sid) < 0)
         return NULL;
-    }
-    if (f_submit_data == NULL || not_bound()) {
-        if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_RuntimeError, "_ngfast.bind_extra() has not been called");
-        return NULL;
-    }
-    void *s = session_of(args[0]);
-    if (s == NULL)
-        return NULL;
-    long sid = PyLong_AsLong(args[1]);
-    if (sid == -1 && PyErr_Occurred())
-        return NULL;
-    return PyLong_FromLong(f_submit_data(s, 0x1 /* NGHTTP2_FLAG_END_STREAM */, (int32_t)sid, f_provider));
+    return PyLong_FromLong(f_submit_data(s, 0x1 /* NGHTTP2_FLAG_END_STREAM */, sid, f_provider));
 }
 
 /* resume_data(session, stream_id) -> int: nghttp2_session_resume_data. */
 static PyObject *
 fast_resume_data(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "resume_data(session, stream_id)");
+    void *s;
+    int32_t sid;
+    if (stream_call(args, nargs, 2, "resume_data(session, stream_id)", f_resume_data != NULL, &s, &sid) < 0)
         return NULL;
-    }
-    if (f_resume_data == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "_ngfast.bind_extra() has not been called");
-        return NULL;
-    }
-    void *s = session_of(args[0]);
-    if (s == NULL)
-        return NULL;
-    long sid = PyLong_AsLong(args[1]);
-    if (sid == -1 && PyErr_Occurred())
-        return NULL;
-    return PyLong_FromLong(f_resume_data(s, (int32_t)sid));
+    return PyLong_FromLong(f_resume_data(s, sid));
 }
 
 /* consume(session, stream_id, n) -> int: nghttp2_session_consume. */
 static PyObject *
 fast_consume(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "consume(session, stream_id, n)");
-        return NULL;
-    }
-    if (f_consume == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "_ngfast.bind_extra() has not been called");
-        return NULL;
-    }
-    void *s = session_of(args[0]);
-    if (s == NULL)
-        return NULL;
-    long sid = PyLong_AsLong(args[1]);
-    if (sid == -1 && PyErr_Occurred())
+    void *s;
+    int32_t sid;
+    if (stream_call(args, nargs, 3, "consume(session, stream_id, n)", f_consume != NULL, &s, &sid) < 0)
         return NULL;
     Py_ssize_t n = PyLong_AsSsize_t(args[2]);
     if (n == -1 && PyErr_Occurred())
@@ -972,7 +977,7 @@ fast_consume(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_ValueError, "consume: n must not be negative");
         return NULL;
     }
-    return PyLong_FromLong(f_consume(s, (int32_t)sid, (size_t)n));
+    return PyLong_FromLong(f_consume(s, sid, (size_t)n));
 }
 
 /* want_read(session) -> bool: nghttp2_session_want_read. */
@@ -1010,14 +1015,8 @@ fast_bind(PyObject *module, PyObject *args)
         }
     }
     void *p[6];
-    for (int i = 0; i < 6; i++) {
-        p[i] = PyLong_AsVoidPtr(a[i]);
-        if (p[i] == NULL) {
-            if (!PyErr_Occurred())
-                PyErr_SetString(PyExc_ValueError, "bind: a function address is 0");
-            return NULL;
-        }
-    }
+    if (addresses(a, p, 6, "bind: a function address is 0") < 0)
+        return NULL;
     f_mem_recv = (mem_recv_fn)p[0];
     f_mem_send = (mem_send_fn)p[1];
     f_submit_request = (submit_request_fn)p[2];

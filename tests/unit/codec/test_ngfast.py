@@ -391,3 +391,41 @@ def test_stream_close_calls_the_codec_only_for_streams_it_still_tracks(native):
     events = client.receive_data(raw.ff.headers(sid, [(b":status", b"200"), (b"content-length", b"3")])
                                  + raw.ff.data(sid, b"abcdef"))
     assert client_closes == [sid] and Reset(sid, 0x1, False) in events
+
+
+def test_the_stream_calls_refuse_bad_arguments_with_an_error_not_a_crash(native):
+    """``consume``, ``submit_data`` and ``resume_data`` check what they are given before
+    nghttp2 sees it: the argument count (TypeError naming the call), a freed session (0:
+    ValueError), a stream id that is not an int, a negative byte count."""
+    fast = native.fast
+    raw = RawServer()
+    raw.feed(raw.ff.headers(1, request_fields()))
+    sa = raw.codec._sa
+    for call, args in ((fast.consume, (sa, 1, 1)), (fast.submit_data, (sa, 1)), (fast.resume_data, (sa, 1))):
+        name = call.__name__
+        with pytest.raises(TypeError, match=rf"{name}\(session, stream_id"):
+            call(*args, 0)
+        with pytest.raises(ValueError, match="no nghttp2 session"):
+            call(0, *args[1:])
+        with pytest.raises(TypeError):
+            call(sa, "1", *args[2:])
+    with pytest.raises(ValueError, match="must not be negative"):
+        fast.consume(sa, 1, -1)
+    # and with good arguments they reach nghttp2 (a known stream: 0, done)
+    assert fast.consume(sa, 1, 0) == 0
+
+
+def test_binding_a_zero_address_is_refused_and_changes_nothing(native):
+    """``bind``/``bind_extra`` check every address before they take any: a 0 among them is a
+    ValueError, and the helpers bound before go on working."""
+    fast = native.fast
+    with pytest.raises(ValueError, match="bind_extra: a function address is 0"):
+        fast.bind_extra(1, 2, 3, 4, 5, 0)
+    with pytest.raises(ValueError, match="bind: a function address is 0"):
+        fast.bind(1, 2, 3, 4, 5, 0, (0,) * 9)
+    with pytest.raises(ValueError, match="implausible"):
+        fast.bind(1, 2, 3, 4, 5, 6, (0,) * 8 + (999,))
+    pair = ConnectionPair()  # the real bindings are still in place
+    sid = pair.client.send_head(RequestHead(0, b"GET", b"/", b"a.example", [], scheme=b"http", end_stream=True))
+    server_events, _ = pair.pump()
+    assert any(isinstance(e, RequestHead) and e.stream_id == sid for e in server_events)
