@@ -904,7 +904,7 @@ frontend app_out
     http-response set-status 200 reason OK if {{ status 200 }}
     default_backend server_b
 backend server_b
-    server b 127.0.0.1:{b_port} ssl crt {client}/haproxy.pem ca-file {client}/bundle.pem verify required alpn h2
+    server b 127.0.0.1:{b_port} ssl crt {client}/haproxy.pem ca-file {client}/bundle.pem verify required alpn {alpn}
 """
 
 HAPROXY_MTLS_B_CONF = """\
@@ -931,6 +931,8 @@ class HaproxyMtlsChain(Scenario):
     description = ("client → HAProxy A (mode http, `server … ssl crt ca-file verify required alpn h2`, "
                    "`http-reuse always`) → mTLS, HTTP/2 → HAProxy B (`bind … ssl crt ca-file verify required "
                    "alpn h2,http/1.1`) → nginx; TLS ≥ 1.3, nbthread 1 each, both on CPU 1")
+    alpn = "h2"
+    """What A offers B."""
 
     def start(self, env, up, args):
         pki = mesh_pki(env, args)
@@ -939,7 +941,7 @@ class HaproxyMtlsChain(Scenario):
         with open(cfg_b, "w") as f:
             f.write(HAPROXY_MTLS_B_CONF.format(b_port=b_port, server=pki.server, up_port=up.http_port))
         with open(cfg_a, "w") as f:
-            f.write(HAPROXY_MTLS_A_CONF.format(port=port, b_port=b_port, client=pki.client))
+            f.write(HAPROXY_MTLS_A_CONF.format(port=port, b_port=b_port, client=pki.client, alpn=self.alpn))
         pb = env.spawn(f"{self.name}-b", ["haproxy", "-db", "-f", cfg_b], cpu=PROXY_CPU)
         wait_port(b_port, pb)
         pa = env.spawn(f"{self.name}-a", ["haproxy", "-db", "-f", cfg_a], cpu=PROXY_CPU)
@@ -947,7 +949,15 @@ class HaproxyMtlsChain(Scenario):
         self.procs, self.cpu_roots = [pa, pb], [pa.pid, pb.pid]
         self.parts = {"A": pa.pid, "B": pb.pid}
         self.ports = {"http": port}
-        self.tls = {"host": "127.0.0.1", "port": b_port, "alpn": "h2", "roots": [pb.pid]}
+        self.tls = {"host": "127.0.0.1", "port": b_port, "alpn": self.alpn, "roots": [pb.pid]}
+
+
+class HaproxyMtlsChainH1(HaproxyMtlsChain):
+    name = "haproxy-mtls-chain-h1"
+    description = ("as `haproxy-mtls-chain`, but A offers B `alpn http/1.1`: HTTP/1.1 between the two HAProxy "
+                   "instances (keep-alive, `http-reuse always`), as meshproxy-mesh keeps it")
+    alpn = "http/1.1"
+
 
 class MeshproxyMeshH2(MeshproxyMesh):
     name = "meshproxy-mesh-h2"
@@ -961,7 +971,7 @@ class MeshproxyMeshH2(MeshproxyMesh):
 SCENARIOS: dict[str, type[Scenario]] = {c.name: c for c in (
     Direct, MeshproxyL4, HaproxyTcp,
     DirectH2c, MeshproxyHttp, HaproxyHttp, NginxProxy, MeshproxyH2c, HaproxyH2c,
-    MeshproxyMesh, MeshproxyMeshH2, HaproxyMtlsChain)}
+    MeshproxyMesh, MeshproxyMeshH2, HaproxyMtlsChain, HaproxyMtlsChainH1)}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -1369,7 +1379,7 @@ SUITES = {
         setup=mesh_netns,
         tables=[Table(
             title="",
-            scenarios=["direct", "meshproxy-mesh", "meshproxy-mesh-h2", "haproxy-mtls-chain"], subject="meshproxy-mesh",
+            scenarios=["direct", "meshproxy-mesh", "meshproxy-mesh-h2", "haproxy-mtls-chain", "haproxy-mtls-chain-h1"], subject="meshproxy-mesh",
             references=["direct", "haproxy-mtls-chain"], baseline="direct",
             measurements=mesh_measurements,
             targets=[Target("cpu_mesh_c16", "ratio_le", 1.5, "haproxy-mtls-chain"),
