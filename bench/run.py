@@ -962,8 +962,9 @@ class HaproxyMtlsChainH1(HaproxyMtlsChain):
 class MeshproxyMeshH2(MeshproxyMesh):
     name = "meshproxy-mesh-h2"
     description = ("as `meshproxy-mesh`, but A's `security.h2_upgrade_policy: UPGRADE`: HTTP/1.1 from the client "
-                   "is carried to B as HTTP/2 streams over one mTLS connection (ALPN h2, as the HAProxy chain does), "
-                   "B speaks HTTP/1.1 to nginx; the general path at both ends; the same B process as `meshproxy-mesh`")
+                   "is carried to B as HTTP/2 streams over one mTLS connection (ALPN meshproxy-h2; the HAProxy "
+                   "chain multiplexes too), B speaks HTTP/1.1 to nginx; the general path at both ends; the same "
+                   "B process as `meshproxy-mesh`")
     a_extra = "  h2_upgrade_policy: UPGRADE\n"
     alpn = "meshproxy-h2"
 
@@ -1379,7 +1380,8 @@ SUITES = {
         setup=mesh_netns,
         tables=[Table(
             title="",
-            scenarios=["direct", "meshproxy-mesh", "meshproxy-mesh-h2", "haproxy-mtls-chain", "haproxy-mtls-chain-h1"], subject="meshproxy-mesh",
+            scenarios=["direct", "meshproxy-mesh", "meshproxy-mesh-h2", "haproxy-mtls-chain", "haproxy-mtls-chain-h1"],
+            subject="meshproxy-mesh",
             references=["direct", "haproxy-mtls-chain"], baseline="direct",
             measurements=mesh_measurements,
             targets=[Target("cpu_mesh_c16", "ratio_le", 1.5, "haproxy-mtls-chain"),

@@ -818,8 +818,8 @@ fast_submit_response(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
    body in one submit, the body kept in ``collector.bodies`` for the read callback to send from
    (no ``on_read``), when the peer's windows take all of it now, so it leaves with the next send.
    False, with nothing submitted, when they do not (or ``body`` is not bytes, or ``bind_extra``
-   was not called, or a body already waits for the stream, or nghttp2 refused the submit); TypeError, with nothing submitted, for a field
-   that is not plain bytes. */
+   was not called, or a body already waits for the stream, or nghttp2 refused the submit);
+   TypeError, with nothing submitted, for a field that is not plain bytes. */
 static PyObject *
 fast_submit_whole(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -845,28 +845,26 @@ fast_submit_whole(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     PyObject *key = PyLong_FromLong(sid);
     if (key == NULL)
         return NULL;
-    int waiting = PyDict_Contains(c->bodies, key);
-    if (waiting != 0) { /* a body already waits for this stream: it is not ours to replace */
-        Py_DECREF(key);
-        if (waiting < 0)
-            return NULL;
-        Py_RETURN_FALSE;
-    }
-    if (PyDict_SetItem(c->bodies, key, body) < 0) {
+    Py_ssize_t had = PyDict_GET_SIZE(c->bodies);
+    if (PyDict_SetDefault(c->bodies, key, body) == NULL) { /* one lookup: insert unless one waits */
         Py_DECREF(key);
         return NULL;
     }
+    if (PyDict_GET_SIZE(c->bodies) == had) { /* a body already waits for this stream: not ours to replace */
+        Py_DECREF(key);
+        Py_RETURN_FALSE;
+    }
     PyObject *rv = submit(SUBMIT_RESPONSE, args[0], (int32_t)sid, args[2], 1);
-    long code = rv == NULL ? 0 : PyLong_AsLong(rv);
+    long code = rv == NULL ? -1 : PyLong_AsLong(rv);
     Py_XDECREF(rv);
-    if (rv == NULL || code < 0) { /* nothing was submitted (an exception, or nghttp2 said no): the body goes too */
+    if (code < 0) { /* nothing was submitted (an exception, or nghttp2 said no): the body goes too */
         PyObject *type, *value, *tb;
         PyErr_Fetch(&type, &value, &tb);
         if (PyDict_DelItem(c->bodies, key) < 0)
             PyErr_Clear();
         PyErr_Restore(type, value, tb);
         Py_DECREF(key);
-        if (rv == NULL)
+        if (PyErr_Occurred())
             return NULL;
         Py_RETURN_FALSE;
     }
