@@ -1573,6 +1573,8 @@ def machine_facts(args) -> list[tuple[str, str]]:
         ("cpu", model),
         ("kernel", platform.release()),
         ("python", platform.python_version()),
+        ("meshproxy build", "compiled (mypyc, setup.py MESHPROXY_MYPYC=1)" if args.build == "compiled"
+         else "sources (interpreted)"),
         ("uvloop", pkg("uvloop")),
         ("haproxy / nginx / wrk / h2load / iperf3",
          " / ".join([ver(["haproxy", "-v"]), ver(["nginx", "-v"]), ver(["wrk", "-v"]),
@@ -1734,6 +1736,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--measure", type=lambda s: [x for x in s.split(",") if x],
                     help="only measurements whose name contains one of these, comma-separated (e.g. 'h2load,iperf3')")
     ap.add_argument("--meshproxy", default=os.path.join(REPO, ".venv", "bin", "meshproxy"))
+    ap.add_argument("--build", default="compiled", choices=["compiled", "sources"],
+                    help="which meshproxy to measure: 'compiled' (default; the mypyc build, setup.py's "
+                         "MESHPROXY_MYPYC=1, made or refreshed by tests/compiled.sh and put first on PYTHONPATH) or 'sources' "
+                         "(the editable install as it is)")
     ap.add_argument("--noise-limit", type=float, default=20.0,
                     help="repeat a run once when steal or non-proxy load on CPU 1 exceeds this many %% (default 20)")
     ap.add_argument("--strict-noise-limit", type=float, default=5.0,
@@ -1755,6 +1761,17 @@ def main(argv: list[str] | None = None) -> int:
             log(f"missing tool: {tool}")
             return 2
     keys = SUITE_ORDER if args.suite == "all" else [args.suite]
+    if args.build == "compiled":
+        r = subprocess.run(["bash", os.path.join(REPO, "tests", "compiled.sh"), "--if-stale"],
+                           stdout=subprocess.PIPE, timeout=900)
+        if r.returncode != 0:
+            log("tests/compiled.sh failed: cannot measure the compiled build (--build sources measures the sources)")
+            return 2
+        os.environ["PYTHONPATH"] = r.stdout.decode().strip().splitlines()[-1]  # every meshproxy we start
+    built = subprocess.run([args.meshproxy, "--version"], stdout=subprocess.PIPE, timeout=60).stdout.decode()
+    if f"({args.build})" not in built:
+        log(f"{args.meshproxy} --version says {built.strip()!r}, not the {args.build} build asked for")
+        return 2
     _WAIT_BUDGET[0] = args.wait_budget
     NICE[0] = args.nice if os.geteuid() == 0 or args.nice > 0 else 0
 

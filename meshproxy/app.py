@@ -17,7 +17,7 @@ import logging
 import signal
 import time
 
-from . import __version__
+from . import __version__, build
 from .admin.server import Admin
 from .config.snapshot import Snapshot
 from .loop import loop_name
@@ -99,7 +99,8 @@ class App:
                  "addresses": [str(a) for a in lst.bound]} for lst in self.listeners]
 
     def server_info(self) -> dict:
-        return {"version": __version__, "state": self.state, "uptime_seconds": int(time.time() - self.started_at),
+        return {"version": __version__, "build": build(), "state": self.state,
+                "uptime_seconds": int(time.time() - self.started_at),
                 "loop": loop_name(), "config_version": self.snapshot.version,
                 "active_connections": self.active_connections()}
 

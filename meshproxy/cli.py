@@ -14,7 +14,7 @@ import time
 import urllib.error
 import urllib.request
 
-from . import __version__
+from . import __version__, build
 
 EXIT_CONFIG = 2
 
@@ -113,7 +113,7 @@ def build_parser(tools: bool = True) -> argparse.ArgumentParser:
     """The whole CLI; ``tools=False`` leaves out ``iptables`` and ``ca`` (and their
     imports), which ``run`` never needs: a sidecar's resident memory is a target."""
     p = argparse.ArgumentParser(prog="meshproxy", description="A transparent L4/L7 sidecar proxy.")
-    p.add_argument("--version", action="version", version=f"meshproxy {__version__}")
+    p.add_argument("--version", action="version", version=f"meshproxy {__version__} ({build()})")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 

@@ -12,7 +12,7 @@ Admin paths:
   GET  /config_dump       effective config as JSON (secrets redacted)
   GET  /listeners         one line per listener address (``?format=json`` for JSON)
   GET  /clusters          per-endpoint counters, Envoy's text format (``?format=json`` for JSON)
-  GET  /server_info       state, version, uptime, loop
+  GET  /server_info       state, version, build (sources or compiled), uptime, loop
   POST /quitquitquit      drain and exit 0, like SIGTERM
   POST /drain_listeners   stop accepting and fail readiness; in-flight work goes on
   POST /logging?level=L   set the log level

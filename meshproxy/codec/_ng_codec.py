@@ -69,6 +69,7 @@ from __future__ import annotations
 
 import logging
 import struct
+from typing import Any, cast
 from collections import deque
 
 from . import _ng_wire
@@ -182,7 +183,7 @@ class NgHttp2Codec(StreamTable):
         hard_limit = 2 * limits.max_header_list_size
         if native is None:
             self._fast = None
-            self._col = Collector(hard_limit)
+            self._col: Any = Collector(hard_limit)
             self._prd = PROVIDER
             self._pp = ffi.new("const char **")
         else:
@@ -391,7 +392,7 @@ class NgHttp2Codec(StreamTable):
             if self._opened is not None:
                 self._opened[sid] = None
         q = st.queue
-        data = b""
+        data: bytes | memoryview = b""
         if q:
             chunk = q[0]
             size = len(chunk)
@@ -465,7 +466,7 @@ class NgHttp2Codec(StreamTable):
         lim = self.limits
         trailers = check_trailers(fields, lim.max_header_list_size, lim.max_headers_count,
                                   self._client)
-        if not end or trailers.__class__ is str:  # trailers must end the stream (RFC 9113 8.1)
+        if not end or isinstance(trailers, str):  # trailers must end the stream (RFC 9113 8.1)
             self._malformed(st)
             return
         self._ev.append(Trailers(sid, trailers))
@@ -605,7 +606,7 @@ class NgHttp2Codec(StreamTable):
             if not self.can_open_stream():
                 raise StreamUnavailable("connection cannot open another stream")
             end = head.end_stream
-            block = request_block(head)
+            block = request_block(cast(RequestHead, head))
             try:
                 if self._fast is None:
                     raise TypeError
@@ -624,10 +625,11 @@ class NgHttp2Codec(StreamTable):
                 st.attached = True
             return sid
         sid = head.stream_id
-        st = self._streams.get(sid)
-        if st is None or st.end_requested or self._dead:
+        rst = self._streams.get(sid)
+        if rst is None or rst.end_requested or self._dead:
             return sid
-        block = response_block(head)
+        resp = cast(ResponseHead, head)
+        block = response_block(resp)
         try:
             if self._fast is None:
                 raise TypeError
@@ -638,11 +640,11 @@ class NgHttp2Codec(StreamTable):
                 lib.nghttp2_submit_response(self._s, sid, arr, n, NULL)
             else:
                 lib.nghttp2_submit_headers(self._s, 0, sid, NULL, arr, n, NULL)
-        if head.status >= 200:
-            st.responded = True
-        if head.end_stream:
-            st.end_requested = True
-            self._local_end(st)
+        if resp.status >= 200:
+            rst.responded = True
+        if resp.end_stream:
+            rst.end_requested = True
+            self._local_end(rst)
         return sid
 
     def send_response(self, head: ResponseHead, data: bytes) -> None:

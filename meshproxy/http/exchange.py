@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 from ..codec.events import REFUSED_STREAM, RequestHead, ResponseHead
 from ..observe.propagation import extract, inject
@@ -50,13 +51,13 @@ class Exchange:
                  "route", "cluster", "endpoint", "deadline", "fctx", "grpc_status", "span",
                  "tunnel", "service", "detail", "orig_proto", "retried", "pool_key", "up_pool")
 
-    def __init__(self, server, head: RequestHead):
+    def __init__(self, server, head: RequestHead) -> None:
         self.server = server
         self.sid = head.stream_id
         self.head = head
         self.started = server.loop.time()
         self.wall = 0.0
-        self.up = None
+        self.up: Any = None
         self.parts: list | None = None
         """Request parts that arrived before the upstream stream existed."""
         self.buffered = 0
@@ -70,21 +71,21 @@ class Exchange:
         self.flag = "-"
         self.req_bytes = 0
         self.resp_bytes = 0
-        self.route = None
-        self.cluster = None
-        self.endpoint = None
+        self.route: Any = None
+        self.cluster: Any = None
+        self.endpoint: Any = None
         self.deadline = 0.0
         """``loop.time()`` by which the response must have ended (0: no timeout running);
         the server's deadline timer checks it (``HttpServerConnection.watch_deadline``)."""
-        self.fctx = None
+        self.fctx: Any = None
         self.grpc_status = "-"
-        self.span = None
+        self.span: Any = None
         self.tunnel = False
-        self.service = None
+        self.service: str | None = None
         self.detail = ""
         self.retried = False
-        self.pool_key = None
-        self.up_pool = None
+        self.pool_key: Any = None
+        self.up_pool: Any = None
         self.orig_proto: bytes | None = None
         """The app-side protocol a peer sidecar carried over HTTP/2 (``ORIG_PROTO`` header)."""
 
@@ -112,6 +113,7 @@ class Exchange:
         verdict = srv.chain.run_request(fctx, head)
         if verdict is _RESPOND:
             reply = fctx.local_reply
+            assert reply is not None  # a filter that answers sets it (http/chain.py)
             self.flag = reply.flag
             self._local(reply.status, reply.message, reply.flag)
             return

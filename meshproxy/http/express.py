@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 
@@ -79,7 +80,7 @@ def express_eligible(ctx, conn, h2: bool) -> bool:
 class ExpressServer(TurnWrites, asyncio.Protocol):
     """One downstream HTTP/1.1 connection on the express lane."""
 
-    def __init__(self, ctx, conn, target):
+    def __init__(self, ctx, conn, target) -> None:
         """``ctx``: the listener's ``HttpContext``; ``conn``: the ``ConnContext``;
         ``target``: the L4 decision (``Forward``) used for passthrough requests."""
         self.ctx = ctx
@@ -103,7 +104,8 @@ class ExpressServer(TurnWrites, asyncio.Protocol):
         self.parser: HttpRequestParser | None = None
         """One request parser per connection: it is only ever fed whole messages, so each
         request starts it at a message boundary (any parse trouble hands the connection over)."""
-        self.transport: asyncio.Transport | None = None
+        self.transport: Any = None
+        """The ``asyncio.Transport``; None until ``connection_made``."""
         self.flusher = ctx.flusher
         self.out_q: list[bytes] = []
         """Response bytes written this loop turn, handed to the transport at its end (``flush``):
@@ -125,7 +127,7 @@ class ExpressServer(TurnWrites, asyncio.Protocol):
         self.gen = 0
         """Counts requests taken: a connect that completes for an earlier one is not bound."""
         self.busy = False
-        self.up = None
+        self.up: Any = None
         self.out = b""
         """The rendered request, while its upstream connection is being opened."""
         self.is_head = False
@@ -138,8 +140,8 @@ class ExpressServer(TurnWrites, asyncio.Protocol):
         self.resp_started = False
         self.framing = _NONE
         self.service = ""
-        self.endpoint = None
-        self.route = None
+        self.endpoint: Any = None
+        self.route: Any = None
         self.request_id: bytes | None = None
         self.deadline = 0.0
         self.grpc_status = "-"

@@ -227,14 +227,14 @@ def _hygiene_request_py(head: RequestHead, inbound: bool, peer_ip: str | bytes, 
         rid = request_id or new_request_id()
         append((REQUEST_ID, rid))
     if inbound:
-        ip = peer_ip.encode() if type(peer_ip) is str else peer_ip
+        ip = peer_ip.encode() if isinstance(peer_ip, str) else peer_ip
         if xff is None:
             append((X_FORWARDED_FOR, ip))
         else:
             xff.append(ip)
             out[xff_at] = (X_FORWARDED_FOR, b", ".join(xff))
     if not has_xfp:
-        append((X_FORWARDED_PROTO, scheme.encode() if type(scheme) is str else scheme))
+        append((X_FORWARDED_PROTO, scheme.encode() if isinstance(scheme, str) else scheme))
     head.headers = out
     return rid
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from ..codec.events import (ConnectionEnded, Data, EndStream, ProtocolError, RequestHead, Reset, ResponseHead,
                             Trailers, WindowOpened)
@@ -40,7 +41,7 @@ MAX_PIPELINED = 16
 
 
 class HttpServerConnection(asyncio.Protocol):
-    def __init__(self, ctx, conn, target, h2: bool):
+    def __init__(self, ctx, conn, target, h2: bool) -> None:
         """``ctx``: the listener's ``HttpContext``; ``conn``: the ``ConnContext``;
         ``target``: the L4 decision (``Forward``) used for passthrough requests."""
         self.ctx = ctx
@@ -62,8 +63,10 @@ class HttpServerConnection(asyncio.Protocol):
         self.scheme = "https" if conn.peer_info is not None else "http"
         self.chain = ctx.chains[self.direction]
         self.passthrough_service = str(conn.orig) if conn.orig is not None else str(target.upstream)
-        self.codec = Http2Codec("server", ctx.h2_limits) if h2 else Http1Codec("server", ctx.h1_limits)
-        self.transport: asyncio.Transport | None = None
+        self.codec: Any = Http2Codec("server", ctx.h2_limits) if h2 else Http1Codec("server", ctx.h1_limits)
+        """``Http1Codec`` or ``Http2Codec``: they share the event vocabulary and the ``send_*`` calls."""
+        self.transport: Any = None
+        """The ``asyncio.Transport``; None until ``connection_made``."""
         self.exchanges: dict[int, Exchange] = {}
         self.dirty = False
         self.write_paused = False

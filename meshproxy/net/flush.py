@@ -26,6 +26,7 @@ so (``tests/e2e/test_h2_proxy.py`` slow-reader cases).
 from __future__ import annotations
 
 import asyncio
+from typing import Any, Protocol
 
 BULK = 16 * 1024
 """A body chunk at least this big is written at once instead of at the end of the loop
@@ -34,19 +35,18 @@ on the transport seeing its bytes (pause_writing) as they come. One turn may rea
 chunks from one socket (libuv reads up to 32 times per readiness event)."""
 
 
-class Flushable:
+class Flushable(Protocol):
     """What ``Flusher`` needs of a connection."""
 
     dirty: bool
 
-    def flush(self) -> None:  # pragma: no cover - interface
-        raise NotImplementedError
+    def flush(self) -> None: ...
 
 
 class Flusher:
     __slots__ = ("loop", "dirty", "depth", "scheduled")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop):
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.dirty: list[Flushable] = []
         self.depth = 0
@@ -87,6 +87,12 @@ class TurnWrites:
     in one write. Needs ``flusher``, ``transport``, ``closed`` and, set in ``__init__``,
     ``out_q = []`` and ``dirty = False``. Whoever closes the transport calls ``flush`` first;
     whoever aborts it clears ``out_q``."""
+
+    out_q: list[bytes]
+    dirty: bool
+    closed: bool
+    flusher: Flusher
+    transport: Any
 
     def queue(self, data: bytes) -> None:
         self.out_q.append(data)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from ..codec.events import (CANCEL, ConnectionEnded, Data, EndStream, ProtocolError, Reset,
                             ResponseHead, Trailers, WindowOpened)
@@ -40,8 +41,9 @@ class UpStream:
 
     __slots__ = ("conn", "sid", "handler", "req_ended", "resp_ended", "paused", "unacked", "closed")
 
-    def __init__(self, conn: "UpstreamConnection", handler):
+    def __init__(self, conn: Any, handler: Any) -> None:
         self.conn = conn
+        """The ``Http1Connection`` or ``Http2Connection`` carrying it."""
         self.sid = 0
         self.handler = handler
         self.req_ended = False
@@ -117,12 +119,15 @@ class UpstreamConnection(asyncio.Protocol):
     """Shared parts of both protocols."""
 
     protocol = ""
+    codec: Any
+    """The connection's ``Http1Codec`` or ``Http2Codec`` (set by the subclass)."""
 
-    def __init__(self, key, pool, flusher: Flusher):
+    def __init__(self, key: Any, pool: Any, flusher: Flusher) -> None:
         self.key = key
         self.pool = pool
         self.flusher = flusher
-        self.transport: asyncio.Transport | None = None
+        self.transport: Any = None
+        """The ``asyncio.Transport`` once connected."""
         self.dirty = False
         self.write_paused = False
         self.stalled: list = []
@@ -191,6 +196,26 @@ class UpstreamConnection(asyncio.Protocol):
     def _after_read(self) -> None:
         pass
 
+    # --- what each protocol's connection provides --------------------------
+    def _active(self) -> list[UpStream]:
+        """The streams in flight."""
+        raise NotImplementedError
+
+    def _stream(self, sid: int) -> UpStream | None:
+        raise NotImplementedError
+
+    def _forget_stream(self, s: UpStream) -> None:
+        raise NotImplementedError
+
+    def _maybe_release(self, s: UpStream) -> None:
+        raise NotImplementedError
+
+    def _protocol_error(self, ev: ProtocolError) -> None:
+        raise NotImplementedError
+
+    def _goaway(self, ev: Any) -> None:
+        raise NotImplementedError
+
     def _dispatch(self, events) -> None:
         for ev in events:
             t = type(ev)
@@ -227,7 +252,7 @@ class UpstreamConnection(asyncio.Protocol):
 class Http1Connection(UpstreamConnection):
     protocol = "http1"
 
-    def __init__(self, key, pool, flusher, limits=None):
+    def __init__(self, key, pool, flusher, limits=None) -> None:
         super().__init__(key, pool, flusher)
         self.codec = Http1Codec("client") if limits is None else Http1Codec("client", limits)
         self.stream: UpStream | None = None
@@ -321,7 +346,7 @@ class Http1Connection(UpstreamConnection):
 class Http2Connection(UpstreamConnection):
     protocol = "http2"
 
-    def __init__(self, key, pool, flusher, limits=None):
+    def __init__(self, key, pool, flusher, limits=None) -> None:
         super().__init__(key, pool, flusher)
         self.codec = Http2Codec("client") if limits is None else Http2Codec("client", limits)
         self.streams: dict[int, UpStream] = {}

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 
@@ -59,7 +60,8 @@ class ExpressConnection(TurnWrites, asyncio.Protocol):
         self.pool = pool
         self.limits = limits or DEFAULT_LIMITS
         self.flusher = pool.flusher
-        self.transport: asyncio.Transport | None = None
+        self.transport: Any = None
+        """The ``asyncio.Transport``; None until ``connection_made``."""
         self.out_q: list[bytes] = []
         """Bytes written this loop turn, handed to the transport at its end (``TurnWrites``)."""
         self.dirty = False
@@ -67,14 +69,15 @@ class ExpressConnection(TurnWrites, asyncio.Protocol):
         self.requests = 0
         """Requests sent on this connection so far (``max_requests_per_connection``)."""
         self.idle_since = 0.0
-        self.call = None
+        self.call: Any = None
         """The downstream (``http.express.ExpressServer``) whose response this is, or None."""
         self.state = _IDLE
         self.is_head = False
         self.buf = b""
         self.remaining = 0
         self.keep = True
-        self.parser: HttpResponseParser | None = None
+        self.parser: Any = None
+        """The chunked body's decoder (httptools ``HttpResponseParser``) while one is in use."""
         self.tail = b""
         # scratch filled by the parser callbacks
         self.fields: list[tuple[bytes, bytes]] = []
@@ -303,7 +306,8 @@ class ExpressConnection(TurnWrites, asyncio.Protocol):
             try:
                 parser.feed_data(data[start:end] if start or end != len(data) else data)
             except HttpParserError as e:
-                return self._fault(f"malformed chunked body: {e}")
+                self._fault(f"malformed chunked body: {e}")
+                return
             start = end
             if self.complete:
                 break
@@ -320,7 +324,8 @@ class ExpressConnection(TurnWrites, asyncio.Protocol):
             try:
                 trailers = inspect_trailers(self.fields, self.limits, False)
             except Reject as r:
-                return self._fault(r.message)
+                self._fault(r.message)
+                return
         self.state = _IDLE
         call.response_body(piece, True, trailers)
         self._release(data[start:])
@@ -363,7 +368,7 @@ class _HeadSink:
 
     __slots__ = ("complete",)
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.complete = False
 
     def on_message_complete(self) -> None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 from ..config.routing import Pool as PoolConfig
 from ..net.flush import Flusher
@@ -49,26 +49,29 @@ Callback = Callable[["UpstreamConnection | None", "BaseException | None"], None]
 class Pool:
     def __init__(self, loop: asyncio.AbstractEventLoop, flusher: Flusher, cfg: PoolConfig | None = None,
                  h1_limits=None, h2_limits=None, on_connect: Callable[[Key, bool], None] | None = None,
-                 mesh=None):
+                 mesh=None) -> None:
         self.loop = loop
         self.mesh = mesh
         """``net.mesh.Mesh``: client TLS contexts and peer verification for mesh keys."""
         self.flusher = flusher
-        self.cfg = cfg or PoolConfig()
+        self.cfg = cfg or PoolConfig()  # type: ignore[call-arg]  # pydantic fills the defaults
         self.h1_limits = h1_limits
         self.h2_limits = h2_limits
         self.on_connect = on_connect
         """Called with (key, ok) after each connect attempt (for cluster stats)."""
-        self.idle: dict[Key, list[Http1Connection]] = {}
+        self.idle: dict[Key, list[Any]] = {}
+        """Idle HTTP/1.1 connections per key: ``Http1Connection`` or, for the express lane,
+        ``upstream.express.ExpressConnection``."""
         self.h2: dict[Key, list[Http2Connection]] = {}
         self.connecting: dict[Key, list[Callback]] = {}
         """HTTP/2 keys with a connect in flight, and who waits for it."""
-        self.all: set[UpstreamConnection] = set()
+        self.all: set[Any] = set()
+        """Every open connection, of any of the three kinds."""
         self._sweeper: asyncio.TimerHandle | None = None
         self.closed = False
 
     # -- fast path ------------------------------------------------------------
-    def get(self, key: Key) -> UpstreamConnection | None:
+    def get(self, key: Key) -> Any:
         if key.protocol != "http2":
             conns = self.idle.get(key)
             while conns:
@@ -76,9 +79,9 @@ class Pool:
                 if conn.available():
                     return conn
             return None
-        for conn in self.h2.get(key, ()):
-            if conn.available():
-                return conn
+        for h2conn in self.h2.get(key, ()):
+            if h2conn.available():
+                return h2conn
         return None
 
     # -- slow path ------------------------------------------------------------
@@ -94,7 +97,7 @@ class Pool:
 
     async def _connect(self, key: Key, timeout: float, done: Callback, source: str | None) -> None:
         if key.protocol == "http2":
-            conn: UpstreamConnection = Http2Connection(key, self, self.flusher, self.h2_limits)
+            conn: Any = Http2Connection(key, self, self.flusher, self.h2_limits)
         elif key.protocol == "express":
             conn = ExpressConnection(key, self, self.h1_limits)
         else:
@@ -139,7 +142,7 @@ class Pool:
                 done(conn, err)
 
     # -- reports from connections ---------------------------------------------
-    def release(self, conn: Http1Connection) -> None:
+    def release(self, conn: Any) -> None:
         """An HTTP/1 connection finished an exchange cleanly and may be reused."""
         max_req = self.cfg.max_requests_per_connection
         if self.closed or (max_req and conn.requests >= max_req):
@@ -155,7 +158,7 @@ class Pool:
     def idle_h2(self, conn: Http2Connection) -> None:
         conn.idle_since = self.loop.time()
 
-    def forget(self, conn: UpstreamConnection) -> None:
+    def forget(self, conn: Any) -> None:
         self.all.discard(conn)
         if conn.protocol != "http2":
             idle = self.idle.get(conn.key)
@@ -177,9 +180,9 @@ class Pool:
         for conns in list(self.idle.values()):
             for conn in [c for c in conns if c.idle_since <= cutoff]:
                 conn.close()
-        for conns in list(self.h2.values()):
-            for conn in [c for c in conns if not c.streams and c.idle_since and c.idle_since <= cutoff]:
-                conn.close()
+        for h2conns in list(self.h2.values()):
+            for h2conn in [c for c in h2conns if not c.streams and c.idle_since and c.idle_since <= cutoff]:
+                h2conn.close()
         if self.all:
             self._ensure_sweeper()
 
@@ -190,11 +193,11 @@ class Pool:
         for conns in list(self.idle.values()):
             for conn in list(conns):
                 conn.close()
-        for conns in list(self.h2.values()):
-            for conn in list(conns):
-                conn.goaway = True
-                if not conn.streams:
-                    conn.close()
+        for h2conns in list(self.h2.values()):
+            for h2conn in list(h2conns):
+                h2conn.goaway = True
+                if not h2conn.streams:
+                    h2conn.close()
 
     def close(self) -> None:
         """Close every connection (shutdown)."""

@@ -106,3 +106,17 @@ async def test_quitquitquit_exits_zero(proxy):
     r = await proxy()
     assert (await get(r.url("admin", "/quitquitquit"), "POST")) == (200, "OK\n")
     assert await asyncio.wait_for(r.task, 5) == 0
+
+
+async def test_server_info_names_the_build_the_suite_runs(proxy):
+    import os
+    import subprocess
+    import sys
+
+    r = await proxy()
+    status, text = await get(r.url("admin", "/server_info"))
+    expected = "compiled" if os.environ.get("MESHPROXY_EXPECT_COMPILED") == "1" else "sources"
+    info = json.loads(text)
+    assert status == 200 and info["build"] == expected and info["state"] == "LIVE"
+    out = subprocess.run([sys.executable, "-m", "meshproxy", "--version"], capture_output=True, text=True, timeout=30)
+    assert out.stdout.strip().endswith(f"({expected})"), out.stdout + out.stderr

@@ -1,0 +1,26 @@
+"""Which build of meshproxy the suite runs on.
+
+``tests/run`` runs the suite twice: on the sources (the editable install) and on
+the compiled build (``tests/compiled.sh``, ``MESHPROXY_EXPECT_COMPILED=1``). This
+check stops the second pass at once if it would silently test the sources again.
+"""
+
+import os
+
+import pytest
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    import meshproxy.http.exchange as exchange
+
+    compiled = not exchange.__file__.endswith(".py")
+    if os.environ.get("MESHPROXY_EXPECT_COMPILED") == "1" and not compiled:
+        raise pytest.UsageError(f"MESHPROXY_EXPECT_COMPILED=1 but meshproxy is imported from {exchange.__file__}")
+    config.stash[COMPILED] = compiled
+
+
+COMPILED = pytest.StashKey[bool]()
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return "meshproxy build: " + ("compiled (mypyc)" if config.stash[COMPILED] else "interpreted sources")
