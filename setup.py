@@ -30,6 +30,8 @@ COMPILED = [
     "meshproxy/upstream/client.py",
     "meshproxy/upstream/pool.py",
     "meshproxy/codec/_ng_codec.py",
+    "meshproxy/net/tls_layer.py",
+    "meshproxy/observe/requests.py",
 ]
 """Modules compiled by mypyc when ``MESHPROXY_MYPYC=1``."""
 

@@ -17,6 +17,18 @@ def pytest_configure(config: pytest.Config) -> None:
     if os.environ.get("MESHPROXY_EXPECT_COMPILED") == "1" and not compiled:
         raise pytest.UsageError(f"MESHPROXY_EXPECT_COMPILED=1 but meshproxy is imported from {exchange.__file__}")
     config.stash[COMPILED] = compiled
+    config.addinivalue_line("markers", "sources_only(reason): the test needs the interpreted sources (it builds a "
+                                       "stand-in that borrows a class's methods or skips its __init__, which "
+                                       "mypyc-compiled classes refuse); skipped on the compiled build")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not config.stash[COMPILED]:
+        return
+    for item in items:
+        mark = item.get_closest_marker("sources_only")
+        if mark is not None:
+            item.add_marker(pytest.mark.skip(reason="sources only: " + (mark.args[0] if mark.args else "")))
 
 
 COMPILED = pytest.StashKey[bool]()

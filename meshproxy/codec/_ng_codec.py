@@ -676,7 +676,7 @@ class NgHttp2Codec(StreamTable):
         st.attached = True  # the provider is on the stream already: send_data only queues
         self.send_data(sid, data, True)
 
-    def send_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
+    def send_data(self, stream_id: int, data: bytes | memoryview, end_stream: bool = False) -> None:
         """Send body bytes as the peer's window allows; queue the rest (``pending``)."""
         st = self._streams.get(stream_id)
         if st is None or st.end_requested or self._dead:

@@ -42,6 +42,7 @@ helpers (``set_header``, ``remove_headers``) mutate the list they are given.
 from __future__ import annotations
 
 import random
+from typing import Any
 from http import HTTPStatus
 
 from ..codec import native
@@ -180,7 +181,8 @@ def _hygiene_request_py(head: RequestHead, inbound: bool, peer_ip: str | bytes, 
         xff: list[bytes] | None = None
         has_xfp = has_te = False
         found: set[bytes] | None = None
-        for item in head.headers:
+        fields: Any = head.headers  # any shape: odd input must fail as in the C twin
+        for item in fields:
             name = item[0]
             action = actions.get(name)
             if action is None:
@@ -302,7 +304,8 @@ def _hygiene_response_py(head: ResponseHead, local: bool) -> None:
     keep_upgrade = head.status == 101
     if not keep_upgrade:
         found = None
-        for item in head.headers:
+        fields: Any = head.headers  # any shape: odd input must fail as in the C twin
+        for item in fields:
             if item[0] == b"connection":
                 found = _nominated(item[1], found)
         if found is None:
@@ -315,10 +318,11 @@ def _clean_response_plain(head: ResponseHead, local: bool) -> None:
     """``clean_response`` for the common head (not a 101, Connection names no other field):
     the fields the rules name simply go. Same result as ``_clean_response_rules``."""
     actions = _RESPONSE_ACTIONS
+    fields: Any = head.headers  # any shape: odd input must fail as in the C twin
     if local:
-        head.headers = [item for item in head.headers if item[0] not in actions]
+        head.headers = [item for item in fields if item[0] not in actions]
     else:
-        head.headers = [item for item in head.headers if item[0] not in actions
+        head.headers = [item for item in fields if item[0] not in actions
                         and (item[0][0] != _X or item[0][:_XPLEN] != MESHPROXY_PREFIX)]
 
 
@@ -330,7 +334,8 @@ def _clean_response_rules(head: ResponseHead, local: bool, keep_upgrade: bool) -
         out: Headers = []
         append = out.append
         found: set[bytes] | None = None
-        for item in head.headers:
+        fields: Any = head.headers  # any shape: odd input must fail as in the C twin
+        for item in fields:
             name = item[0]
             action = actions.get(name)
             if action is None:

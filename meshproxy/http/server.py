@@ -238,7 +238,7 @@ class HttpServerConnection(asyncio.Protocol):
         self.codec.send_response(head, data)
         self.mark()
 
-    def send_data(self, sid: int, data: bytes, end: bool = False) -> None:
+    def send_data(self, sid: int, data: bytes | memoryview, end: bool = False) -> None:
         self.codec.send_data(sid, data, end)
         if len(data) >= BULK:
             self.flush()  # bulk: now, so the transport's own flow control sees it (net/flush.py)

@@ -91,7 +91,7 @@ class TurnWrites:
     out_q: list[bytes]
     dirty: bool
     closed: bool
-    flusher: Flusher
+    flusher: Any  # the loop's Flusher
     transport: Any
 
     def queue(self, data: bytes) -> None:

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from typing import Callable
+from typing import Any, Callable
 
 _READ = 16 * 1024
 """Bytes asked of ``SSLObject.read``: one TLS record's plaintext at most (RFC 8446 section 5.1),
@@ -49,12 +49,13 @@ class TlsLayer(asyncio.Protocol):
         """``raw`` is the accepted transport (server side) or None (client side: set by
         ``connection_made``). ``verify(ssl_object)`` (client side) raises to refuse the
         server before our Finished message is sent."""
-        self.raw = raw
+        self.raw: Any = raw
+        """The TCP transport under the layer (None on the client side until ``connection_made``)."""
         self.incoming = ssl.MemoryBIO()
         self.outgoing = ssl.MemoryBIO()
         self.sslobj = context.wrap_bio(self.incoming, self.outgoing, server_side=server_side)
         self.on_ready = on_ready
-        self.on_fail = on_fail
+        self.on_fail: Callable[[str], None] | None = on_fail
         self.verify = verify
         self.inner: asyncio.Protocol | None = None
         self.backlog: list[bytes] = []
@@ -196,7 +197,7 @@ class TlsLayer(asyncio.Protocol):
         """Put ``protocol`` on top: ``connection_made(self)``, then any bytes (and EOF)
         that arrived before it."""
         self.inner = protocol
-        protocol.connection_made(self)
+        protocol.connection_made(self)  # type: ignore[arg-type]  # the layer is the inner protocol's transport
         backlog, self.backlog = self.backlog, []
         for chunk in backlog:
             protocol.data_received(chunk)

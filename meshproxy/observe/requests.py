@@ -17,6 +17,7 @@ plus ``response_code``, ``grpc_response_status`` and ``response_flags``.
 from __future__ import annotations
 
 from bisect import bisect_left
+from typing import Any
 
 from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily
 
@@ -73,11 +74,11 @@ class RequestMetrics:
     """Accumulates request series; is itself a Prometheus collector. Labels are
     ``observe.metrics.istio_labels(...)`` plus (code, grpc status, flags)."""
 
-    def __init__(self):
-        self.series: dict[tuple[str, ...], Series] = {}
+    def __init__(self) -> None:
+        self.series: dict[tuple[str, ...], Any] = {}  # Series or its C twin (SeriesType)
         """Every label set seen; a series, once made, stays for the process's life."""
 
-    def series_for(self, labels: tuple[str, ...]) -> Series:
+    def series_for(self, labels: tuple[str, ...]) -> Any:
         """The series of ``labels`` (the full ``REQUEST_LABELS`` tuple), made on first use."""
         s = self.series.get(labels)
         if s is None:
@@ -125,7 +126,7 @@ class ConnectionSeries:
         self.reporter = reporter
         self.peer = peer
         self._labels: dict[tuple, tuple[str, ...]] = {}
-        self._series: dict[tuple, Series] = {}
+        self._series: dict[tuple, Any] = {}
 
     def labels(self, service: str | None, proto: str) -> tuple[str, ...]:
         """Istio's labels (``ISTIO_LABELS`` order) of requests to ``service`` over ``proto``."""

@@ -28,7 +28,7 @@ from ..codec.events import (CANCEL, ConnectionEnded, Data, EndStream, ProtocolEr
 from ..codec.http1 import Http1Codec
 from ..codec.http2 import Http2Codec
 from ..errors import UPSTREAM_CONNECTION_TERMINATION, UPSTREAM_PROTOCOL_ERROR
-from ..net.flush import BULK, Flusher
+from ..net.flush import BULK
 
 log = logging.getLogger("meshproxy.upstream")
 
@@ -57,7 +57,7 @@ class UpStream:
         if head.end_stream:
             self.req_ended = True
 
-    def send_data(self, data: bytes, end: bool = False) -> None:
+    def send_data(self, data: bytes | memoryview, end: bool = False) -> None:
         if self.closed:
             return
         self.conn.codec.send_data(self.sid, data, end)
@@ -122,7 +122,8 @@ class UpstreamConnection(asyncio.Protocol):
     codec: Any
     """The connection's ``Http1Codec`` or ``Http2Codec`` (set by the subclass)."""
 
-    def __init__(self, key: Any, pool: Any, flusher: Flusher) -> None:
+    def __init__(self, key: Any, pool: Any, flusher: Any) -> None:
+        """``flusher``: the loop's ``net.flush.Flusher``."""
         self.key = key
         self.pool = pool
         self.flusher = flusher

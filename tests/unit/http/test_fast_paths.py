@@ -99,6 +99,7 @@ def test_client_send_alone_matches_the_pipelined_send(method, headers, authority
     assert (alone._awaiting[0].is_head, alone._awaiting[0].ended) == (behind._awaiting[1].is_head, True)
 
 
+@pytest.mark.sources_only("a Server stand-in borrows HttpServerConnection's send methods")
 def test_whole_response_dispatch_matches_event_by_event():
     """The upstream connection's one-read response shortcut calls the handler as the loop does."""
     from meshproxy.upstream.client import Http1Connection, UpstreamConnection
@@ -360,6 +361,7 @@ def _server_with_request(kind: str):
     return srv, srv.head
 
 
+@pytest.mark.sources_only("a Server stand-in borrows HttpServerConnection's send methods")
 @pytest.mark.parametrize("kind", ["http1", "h2", "nghttp2"])
 @pytest.mark.parametrize("status, flow", [(200, 0), (200, 7), (404, 3)])
 def test_exchange_whole_response_matches_head_then_rest(kind, status, flow):
@@ -396,6 +398,7 @@ def test_exchange_whole_response_matches_head_then_rest(kind, status, flow):
     assert results[0][1] == [head.stream_id] and b"ok" in results[0][0]
 
 
+@pytest.mark.sources_only("replaces the connection's mark method on the instance")
 def test_h2_release_acknowledges_what_a_paused_stream_held_back():
     """Bytes held back while the downstream was congested are handed back to the upstream's
     connection window when the stream is released: no more come on it, and nothing else would."""

@@ -9,6 +9,8 @@ producers (``stalled``), once each; without that the stream stops for good.
 
 from __future__ import annotations
 
+import pytest
+
 from meshproxy.http.server import HttpServerConnection
 from meshproxy.upstream.client import UpstreamConnection
 
@@ -48,6 +50,7 @@ def _bare(cls, **attrs):
     return obj
 
 
+@pytest.mark.sources_only("builds connections without their __init__")
 def test_server_flush_wakes_each_stalled_exchange_once_after_writing():
     log: list = []
     a, b = _Exchange(log), _Exchange(log)
@@ -62,6 +65,7 @@ def test_server_flush_wakes_each_stalled_exchange_once_after_writing():
     assert log == [("downstream", a), ("downstream", b)]
 
 
+@pytest.mark.sources_only("builds connections without their __init__")
 def test_server_flush_wakes_stalled_exchange_that_stalls_again_only_next_time():
     log: list = []
     srv = _bare(HttpServerConnection, codec=_Codec(), transport=_Transport(), closed=False, h2=True,
@@ -80,6 +84,7 @@ def test_server_flush_wakes_stalled_exchange_that_stalls_again_only_next_time():
     assert log == [("downstream", ex), ("downstream", ex)]
 
 
+@pytest.mark.sources_only("builds connections without their __init__")
 def test_upstream_flush_wakes_each_stalled_request_body_once():
     log: list = []
     a = _Exchange(log)
