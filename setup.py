@@ -8,8 +8,9 @@ path, with the same behaviour.
 ``MESHPROXY_MYPYC=1`` also compiles the modules of the per-request path
 (``COMPILED``) to C extensions with mypyc: the same Python source, its type
 annotations enforced at run time, about a sixth less CPU per request
-(bench/RESULTS.md). It is the build to ship (``pip install .`` with the
-variable set, and ``mypy`` installed). It is off by default, so an editable
+(bench/RESULTS.md). It is the build to ship: ``pip install mypy wheel``, then
+``MESHPROXY_MYPYC=1 pip install --no-build-isolation .`` (mypy must be importable
+here, and an isolated build environment would not have it). It is off by default, so an editable
 install runs the sources being edited; ``tests/compiled.sh`` builds it beside
 them for ``bench/run.py``, which measures it, and for ``tests/run``, which runs
 the whole suite on both builds.
