@@ -1738,7 +1738,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--meshproxy", default=os.path.join(REPO, ".venv", "bin", "meshproxy"))
     ap.add_argument("--build", default="compiled", choices=["compiled", "sources"],
                     help="which meshproxy to measure: 'compiled' (default; the mypyc build, setup.py's "
-                         "MESHPROXY_MYPYC=1, made or refreshed by tests/compiled.sh and put first on PYTHONPATH) or 'sources' "
+                         "MESHPROXY_MYPYC=1, made or refreshed by tests/compiled.sh and put first on PYTHONPATH) "
+                         "or 'sources' "
                          "(the editable install as it is)")
     ap.add_argument("--noise-limit", type=float, default=20.0,
                     help="repeat a run once when steal or non-proxy load on CPU 1 exceeds this many %% (default 20)")
