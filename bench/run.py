@@ -1739,8 +1739,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--build", default="compiled", choices=["compiled", "sources"],
                     help="which meshproxy to measure: 'compiled' (default; the mypyc build, setup.py's "
                          "MESHPROXY_MYPYC=1, made or refreshed by tests/compiled.sh and put first on PYTHONPATH) "
-                         "or 'sources' "
-                         "(the editable install as it is)")
+                         "or 'sources' (the editable install as it is)")
     ap.add_argument("--noise-limit", type=float, default=20.0,
                     help="repeat a run once when steal or non-proxy load on CPU 1 exceeds this many %% (default 20)")
     ap.add_argument("--strict-noise-limit", type=float, default=5.0,

@@ -5,7 +5,7 @@ __version__ = "0.1.0"
 
 def build() -> str:
     """``"compiled"`` when the per-request modules were built with mypyc (setup.py's
-    ``MESHPROXY_MYPYC=1``: the container image, ``bench/run.py``), else ``"sources"``."""
+    ``MESHPROXY_MYPYC=1``, ``tests/compiled.sh``; what ``bench/run.py`` measures), else ``"sources"``."""
     from importlib.util import find_spec
 
     spec = find_spec("meshproxy.http.exchange")

@@ -9,13 +9,16 @@ import os
 
 import pytest
 
+COMPILED = pytest.StashKey[bool]()
+
 
 def pytest_configure(config: pytest.Config) -> None:
-    import meshproxy.http.exchange as exchange
+    import meshproxy
 
-    compiled = not exchange.__file__.endswith(".py")
+    compiled = meshproxy.build() == "compiled"
     if os.environ.get("MESHPROXY_EXPECT_COMPILED") == "1" and not compiled:
-        raise pytest.UsageError(f"MESHPROXY_EXPECT_COMPILED=1 but meshproxy is imported from {exchange.__file__}")
+        raise pytest.UsageError(f"MESHPROXY_EXPECT_COMPILED=1 but meshproxy is imported from {meshproxy.__file__}"
+                                " (the sources)")
     config.stash[COMPILED] = compiled
     config.addinivalue_line("markers", "sources_only(reason): the test needs the interpreted sources (it builds a "
                                        "stand-in that borrows a class's methods or skips its __init__, which "
@@ -29,9 +32,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         mark = item.get_closest_marker("sources_only")
         if mark is not None:
             item.add_marker(pytest.mark.skip(reason="sources only: " + (mark.args[0] if mark.args else "")))
-
-
-COMPILED = pytest.StashKey[bool]()
 
 
 def pytest_report_header(config: pytest.Config) -> str:

@@ -69,8 +69,8 @@ from __future__ import annotations
 
 import logging
 import struct
-from typing import Any, cast
 from collections import deque
+from typing import Any, cast
 
 from . import _ng_wire
 from ._ng_wire import (CLIENT_CALLBACKS, DATA, DATA_EOF, DATA_NO_END_STREAM, DEFAULT_WINDOW,

@@ -42,8 +42,8 @@ helpers (``set_header``, ``remove_headers``) mutate the list they are given.
 from __future__ import annotations
 
 import random
-from typing import Any
 from http import HTTPStatus
+from typing import Any
 
 from ..codec import native
 from ..codec.events import Headers, RequestHead, ResponseHead
