@@ -33,6 +33,11 @@ COMPILED = [
     "meshproxy/codec/_ng_codec.py",
     "meshproxy/net/tls_layer.py",
     "meshproxy/observe/requests.py",
+    "meshproxy/http/express_heads.py",
+    "meshproxy/codec/_http1_write.py",
+    "meshproxy/http/router.py",
+    "meshproxy/upstream/cluster.py",
+    "meshproxy/upstream/lb.py",
 ]
 """Modules compiled by mypyc when ``MESHPROXY_MYPYC=1``."""
 

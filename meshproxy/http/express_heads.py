@@ -27,6 +27,8 @@ reference the tests compare them with.
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..codec import native
 from ..codec._http1_checks import _GOOD_HOSTS
 from .headers import MESHPROXY_PREFIX, new_request_id
@@ -55,8 +57,8 @@ _X = MESHPROXY_PREFIX[0]
 _XPLEN = len(MESHPROXY_PREFIX)
 _BODY_METHODS = frozenset((b"POST", b"PUT", b"PATCH"))
 _MEMO_MAX = 2048
-_REQ_MEMO: dict[bytes, object] = {}
-_RESP_MEMO: dict[bytes, object] = {}
+_REQ_MEMO: dict[bytes, Any] = {}
+_RESP_MEMO: dict[bytes, Any] = {}
 _START_MEMO: dict[bytes, int] = {}
 """Response start lines (``HTTP/1.1 <status> <reason>``, final statuses) of heads the parser
 accepted, with their status: with ``plain_response(..., known_only=True)`` they let a head made
@@ -85,7 +87,7 @@ def head_lines(head: bytes) -> tuple[bytes, list[bytes]]:
     return start, lines
 
 
-def _remember(memo: dict, line: bytes, what):
+def _remember(memo: dict, line: bytes, what: Any) -> Any:
     """Keep what ``line`` was classified as (the memo is emptied when full); return it."""
     if len(memo) >= _MEMO_MAX:
         memo.clear()
@@ -93,12 +95,13 @@ def _remember(memo: dict, line: bytes, what):
     return what
 
 
-def _request_line(line: bytes):
+def _request_line(line: bytes) -> Any:
     """Classify a request field line (see the kinds above) and remember it; None: decline."""
     nv = split_field_line(line)
     if nv is None:
         return None
     name, value = nv
+    e: Any
     kind = _REQUEST_KINDS.get(name)
     if kind is None:
         if name[0] == _X and name[:_XPLEN] == MESHPROXY_PREFIX:
@@ -144,7 +147,10 @@ def plain_request_py(method: bytes, target: bytes, lines, inbound: bool, peer_ip
     out = [method + b" " + target + b" HTTP/1.1\r\n"]
     append = out.append
     memo = _REQ_MEMO
-    host = cl = rid = None
+    host: bytes | None = None
+    cl: int | None = None
+    rid: bytes | None = None
+    e: Any
     keep = True
     xfp = False
     for line in lines:
@@ -209,12 +215,13 @@ def plain_request_py(method: bytes, target: bytes, lines, inbound: bool, peer_ip
     return b"".join(out), rid, host, n, keep
 
 
-def _response_line(line: bytes):
+def _response_line(line: bytes) -> Any:
     """Classify a response field line and remember it; None: decline."""
     nv = split_field_line(line)
     if nv is None:
         return None
     name, value = nv
+    e: Any
     kind = _RESPONSE_KINDS.get(name)
     if kind is None:
         if name[0] == _X and name[:_XPLEN] == MESHPROXY_PREFIX:
@@ -235,7 +242,7 @@ def _response_line(line: bytes):
     return _remember(_RESP_MEMO, line, e)
 
 
-def known_response(start: bytes, lines):
+def known_response(start: bytes, lines: list[bytes]) -> Any:
     """``(status, plain_response(lines))`` for a response head made only of lines the HTTP/1
     parser has already accepted in earlier heads (its start line in ``_START_MEMO``, every field
     line in the line memo), else None: then the caller parses the head. The parser's verdict
@@ -263,13 +270,14 @@ def plain_response_py(lines, known_only: bool = False):
     ``name: value\r\n`` each (dropped ones as empty bytes); framing is the caller's.
     ``known_only``: decline at the first line not in the memo instead of classifying it
     (for a head the parser has not seen)."""
-    out = []
+    out: list[bytes] = []
     append = out.append
     memo = _RESP_MEMO
-    cl = None
+    e: Any
+    cl: int | None = None
     chunked = False
     keep = True
-    grpc = None
+    grpc: bytes | None = None
     for line in lines:
         e = memo.get(line)
         if e is None:
@@ -306,14 +314,14 @@ def plain_response_py(lines, known_only: bool = False):
 class _Fields:
     """Collects a head's fields the way httptools reports them: the exact path's input."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.fields: list[tuple[bytes, bytes]] = []
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.fields.append((name.lower(), value))
 
 
-def fields_of(head: bytes, parser_class) -> list[tuple[bytes, bytes]]:
+def fields_of(head: bytes, parser_class: Any) -> list[tuple[bytes, bytes]]:
     """``(lower-case name, value)`` of each field of a ``head`` the parser already accepted
     (``parser_class``: httptools' request or response parser)."""
     sink = _Fields()

@@ -79,7 +79,7 @@ def _header_matcher(m: HeaderMatch) -> Callable[[dict[str, str]], bool]:
             v = h.get(name)
             return v is not None and v.startswith(prefix)
     else:
-        rx = re.compile(m.regex)  # type: ignore[arg-type]
+        rx = re.compile(m.regex)  # type: ignore[arg-type, type-var]
 
         def test(h: dict[str, str]) -> bool:
             v = h.get(name)
@@ -106,7 +106,7 @@ class _Compiled:
             prefix = p.prefix
             self.path = lambda path: path.startswith(prefix)
         else:
-            rx = re.compile(p.regex)  # type: ignore[arg-type]
+            rx = re.compile(p.regex)  # type: ignore[arg-type, type-var]
             self.path = lambda path: rx.fullmatch(path) is not None
         self.methods = frozenset(route.match.methods) or None
         self.headers = [_header_matcher(h) for h in route.match.headers]

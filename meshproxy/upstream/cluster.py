@@ -35,7 +35,7 @@ class Cluster:
     """``auto`` (follow the downstream), ``http1`` or ``http2``."""
     connect_timeout: float
     endpoints: list[EndpointStats] = field(default_factory=list)
-    lb: RoundRobin | None = None
+    lb: RoundRobin[EndpointStats] | None = None
     mtls_identities: tuple[str, ...] | None = None
     """Mesh peers: mTLS, and the server SPIFFE IDs accepted (None: plaintext)."""
 
@@ -47,7 +47,10 @@ class Cluster:
         return cls(cfg.name, cfg.protocol, timeout, eps, RoundRobin(eps), ids)
 
     def pick(self) -> EndpointStats:
-        return self.lb.pick()
+        lb = self.lb
+        if lb is None:
+            raise LookupError(f"cluster {self.name} has no load balancer")
+        return lb.pick()
 
     def find(self, host: str, port: int) -> EndpointStats | None:
         for ep in self.endpoints:

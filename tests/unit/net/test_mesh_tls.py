@@ -135,3 +135,38 @@ def test_tls_layer_delivers_every_record_of_one_read(tmp_path):
         assert not server.incoming.pending and not server.sslobj.pending()
 
     asyncio.run(main())
+
+
+def test_tls_layer_calls_the_ssl_core_directly():
+    """The per-record calls skip ``ssl.SSLObject``'s one-line Python wrappers: ``core`` is the
+    ``_ssl`` object under it (on CPython), and a write through the layer goes through ``core``."""
+    import asyncio
+    import ssl
+
+    from meshproxy.net.tls_layer import TlsLayer
+
+    async def main():
+        layer = TlsLayer(None, ssl.create_default_context(), lambda l: None, lambda m: None, handshake_timeout=0,
+                         server_side=False)
+        assert layer.core is not layer.sslobj
+        assert type(layer.core).__module__ == "_ssl"
+        assert layer.core is layer.sslobj._sslobj
+        calls = []
+
+        class Core:
+            def write(self, data):
+                calls.append(bytes(data))
+                return len(data)
+
+        class Raw:
+            def write(self, data):
+                calls.append(("raw", data))
+
+            def is_closing(self):
+                return False
+
+        layer.raw, layer.core = Raw(), Core()
+        layer.write(b"hello")
+        return calls
+
+    assert asyncio.run(main()) == [b"hello"]  # nothing in the outgoing BIO: no raw write
