@@ -105,6 +105,9 @@ _HOST = re.compile(rb"[A-Za-z0-9\-._~%!$&'()*+;=]*(?::[0-9]*)?|\[[0-9A-Fa-f:.]+\
 _AUTHORITY_FORM = re.compile(rb"(?:[A-Za-z0-9\-._~%]+|\[[0-9A-Fa-f:.]+\]):[0-9]+")
 _TOKEN_LIST = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+(?:[ \t]*,[ \t]*[!#$%&'*+\-.^_`|~0-9A-Za-z]+)*")
 _DEFAULT_PORT = {b"http": b":80", b"https": b":443"}
+_UNDERSCORE, _AT = 95, 64
+"""Single bytes, tested by value (``95 in name``): ``b"_" in name`` first tries its operand as an
+integer and formats the TypeError it gets, ten times the cost of the search."""
 _GOOD_HOSTS: dict[bytes, bool] = {}
 """Host values that passed ``_HOST`` (a sidecar sees the same few over and over); bounded."""
 
@@ -171,9 +174,9 @@ def inspect_request(
     limits: Http1Limits,
 ) -> tuple[bytes | None, bytes, int | None, bool, bytes | None, bool]:
     """(authority, scheme, content_length, chunked, upgrade, expect_continue), or raises Reject."""
-    if limits.reject_underscore_names and b"_" in head:
+    if limits.reject_underscore_names and _UNDERSCORE in head:
         for name, _ in headers:
-            if b"_" in name:
+            if _UNDERSCORE in name:
                 raise Reject(400, "header name with underscore")
     host: bytes | None = None
     conn = upgrade = expect = None
@@ -228,7 +231,7 @@ def _absolute_authority(target: bytes, host: bytes | None) -> tuple[bytes, bytes
         if 0 <= i < end:
             end = i
     authority = rest[:end]
-    if not authority or b"@" in authority or not _HOST.fullmatch(authority):
+    if not authority or _AT in authority or not _HOST.fullmatch(authority):
         raise Reject(400, "invalid authority in request target")
     if host is not None and _norm(host, scheme) != _norm(authority, scheme):
         raise Reject(400, "Host differs from the request target's authority")
@@ -252,7 +255,7 @@ def inspect_trailers(trailers: list[tuple[bytes, bytes]], limits: Http1Limits, s
         raise Reject(431, "too many trailer fields")
     out = []
     for name, value in trailers:
-        if server and limits.reject_underscore_names and b"_" in name:
+        if server and limits.reject_underscore_names and _UNDERSCORE in name:
             raise Reject(400, "trailer name with underscore")
         if name not in (b"content-length", b"transfer-encoding", b"host"):
             out.append((name, value))
