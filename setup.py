@@ -38,6 +38,9 @@ COMPILED = [
     "meshproxy/http/router.py",
     "meshproxy/upstream/cluster.py",
     "meshproxy/upstream/lb.py",
+    "meshproxy/codec/http1.py",
+    "meshproxy/codec/_http1_stream.py",
+    "meshproxy/codec/_http1_checks.py",
 ]
 """Modules compiled by mypyc when ``MESHPROXY_MYPYC=1``."""
 

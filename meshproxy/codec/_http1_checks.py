@@ -63,7 +63,7 @@ class Reject(Exception):
 _BARE_LF = re.compile(rb"[^\r]\n")
 
 
-def find_head(buf: bytes, scan_from: int, limits: Http1Limits) -> int:
+def find_head(buf: bytes | bytearray, scan_from: int, limits: Http1Limits) -> int:
     """Offset just past the head's final CRLFCRLF, or -1 while more bytes are needed.
 
     ``buf`` starts at the start line; ``scan_from`` is where the previous, failed

@@ -146,7 +146,9 @@ class Http1Sender:
         if self._server:
             self._stop_receiving()
 
-    close_after_current = start_drain
+    def close_after_current(self) -> None:
+        """The same as ``start_drain`` (the name the codec interface uses)."""
+        self.start_drain()
 
     def close(self, error_code: int = 0) -> None:
         """Abandon the connection: stop reading, drop output not yet queued for the wire."""

@@ -77,7 +77,8 @@ class Http1Codec(Http1Sender):
             raise ValueError(f"role must be 'server' or 'client', not {role!r}")
         super().__init__(role == "server")
         self.limits = limits
-        self._buf = b""
+        self._buf: bytes | bytearray = b""
+        """Received bytes not parsed yet: a bytearray while a head arrives in pieces, else bytes."""
         self._scan_from = 0
         self._rstate = _HEAD
         self._cur: Stream | None = None
@@ -127,7 +128,9 @@ class Http1Codec(Http1Sender):
                     break
             elif st == _UNTIL_EOF or st == _TUNNEL:
                 assert self._cur is not None
-                events.append(Data(self._cur.stream_id, self._buf))
+                rest = self._buf
+                assert isinstance(rest, bytes)  # a bytearray only while a head arrives (above)
+                events.append(Data(self._cur.stream_id, rest))
                 self._buf = b""
             elif st == _DONE:
                 self._buf = b""
@@ -317,6 +320,7 @@ class Http1Codec(Http1Sender):
 
     def _read_length(self) -> None:
         buf, n = self._buf, self._remaining
+        assert isinstance(buf, bytes)  # a bytearray only while a head arrives (receive_data)
         sid = self._cur.stream_id  # type: ignore[union-attr]
         if len(buf) <= n:
             self._events.append(Data(sid, buf))
@@ -332,6 +336,7 @@ class Http1Codec(Http1Sender):
 
     def _read_chunked(self) -> bool:
         buf, self._buf = self._buf, b""
+        assert isinstance(buf, bytes)  # a bytearray only while a head arrives (receive_data)
         parser = self._parser
         assert parser is not None
         start = 0
