@@ -222,6 +222,15 @@ def test_drain_marks_the_last_response_close() -> None:
     assert codec.should_close
 
 
+def test_close_after_current_is_a_drain() -> None:
+    """What the server calls when a response ended before its request: no new request is read
+    and the response carries ``connection: close``."""
+    codec = _one_request(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\nabc")
+    codec.close_after_current()
+    assert b"connection: close\r\n" in answered(codec, ResponseHead(1, 413, [], content_length=0))
+    assert codec.should_close
+
+
 def test_response_keep_alive_false_closes() -> None:
     codec = _one_request()
     out = answered(codec, ResponseHead(1, 503, [], keep_alive=False, content_length=0))
