@@ -105,7 +105,7 @@ _HOST = re.compile(rb"[A-Za-z0-9\-._~%!$&'()*+;=]*(?::[0-9]*)?|\[[0-9A-Fa-f:.]+\
 _AUTHORITY_FORM = re.compile(rb"(?:[A-Za-z0-9\-._~%]+|\[[0-9A-Fa-f:.]+\]):[0-9]+")
 _TOKEN_LIST = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+(?:[ \t]*,[ \t]*[!#$%&'*+\-.^_`|~0-9A-Za-z]+)*")
 _DEFAULT_PORT = {b"http": b":80", b"https": b":443"}
-_UNDERSCORE, _AT = 95, 64
+_CR, _LF, _UNDERSCORE, _AT = 13, 10, 95, 64
 """Single bytes, tested by value (``95 in name``): ``b"_" in name`` first tries its operand as an
 integer and formats the TypeError it gets, ten times the cost of the search."""
 _GOOD_HOSTS: dict[bytes, bool] = {}

@@ -30,7 +30,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..codec import native
-from ..codec._http1_checks import _GOOD_HOSTS
+from ..codec._http1_checks import _CR, _GOOD_HOSTS, _LF, _UNDERSCORE
 from .headers import MESHPROXY_PREFIX, new_request_id
 
 # What a raw field line is, as each function reads it: ``bytes`` for an ordinary line (what is
@@ -53,9 +53,6 @@ _RESPONSE_KINDS = {
     b"keep-alive": _KDROP, b"proxy-connection": _KDROP, b"te": _KDROP, b"upgrade": _KDROP,
 }
 _BLANKS = b" \t"
-_CR, _LF, _UNDERSCORE = 13, 10, 95
-"""Single bytes, tested by their value (``13 in line``): ``b"\r" in line`` first tries the operand
-as an integer and formats the TypeError it gets, which costs ten times the search."""
 _X = MESHPROXY_PREFIX[0]
 _XPLEN = len(MESHPROXY_PREFIX)
 _BODY_METHODS = frozenset((b"POST", b"PUT", b"PATCH"))

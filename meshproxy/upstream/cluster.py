@@ -9,7 +9,7 @@ Envoy users expect (``cx_total``, ``cx_connect_fail``, ``rq_total``,
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..config.model_types import parse_hostport
 from ..config.routing import Cluster as ClusterConfig
@@ -34,8 +34,9 @@ class Cluster:
     protocol: str
     """``auto`` (follow the downstream), ``http1`` or ``http2``."""
     connect_timeout: float
-    endpoints: list[EndpointStats] = field(default_factory=list)
-    lb: RoundRobin[EndpointStats] | None = None
+    endpoints: list[EndpointStats]
+    lb: RoundRobin[EndpointStats]
+    """Chooses among ``endpoints`` (``from_config`` builds it; later balancers plug in here)."""
     mtls_identities: tuple[str, ...] | None = None
     """Mesh peers: mTLS, and the server SPIFFE IDs accepted (None: plaintext)."""
 
@@ -47,10 +48,7 @@ class Cluster:
         return cls(cfg.name, cfg.protocol, timeout, eps, RoundRobin(eps), ids)
 
     def pick(self) -> EndpointStats:
-        lb = self.lb
-        if lb is None:
-            raise LookupError(f"cluster {self.name} has no load balancer")
-        return lb.pick()
+        return self.lb.pick()
 
     def find(self, host: str, port: int) -> EndpointStats | None:
         for ep in self.endpoints:

@@ -1,4 +1,4 @@
-"""A cluster's endpoints, its round robin and what it says when it cannot pick."""
+"""A cluster's endpoints and its round robin."""
 
 import pytest
 
@@ -26,10 +26,13 @@ def test_round_robin_refuses_no_endpoints():
         RoundRobin([])
 
 
-def test_pick_without_a_balancer_names_the_cluster():
-    c = Cluster("orphan", "auto", 1.0, [EndpointStats("10.0.0.1", 80)])
-    with pytest.raises(LookupError, match="cluster orphan has no load balancer"):
-        c.pick()
+def test_a_cluster_always_has_its_balancer():
+    """Endpoints and balancer are both required: no cluster exists that could not pick."""
+    with pytest.raises(TypeError):
+        Cluster("orphan", "auto", 1.0, [EndpointStats("10.0.0.1", 80)])  # type: ignore[call-arg]
+    eps = [EndpointStats("10.0.0.1", 80)]
+    c = Cluster("one", "auto", 1.0, eps, RoundRobin(eps))
+    assert c.pick() is eps[0] and c.mtls_identities is None
 
 
 def test_dump_shows_endpoint_counters():
