@@ -13,6 +13,7 @@ Admin paths:
   GET  /listeners         one line per listener address (``?format=json`` for JSON)
   GET  /clusters          per-endpoint counters, Envoy's text format (``?format=json`` for JSON)
   GET  /server_info       state, version, build (sources or compiled), uptime, loop
+  GET  /certs             the workload certificate in use and the trust bundle (Envoy's JSON)
   POST /quitquitquit      drain and exit 0, like SIGTERM
   POST /drain_listeners   stop accepting and fail readiness; in-flight work goes on
   POST /logging?level=L   set the log level
@@ -90,6 +91,15 @@ class Admin:
     def server_info(self, request: Request) -> Response:
         return _json(self.app.server_info())
 
+    def certs(self, request: Request) -> Response:
+        from ..tls.report import certs_report  # cryptography loads only when someone asks
+
+        mesh = self.app.mesh
+        if mesh is None:
+            return _json(certs_report(None, "", ""))
+        tls = mesh.cfg.tls
+        return _json(certs_report(mesh.material, tls.cert_file or "", tls.bundle_file or ""))
+
     def quit(self, request: Request) -> Response:
         self.app.request_shutdown("POST /quitquitquit")
         return Response(200, "OK\n")
@@ -123,6 +133,7 @@ class Admin:
             "/listeners": {"GET": self.listeners},
             "/clusters": {"GET": self.clusters},
             "/server_info": {"GET": self.server_info},
+            "/certs": {"GET": self.certs},
             "/quitquitquit": {"POST": self.quit},
             "/drain_listeners": {"POST": self.drain_listeners},
             "/logging": {"POST": self.logging},

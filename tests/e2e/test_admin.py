@@ -46,6 +46,14 @@ async def test_config_dump_is_effective_config_with_secrets_redacted(proxy):
     assert dump["config"]["drain"]["duration"] == 0.1
 
 
+async def test_certs_without_a_workload_certificate(proxy):
+    r = await proxy()
+    status, text = await get(r.url("admin", "/certs"))
+    assert status == 200 and json.loads(text) == {"certificates": []}
+    status, text = await get(r.url("admin", "/"))
+    assert "GET  /certs" in text
+
+
 def test_redact():
     from meshproxy.admin.server import redact
 

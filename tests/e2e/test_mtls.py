@@ -8,6 +8,7 @@ rotate under a continuous request stream without a failed request."""
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import timedelta
 
 import aiohttp
@@ -88,6 +89,14 @@ async def sidecar_a(proxy, b, tls, identities=(REVIEWS,), h2_upgrade_policy="DO_
         "routes": [{"name": "reviews", "cluster": "reviews"}],
         "security": {"tls": tls, "h2_upgrade_policy": h2_upgrade_policy},
     })
+
+
+async def admin_certs(r) -> dict:
+    """The workload certificate's entry in the sidecar's /certs."""
+    status, body, _ = await get(r.url("admin", "/certs"))
+    assert status == 200
+    [entry] = json.loads(body)["certificates"]
+    return entry["cert_chain"][0]
 
 
 async def get(url, **kw):
@@ -223,6 +232,7 @@ async def test_rotation_under_continuous_requests(proxy, origdst, app, pki):
     a = await sidecar_a(proxy, b, pki("a", FRONTEND))
     url = f"http://127.0.0.1:{a.port('web')}"
     before = b.app.mesh.material.fingerprint
+    certs_before = await admin_certs(b)
     failures: list = []
     stop = asyncio.Event()
 
@@ -256,6 +266,12 @@ async def test_rotation_under_continuous_requests(proxy, origdst, app, pki):
     text = await metrics_text(b)
     assert metric_value(text, "meshproxy_certificate_rotations_total") == 1
     assert metric_value(text, "meshproxy_certificate_expiry_timestamp_seconds") > 0
+    # Envoy's /certs shows the certificate new handshakes use: the rotated one, from the same file.
+    certs_after = await admin_certs(b)
+    assert certs_before["path"] == certs_after["path"] == b_tls["cert_file"]
+    assert certs_before["subject_alt_names"] == certs_after["subject_alt_names"] == [{"uri": REVIEWS}]
+    assert certs_after["serial_number"] != certs_before["serial_number"]
+    assert certs_after["expiration_time"] > certs_before["expiration_time"]  # 2 h against 1 h
 
 
 async def test_broken_rotation_keeps_old_material(proxy, origdst, app, pki):

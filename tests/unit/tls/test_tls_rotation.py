@@ -10,6 +10,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from tls_support import craft, issue_to, new_ca
 
+from meshproxy.config.security import Tls
 from meshproxy.tls import ca as calib
 from meshproxy.tls.certs import load_material
 from meshproxy.tls.rotation import CertWatcher, expiry_timestamp
@@ -80,6 +81,43 @@ def test_mismatched_key_keeps_the_old_material(tmp_path, ca):
     _replace(cfg.cert_file, calib.cert_pem(nxt.cert))  # the rest of the update lands
     new = w.check_now()
     assert new is not None and new.spiffe_id == NEW and rec.changes == [new] and len(rec.errors) == 1
+
+
+def _secret_volume_update(mount, ca, spiffe_id, version: int):
+    """What kubelet does to a mounted Secret (AtomicWriter): the files go into a new hidden
+    timestamped directory, a ``..data_tmp`` symlink to it is renamed over ``..data``, and the
+    visible names are symlinks through ``..data``; the old directory is then removed."""
+    leaf = ca.issue(spiffe_id, timedelta(hours=1))
+    stamped = f"..2026_12_03_16_00_00.{version}"
+    files = {"tls.crt": calib.cert_pem(leaf.cert), "tls.key": calib.key_pem(leaf.key),
+             "ca.crt": calib.cert_pem(ca.cert)}
+    os.mkdir(mount / stamped)
+    for name, data in files.items():
+        (mount / stamped / name).write_bytes(data)
+    old = os.readlink(mount / "..data") if (mount / "..data").is_symlink() else None
+    os.symlink(stamped, mount / "..data_tmp")
+    os.rename(mount / "..data_tmp", mount / "..data")
+    for name in files:
+        if not (mount / name).is_symlink():
+            os.symlink(f"..data/{name}", mount / name)
+    if old is not None:
+        for name in files:
+            os.unlink(mount / old / name)
+        os.rmdir(mount / old)
+    return Tls(cert_file=str(mount / "tls.crt"), key_file=str(mount / "tls.key"),
+               bundle_file=str(mount / "ca.crt"))
+
+
+def test_a_kubernetes_secret_volume_swap_is_picked_up(tmp_path, ca):
+    cfg = _secret_volume_update(tmp_path, ca, OLD, 1)
+    rec = Recorder()
+    w, old = _watch(cfg, rec)
+    assert old.spiffe_id == OLD
+    assert w.check_now() is None
+    _secret_volume_update(tmp_path, ca, NEW, 2)  # the same paths, now through the new ..data
+    new = w.check_now()
+    assert new is not None and new.spiffe_id == NEW and rec.changes == [new] and rec.errors == []
+    assert w.check_now() is None
 
 
 def test_partially_written_certificate_is_refused(tmp_path, ca):
