@@ -40,13 +40,18 @@ Istio's ``StringMatcher`` reads them (only a leading or trailing ``*`` is specia
   (Envoy's ``direct_remote_ip``; ``X-Forwarded-For`` is never consulted).
 - ``ports``: the original destination port. ``methods``: case-sensitive.
   ``paths``: the path without query or fragment, not normalised.
+- ``hosts``: the request's ``Host`` (HTTP/1.1) or ``:authority`` (HTTP/2) as sent,
+  compared case-insensitively (RFC 4343; Istio since CVE-2021-39155). A port the client
+  sent is part of the value, as in Istio: ``web.shop.svc`` does not match
+  ``web.shop.svc:8080``; ``web.shop.svc:*`` matches any port. A request without one
+  (HTTP/1.0 without ``Host``) never matches ``hosts`` and always passes ``not_hosts``.
 - ``when``: ``request.headers[NAME]`` (name case-insensitive; several fields of one
   name are joined with ``,`` like Envoy), ``source.principal``, ``source.namespace``,
   ``source.ip``, ``destination.port`` as above; ``request.method`` and
   ``request.path`` are meshproxy extensions treated like ``methods``/``paths``.
   An absent header never matches ``values`` and always passes ``not_values``.
 
-TCP connections and HTTP-only fields (``methods``, ``paths``, their ``not_*``,
+TCP connections and HTTP-only fields (``methods``, ``paths``, ``hosts``, their ``not_*``,
 ``request.headers[...]``, ``request.method``, ``request.path``). Istio's generator
 (``pilot/pkg/security/authz/model/model.go``: ``Generate(forTCP)`` and
 ``checkError``) treats them by action:
@@ -68,7 +73,7 @@ matched". (Istio reports each action's shadow engine on its own, so with both an
 enforced and a dry-run ALLOW it would also report "shadow denied" for a request the
 enforced ALLOW let through; we report only outcomes that would really change.)
 
-Not supported (not in the config model): CUSTOM, ``hosts``, ``request.auth.*``,
+Not supported (not in the config model): CUSTOM, ``request.auth.*``,
 ``remote.ip``, ``destination.ip``, ``connection.sni``, trust-domain aliases, path
 templates. Invalid values (a bad CIDR, a non-numeric port, an unknown key) raise
 ``ValueError`` naming the policy and rule, so a bad snapshot is refused at load.
@@ -103,6 +108,8 @@ class Attributes:
     """HTTP path without query or fragment; None when the request has none (CONNECT)."""
     headers: list[tuple[bytes, bytes]] | None = None
     """HTTP headers, lower-case names (``codec/events.py``)."""
+    authority: bytes | None = None
+    """HTTP ``Host`` / ``:authority`` as sent (``RequestHead.authority``); None when absent."""
     source_namespace: str | None = None
     """The principal's ``/ns/NS/`` segment; derived from ``source_principal`` when not given."""
     source_identity: str | None = field(default=None, init=False, repr=False, compare=False)
@@ -297,6 +304,15 @@ _port = attrgetter("destination_port")
 _method = attrgetter("method")
 _path = attrgetter("path")
 
+
+def _authority(a: Attributes) -> bytes | None:
+    h = a.authority
+    return h.lower() if h is not None else None
+
+
+def _hosts(values: Sequence[str]) -> _Strings:
+    return _bytes([v.lower() for v in values])
+
 Compiled = list[tuple[Check, bool]]
 """Checks of one clause, each with whether it is HTTP-only."""
 
@@ -320,6 +336,7 @@ def _operation(o: Operation) -> Compiled:
     _add(out, o.ports, o.not_ports, _ports_matcher, _port, False)
     _add(out, o.methods, o.not_methods, _bytes, _method, True)
     _add(out, o.paths, o.not_paths, _bytes, _path, True)
+    _add(out, o.hosts, o.not_hosts, _hosts, _authority, True)
     return out
 
 

@@ -74,6 +74,7 @@ class AuthzFilter:
             head.method,
             request_path(head.target),
             head.headers,
+            head.authority,
         ))
         if self.counter is not None and (not d.allowed or d.dry_run_denied or d.audited):
             self.counter(d)

@@ -91,7 +91,7 @@ class Source(_Model):
 
 
 class Operation(_Model):
-    """``to.operation`` of an Istio rule; methods/paths/headers only apply to HTTP."""
+    """``to.operation`` of an Istio rule; methods/paths/hosts only apply to HTTP."""
 
     ports: list[Port] = Field(default_factory=list)
     not_ports: list[Port] = Field(default_factory=list)
@@ -100,6 +100,11 @@ class Operation(_Model):
     paths: list[str] = Field(default_factory=list)
     """Exact, ``/prefix*`` or ``*suffix``."""
     not_paths: list[str] = Field(default_factory=list)
+    hosts: list[str] = Field(default_factory=list)
+    """The request's ``Host`` / ``:authority`` as sent, case-insensitive: exact (a port, when the
+    client sent one, is part of it: write ``web.shop.svc:*`` for any port), ``prefix*``,
+    ``*suffix`` or ``*``, as Istio's ``hosts``."""
+    not_hosts: list[str] = Field(default_factory=list)
 
 
 class Condition(_Model):

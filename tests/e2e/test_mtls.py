@@ -176,6 +176,7 @@ async def test_bad_peers_are_refused(proxy, origdst, app, pki, case):
 async def test_authorization_policies_end_to_end(proxy, origdst, app, pki):
     policies = [
         {"name": "deny-admin", "action": "DENY", "rules": [{"to": [{"paths": ["/admin*"]}]}]},
+        {"name": "deny-internal-host", "action": "DENY", "rules": [{"to": [{"hosts": ["internal.shop.svc:*"]}]}]},
         {"name": "frontend-reads", "action": "ALLOW",
          "rules": [{"from": [{"principals": ["cluster.local/ns/shop/sa/front*"]}], "to": [{"methods": ["GET"]}]}]},
     ]
@@ -185,12 +186,16 @@ async def test_authorization_policies_end_to_end(proxy, origdst, app, pki):
     assert (await get(f"{url}/ok"))[0] == 200
     status, body, _ = await get(f"{url}/admin/x")
     assert (status, body) == (403, "RBAC: access denied")
+    # hosts: the Host as the client sent it, case-insensitive, reaches B's policy through A
+    status, body, _ = await get(f"{url}/ok", headers={"Host": "Internal.SHOP.svc:8080"})
+    assert (status, body) == (403, "RBAC: access denied")
     async with aiohttp.ClientSession() as s:
         async with s.post(f"{url}/ok") as resp:
             assert resp.status == 403  # default deny: no ALLOW matches POST
     assert [r["path"] for r in app.requests] == ["/ok"]
     text = await metrics_text(b)
     assert metric_value(text, "meshproxy_authz_decisions_total", policy="deny-admin", enforced="true") == 1
+    assert metric_value(text, "meshproxy_authz_decisions_total", policy="deny-internal-host", enforced="true") == 1
 
 
 async def test_tcp_over_mtls(proxy, origdst, pki):

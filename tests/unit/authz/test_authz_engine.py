@@ -23,8 +23,9 @@ def pol(name="p", action="ALLOW", rules=None, dry_run=False) -> AuthorizationPol
     return AuthorizationPolicy.model_validate(d)
 
 
-def http(principal=SLEEP, ip="10.0.0.5", port=8080, method=b"GET", path=b"/", headers=()) -> Attributes:
-    return Attributes(principal, ip, port, method, path, list(headers))
+def http(principal=SLEEP, ip="10.0.0.5", port=8080, method=b"GET", path=b"/", headers=(),
+         authority=b"reviews.shop.svc:9080") -> Attributes:
+    return Attributes(principal, ip, port, method, path, list(headers), authority)
 
 
 def tcp(principal=SLEEP, ip="10.0.0.5", port=8080) -> Attributes:
@@ -148,6 +149,26 @@ CASES = [
     ("path absent (CONNECT)", [pol(rules=[to(paths=["*"])])], http(path=None), False),
     ("not_paths", [pol(rules=[to(not_paths=["/admin*"])])], http(path=b"/admin/x"), False),
     ("not_paths other", [pol(rules=[to(not_paths=["/admin*"])])], http(path=b"/public"), True),
+    # hosts: the authority as sent, case-insensitive (RFC 4343), its port included
+    ("host exact with port", [pol(rules=[to(hosts=["reviews.shop.svc:9080"])])], http(), True),
+    ("host exact without the port misses", [pol(rules=[to(hosts=["reviews.shop.svc"])])], http(), False),
+    ("host exact, client sent no port", [pol(rules=[to(hosts=["reviews.shop.svc"])])],
+     http(authority=b"reviews.shop.svc"), True),
+    ("host any port", [pol(rules=[to(hosts=["reviews.shop.svc:*"])])], http(), True),
+    ("host any port is not another host", [pol(rules=[to(hosts=["reviews.shop.svc:*"])])],
+     http(authority=b"reviews.shop.svc.evil:80"), False),
+    ("host case-insensitive request", [pol(rules=[to(hosts=["reviews.shop.svc:*"])])],
+     http(authority=b"Reviews.SHOP.svc:9080"), True),
+    ("host case-insensitive policy", [pol(rules=[to(hosts=["REVIEWS.shop.svc:9080"])])], http(), True),
+    ("host suffix", [pol(rules=[to(hosts=["*.shop.svc:9080"])])], http(), True),
+    ("host suffix miss", [pol(rules=[to(hosts=["*.other.svc:9080"])])], http(), False),
+    ("host any", [pol(rules=[to(hosts=["*"])])], http(), True),
+    ("host absent (HTTP/1.0)", [pol(rules=[to(hosts=["*"])])], http(authority=None), False),
+    ("not_hosts", [pol(rules=[to(not_hosts=["reviews.shop.svc:*"])])], http(), False),
+    ("not_hosts other", [pol(rules=[to(not_hosts=["ratings.shop.svc:*"])])], http(), True),
+    ("not_hosts absent passes", [pol(rules=[to(not_hosts=["reviews.shop.svc:*"])])], http(authority=None), True),
+    ("deny by host, case folded", [ALLOW_ALL, pol("d", "DENY", rules=[to(hosts=["admin.shop.svc:*"])])],
+     http(authority=b"ADMIN.Shop.Svc:80"), False),
     ("when request.path", [pol(rules=[when("request.path", ["/healthz"])])], http(path=b"/healthz"), True),
     # headers
     ("header exact", [pol(rules=[when("request.headers[X-Token]", ["abc"])])],
@@ -170,6 +191,8 @@ CASES = [
     ("tcp allow rule with ports+methods never matches", [pol(rules=[to(ports=[8080], methods=["GET"])])],
      tcp(), False),
     ("tcp allow rule with not_paths never matches", [pol(rules=[to(not_paths=["/x"])])], tcp(), False),
+    ("tcp allow rule with hosts never matches", [pol(rules=[to(hosts=["*"])])], tcp(), False),
+    ("tcp deny hosts only denies all tcp", [pol("d", "DENY", rules=[to(hosts=["a.svc"])])], tcp(), False),
     ("tcp allow rule with header when never matches",
      [pol(rules=[{**frm(namespaces=["default"]), **when("request.headers[x-a]", ["1"])}])], tcp(), False),
     ("tcp allow: other rules still match",

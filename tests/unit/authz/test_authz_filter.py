@@ -90,7 +90,7 @@ def test_attributes_come_from_context_and_head():
     hdrs = [(b"host", b"svc"), (b"x-a", b"1")]
     AuthzFilter(spy).on_request_head(ctx(SLEEP, "fd00::5", 9080), head(b"POST", b"/api/v1?x=1#f", hdrs))
     (a,) = spy.seen
-    assert a == Attributes(SLEEP, "fd00::5", 9080, b"POST", b"/api/v1", hdrs)
+    assert a == Attributes(SLEEP, "fd00::5", 9080, b"POST", b"/api/v1", hdrs, b"svc")
     assert a.source_namespace == "default" and a.is_http
 
 
