@@ -9,7 +9,7 @@ policies once per snapshot. Frozen, like the rest of the config.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -69,12 +69,72 @@ Mode = Literal["STRICT", "PERMISSIVE", "DISABLE"]
 
 
 class PeerAuthentication(_Model):
-    """Inbound mTLS mode, Istio's PeerAuthentication: for all ports, or per port."""
+    """Inbound mTLS mode, Istio's PeerAuthentication: for all ports, or per port.
+
+    Also read as an Istio spec is written: ``mtls: {mode: STRICT}`` and ``portLevelMtls:
+    {8080: {mode: DISABLE}}``; ``UNSET`` inherits (the workload's mode for a port, PERMISSIVE,
+    Istio's default, for the workload)."""
 
     mode: Mode = "PERMISSIVE"
     """STRICT: mTLS only; PERMISSIVE: mTLS or plaintext; DISABLE: plaintext only."""
     port_modes: dict[Port, Mode] = Field(default_factory=dict)
     """Per destination port overrides."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _istio_spec(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or ("mtls" not in data and "portLevelMtls" not in data):
+            return data
+        out = dict(data)
+        if "mtls" in out:
+            if "mode" in out:
+                raise ValueError("mtls.mode and mode are the same setting: give one")
+            mode = _istio_mode(out.pop("mtls"), "mtls")
+            if mode is not None:
+                out["mode"] = mode
+        if "portLevelMtls" in out:
+            if "port_modes" in out:
+                raise ValueError("portLevelMtls and port_modes are the same setting: give one")
+            levels = out.pop("portLevelMtls")
+            if not isinstance(levels, dict):
+                raise ValueError(f"portLevelMtls: expected a mapping of port to {{mode: ...}}, got {levels!r}")
+            modes = {}
+            for port, m in levels.items():
+                mode = _istio_mode(m, f"portLevelMtls.{port}")
+                if mode is not None:
+                    modes[port] = mode
+            out["port_modes"] = modes
+        return out
+
+
+def _istio_mode(value: Any, where: str) -> str | None:
+    """The ``mode`` of an Istio ``{mode: ...}`` block; None for UNSET (inherit)."""
+    if not isinstance(value, dict) or set(value) - {"mode"}:
+        raise ValueError(f"{where}: expected {{mode: STRICT|PERMISSIVE|DISABLE|UNSET}}, got {value!r}")
+    mode = value.get("mode", "UNSET")
+    return None if mode == "UNSET" else mode
+
+
+def _istio_names(data: Any, names: dict[str, str]) -> Any:
+    """Accept Istio's camelCase field names (``notPaths``, ``ipBlocks`` ...) for ours, so a policy
+    copied from an Istio ``AuthorizationPolicy`` reads as written; error messages name our field."""
+    if not isinstance(data, dict):
+        return data
+    out = dict(data)
+    for camel, snake in names.items():
+        if camel in out:
+            if snake in out:
+                raise ValueError(f"{camel} and {snake} are the same field: give one")
+            out[snake] = out.pop(camel)
+    return out
+
+
+def _unwrap(items: Any, key: str) -> Any:
+    """Istio nests each ``from`` entry in ``source:`` and each ``to`` entry in ``operation:``;
+    ours are flat. Take either."""
+    if not isinstance(items, list):
+        return items
+    return [i[key] if isinstance(i, dict) and len(i) == 1 and key in i else i for i in items]
 
 
 class Source(_Model):
@@ -88,6 +148,12 @@ class Source(_Model):
     not_namespaces: list[str] = Field(default_factory=list)
     ip_blocks: list[str] = Field(default_factory=list)
     not_ip_blocks: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _camel(cls, data: Any) -> Any:
+        return _istio_names(data, {"notPrincipals": "not_principals", "notNamespaces": "not_namespaces",
+                                   "ipBlocks": "ip_blocks", "notIpBlocks": "not_ip_blocks"})
 
 
 class Operation(_Model):
@@ -106,6 +172,12 @@ class Operation(_Model):
     ``*suffix`` or ``*``, as Istio's ``hosts``."""
     not_hosts: list[str] = Field(default_factory=list)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _camel(cls, data: Any) -> Any:
+        return _istio_names(data, {"notPorts": "not_ports", "notMethods": "not_methods", "notPaths": "not_paths",
+                                   "notHosts": "not_hosts"})
+
 
 class Condition(_Model):
     """``when`` of an Istio rule: ``request.headers[NAME]`` values (exact or ``*`` wildcards)."""
@@ -113,6 +185,11 @@ class Condition(_Model):
     key: str
     values: list[str] = Field(default_factory=list)
     not_values: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _camel(cls, data: Any) -> Any:
+        return _istio_names(data, {"notValues": "not_values"})
 
     @field_validator("key")
     @classmethod
@@ -134,11 +211,25 @@ class Rule(_Model):
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _nested(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            data = dict(data)
+            for field, key in (("from", "source"), ("from_", "source"), ("to", "operation")):
+                if field in data:
+                    data[field] = _unwrap(data[field], key)
+        return data
+
 
 class AuthorizationPolicy(_Model):
     """Istio's AuthorizationPolicy: DENY policies first, then ALLOW; with no ALLOW
     policy everything not denied is allowed; once an ALLOW policy exists, a request
-    no ALLOW policy matches is denied. AUDIT only logs and counts."""
+    no ALLOW policy matches is denied. AUDIT only logs and counts.
+
+    Rules are written flat (``from: [{principals: [...]}]``, ``not_paths``) or as in an Istio
+    spec (``from: [{source: {...}}]``, ``to: [{operation: {...}}]``, ``notPaths``, ``ipBlocks``);
+    both read the same, and error messages name the flat field."""
 
     name: str = Field(min_length=1)
     action: Literal["ALLOW", "DENY", "AUDIT"] = "ALLOW"
