@@ -26,11 +26,7 @@ from datetime import datetime, timezone
 
 from cryptography import x509
 
-from .certs import Material
-
-
-def _stamp(t: datetime) -> str:
-    return t.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+from .certs import Material, _stamp
 
 
 def _alt_names(cert: x509.Certificate) -> list[dict[str, str]]:
@@ -51,8 +47,7 @@ def _alt_names(cert: x509.Certificate) -> list[dict[str, str]]:
 
 def certificate_details(cert: x509.Certificate, path: str, now: datetime) -> dict:
     """One ``admin.v3.CertificateDetails``."""
-    left = cert.not_valid_after_utc - now
-    days = max(left.days, 0) if left.total_seconds() > 0 else 0
+    days = max((cert.not_valid_after_utc - now).days, 0)  # whole days; a past expiry is -1 or less
     return {
         "path": path,
         "serial_number": format(cert.serial_number, "x"),
