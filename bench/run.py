@@ -824,6 +824,19 @@ log: {{level: warning}}
 """
 
 
+def _merged_yaml(text: str, path: str) -> str:
+    """``text`` (YAML) with the mappings of the YAML file ``path`` merged in, key by key."""
+    import yaml
+
+    def merge(a, b):
+        if isinstance(a, dict) and isinstance(b, dict):
+            return {**a, **{k: merge(a.get(k), v) for k, v in b.items()}}
+        return b
+
+    with open(path) as f:
+        return yaml.safe_dump(merge(yaml.safe_load(text), yaml.safe_load(f)), sort_keys=False)
+
+
 class MeshproxyMesh(Scenario):
     name = "meshproxy-mesh"
     description = ("client → sidecar A (uid 1337; explicit listener `protocol: http` → cluster `mtls` to the pod IP) "
@@ -847,6 +860,8 @@ class MeshproxyMesh(Scenario):
             b_admin, b_health, b_prom = env.port(), env.port(), env.port()
             conf_b = MESH_B_CONF.format(inbound=MESH_INBOUND_PORT, td=TRUST_DOMAIN, d=pki.server,
                                         admin=b_admin, health=b_health, prom=b_prom)
+            if args.b_extra:
+                conf_b = _merged_yaml(conf_b, args.b_extra)
             cfg_b = env.path("meshproxy-mesh-b.yaml")
             with open(cfg_b, "w") as f:
                 f.write(conf_b)
@@ -1753,7 +1768,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="total seconds all those waits may take in one run (default 120)")
     ap.add_argument("--retries", type=int, default=1, help="repeats allowed per noisy run (default 1)")
     ap.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (configs, logs)")
+    ap.add_argument("--b-extra", metavar="FILE",
+                    help="YAML appended to the mesh suite's sidecar B config, for hand experiments (e.g. "
+                         "authorization policies); only with --no-write, so the tables never carry it")
     args = ap.parse_args(argv)
+    if args.b_extra and not args.no_write:
+        ap.error("--b-extra needs --no-write: RESULTS.md's tables describe the suite's own configs")
     if os.cpu_count() and os.cpu_count() < 2:
         log("warning: fewer than 2 CPUs; pinning will overlap")
     for tool in ("nginx", "haproxy", "wrk", "h2load", "iperf3", "taskset", "curl"):

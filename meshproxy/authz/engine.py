@@ -455,7 +455,7 @@ def _first(policies: tuple[_Policy, ...], a: Attributes) -> str | None:
 class Authorizer:
     """The policies of one config snapshot, compiled once. ``check`` is pure and cheap."""
 
-    __slots__ = ("_audit", "_deny", "_allow", "_dry_deny", "_dry_allow")
+    __slots__ = ("_audit", "_deny", "_allow", "_dry_deny", "_dry_allow", "needs_headers")
 
     def __init__(self, policies: Sequence[AuthorizationPolicy]) -> None:
         groups: dict[tuple[str, bool], list[_Policy]] = {}
@@ -467,6 +467,9 @@ class Authorizer:
         self._allow = tuple(groups.get(("ALLOW", False), ()))
         self._dry_deny = tuple(groups.get(("DENY", True), ()))
         self._dry_allow = tuple(groups.get(("ALLOW", True), ()))
+        self.needs_headers = any(c.key.startswith("request.headers[") for p in policies for r in p.rules
+                                 for c in r.when)
+        """Some rule reads request headers: a check without ``Attributes.headers`` would be wrong."""
 
     @property
     def empty(self) -> bool:

@@ -58,13 +58,16 @@ class AuthzFilter:
     """Inbound request filter: RESPOND 403 when the authorizer denies, else CONTINUE.
     Stateless: share one instance per chain (per snapshot)."""
 
-    __slots__ = ("authorizer", "counter")
+    __slots__ = ("authorizer", "counter", "needs_headers")
 
     def __init__(self, authorizer: Authorizer, counter: Callable[[Decision], None] | None = None) -> None:
         self.authorizer = authorizer
         self.counter = counter
         """Called with every decision that denied, would have denied (dry run) or was audited;
         not for plain allows (the hot path)."""
+        self.needs_headers = authorizer.needs_headers
+        """Some policy reads request headers (``when: request.headers[...]``): ``allows`` must be
+        given them."""
 
     def on_request_head(self, ctx: "FilterContext", head: "RequestHead") -> Verdict:
         d = self.authorizer.check(Attributes(
@@ -82,6 +85,22 @@ class AuthzFilter:
             return _CONTINUE
         ctx.local_reply = DENIED_REPLY
         return _RESPOND
+
+    def allows(self, principal: str | None, source_ip: str, port: int, method: bytes, target: bytes,
+               headers: "list[tuple[bytes, bytes]] | None", authority: bytes | None) -> bool:
+        """The express lane's question (``http/express.py``), for an origin-form request whose
+        headers went through hygiene: may it go on? The decision is the one ``on_request_head``
+        makes; ``headers`` may be None unless ``needs_headers``. Allowed requests that the
+        counter wants (dry-run denials, audits) are counted here. A denial is not: the lane
+        hands that request to the general path, whose ``on_request_head`` answers it and counts
+        it once."""
+        d = self.authorizer.check(Attributes(principal, source_ip, port, method, request_path(target), headers,
+                                             authority))
+        if not d.allowed:
+            return False
+        if self.counter is not None and (d.dry_run_denied or d.audited):
+            self.counter(d)
+        return True
 
     def __repr__(self) -> str:
         return f"AuthzFilter({self.authorizer!r})"

@@ -173,6 +173,11 @@ class FilterChain:
     def __len__(self) -> int:
         return len(self._entries)
 
+    @property
+    def entries(self) -> tuple:
+        """The filters and filter factories, in order."""
+        return self._entries
+
     def instantiate(self) -> tuple:
         """The filters for one request: shared instances as they are, factories called."""
         if self._shared is not None:

@@ -9,6 +9,7 @@ it. Nothing here is per connection.
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from ..codec.http1 import Http1Limits
 from ..codec.http2 import Http2Limits
@@ -53,8 +54,14 @@ class HttpContext:
         self.pools = {c.name: self._pool(c) for c in cfg.clusters}
         """One pool per cluster, with that cluster's pool settings."""
         self.chains = {d: FilterChain([HeaderHygiene(d)]) for d in ("outbound", "explicit")}
+        """One filter chain per direction; later filters (authz, faults, Python filters) append here.
+        Each request runs the chain of its direction as it is when the request starts."""
+        self.lane: dict[str, tuple[bool, Any]] = {}
+        """Per direction, what the express lane (``http/express.py``) must do for each request:
+        ``(False, None)`` when the chain holds a filter the lane does not run (its requests take
+        the general path), else ``(True, None)`` for header hygiene only or ``(True, authz)``
+        with the ``AuthzFilter`` to ask. Rebuilt with the chains."""
         self.set_authorizer(authorizer)
-        """One filter chain per direction; later filters (authz, faults, Python filters) append here."""
         self.tracer = None
         if cfg.tracing.exporter != "none":
             try:
@@ -86,6 +93,7 @@ class HttpContext:
             metrics = self.metrics
             inbound.append(AuthzFilter(authorizer, lambda decision: metrics.count_authz(decision, "http")))
         self.chains["inbound"] = FilterChain(inbound)
+        self.lane = {d: _lane_view(chain) for d, chain in self.chains.items()}
 
     def set_routing(self, cfg: Config) -> None:
         """Take new routes and clusters: new requests use them, requests in flight keep theirs.
@@ -135,3 +143,17 @@ class HttpContext:
 
     def clusters_dump(self) -> list[dict]:
         return [c.dump() for c in self.clusters.values()]
+
+
+def _lane_view(chain: FilterChain) -> tuple[bool, Any]:
+    """``HttpContext.lane`` for one chain: the lane runs header hygiene (its one-pass rewriting)
+    and authorization (``AuthzFilter.allows``), nothing else."""
+    from ..authz.filter import AuthzFilter
+
+    authz = None
+    for f in chain.entries:
+        if isinstance(f, AuthzFilter) and authz is None:
+            authz = f
+        elif not isinstance(f, HeaderHygiene):
+            return False, None
+    return True, authz

@@ -49,7 +49,8 @@ class Exchange:
     __slots__ = ("server", "sid", "head", "started", "wall", "up", "parts", "buffered", "unacked", "req_paused",
                  "req_done", "resp_started", "resp_done", "finished", "status", "flag", "req_bytes", "resp_bytes",
                  "route", "cluster", "endpoint", "deadline", "fctx", "grpc_status", "span",
-                 "tunnel", "service", "detail", "orig_proto", "retried", "pool_key", "up_pool")
+                 "tunnel", "service", "detail", "orig_proto", "retried", "pool_key", "up_pool",
+                 "chain")
 
     def __init__(self, server, head: RequestHead) -> None:
         self.server = server
@@ -78,6 +79,9 @@ class Exchange:
         """``loop.time()`` by which the response must have ended (0: no timeout running);
         the server's deadline timer checks it (``HttpServerConnection.watch_deadline``)."""
         self.fctx: Any = None
+        self.chain: Any = None
+        """The filter chain this request runs (the direction's chain when it started: a policy
+        reload applies to the next request on every connection, not to this one)."""
         self.grpc_status = "-"
         self.span: Any = None
         self.tunnel = False
@@ -110,7 +114,8 @@ class Exchange:
         # positional: (direction, peer, scheme, request_id, route, principal, destination_port)
         fctx = self.fctx = FilterContext(srv.direction, srv.conn.peer, srv.scheme, None, None, srv.principal,
                                          srv.destination_port)
-        verdict = srv.chain.run_request(fctx, head)
+        chain = self.chain = ctx.chains[srv.direction]
+        verdict = chain.run_request(fctx, head)
         if verdict is _RESPOND:
             reply = fctx.local_reply
             assert reply is not None  # a filter that answers sets it (http/chain.py)
@@ -304,7 +309,7 @@ class Exchange:
             self.tunnel = True
         head.stream_id = self.sid
         head.keep_alive = True
-        self.server.chain.run_response(self.fctx, head)
+        self.chain.run_response(self.fctx, head)
         if head.end_stream:
             self.grpc_status = _grpc_status(head.headers, self.grpc_status)
         return True
@@ -444,7 +449,7 @@ class Exchange:
         srv.send_data(self.sid, body, True)
         self.resp_bytes += len(body)
         self.resp_done = True
-        if not self.req_done:
+        if not self.req_done and not self.head.end_stream:  # a body is still coming: HTTP/1 closes after this
             srv.abandon_request(self.sid)
         self._finish()
 

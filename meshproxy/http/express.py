@@ -2,10 +2,10 @@
 
 Where this sits: ``net/listener.py`` gives a downstream HTTP/1 connection to an
 ``ExpressServer`` instead of ``http/server.py`` when ``express_eligible`` says
-the listener needs nothing per request beyond header hygiene, routing and
-Istio's request metrics (no tracing, no access log, no authorization or other
+the listener needs nothing per request beyond header hygiene, authorization,
+routing, Istio's request metrics and the access log (no tracing, no other
 filters; an inbound mTLS peer sidecar is fine: its identity goes into
-``x-forwarded-client-cert`` and the labels). Each request is then parsed once,
+``x-forwarded-client-cert``, the labels, the policies and the log). Each request is then parsed once,
 rewritten in one pass over its fields by ``http/express_heads.py`` (the same
 bytes ``http/headers.py`` hygiene and the codec's rendering give), routed by the
 same pure router and sent in one write on an ``upstream/express.py`` connection
@@ -18,8 +18,10 @@ The lane takes a request only when it is ordinary: one whole HTTP/1.1 request
 in one read (head and any Content-Length body, nothing after it), origin-form
 target, no Upgrade/CONNECT, no ``Expect``, no chunked body, not gRPC, and its
 route leads to an HTTP/1 upstream (not HTTP/2, not a mesh peer spoken to over
-HTTP/2). Anything else — a head that arrives in pieces, pipelining, a malformed
-or over-limit request, a tunnel — is *handed over*: the connection becomes an
+HTTP/2), and the inbound authorization policies allow it (``AuthzFilter.allows``,
+asked per request with the policies as they are then). Anything else — a head
+that arrives in pieces, pipelining, a malformed or over-limit request, a
+tunnel, a request the policies deny — is *handed over*: the connection becomes an
 ``HttpServerConnection`` fed the same bytes, at a message boundary, with
 nothing of that request sent anywhere yet. So every error answer, limit and
 protocol corner stays the general path's, and the lane only has to be right
@@ -43,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
@@ -58,7 +61,7 @@ from ..upstream.pool import Key
 from . import headers as hdr
 from .express_heads import fields_of, head_lines, plain_request
 from .router import PASSTHROUGH
-from .server import DEADLINE_SLACK, HIGH_WATER, HttpServerConnection
+from .server import DEADLINE_SLACK, HIGH_WATER, HttpServerConnection, access_entry
 
 log = logging.getLogger("meshproxy.http")
 
@@ -72,9 +75,9 @@ def express_eligible(ctx, conn, h2: bool) -> bool:
     each request is still checked). ``ctx``: the ``HttpContext``; ``conn``: the ``ConnContext``
     (an inbound mTLS peer sidecar's too: its identity goes into x-forwarded-client-cert and
     the metric labels as on the general path)."""
-    if h2 or not ctx.http.express or ctx.tracer is not None or ctx.access_log is not None:
+    if h2 or not ctx.http.express or ctx.tracer is not None:
         return False
-    return len(ctx.chains[conn.direction.value]) == 1  # header hygiene only (no authz, no filters)
+    return ctx.lane[conn.direction.value][0]  # header hygiene and authorization only, no other filters
 
 
 class ExpressServer(TurnWrites, asyncio.Protocol):
@@ -94,6 +97,9 @@ class ExpressServer(TurnWrites, asyncio.Protocol):
         self.inbound = self.direction == "inbound"
         self.peer_info = conn.peer_info
         """``net.mesh.PeerInfo`` of an mTLS peer sidecar, else None."""
+        self.principal = conn.peer_info.principal if conn.peer_info is not None else None
+        self.destination_port = conn.orig.port if conn.orig is not None else target.upstream.port
+        """What authorization policies see of the connection (as ``http/server.py`` has them)."""
         self.scheme = "https" if conn.peer_info is not None else "http"
         self.scheme_b = self.scheme.encode()
         self.xfcc = ((b"x-forwarded-client-cert", ctx.mesh.xfcc(conn.peer_info))
@@ -145,6 +151,10 @@ class ExpressServer(TurnWrites, asyncio.Protocol):
         self.request_id: bytes | None = None
         self.deadline = 0.0
         self.grpc_status = "-"
+        self.detail = ""
+        """What went wrong, for the access log's ``response_code_details`` (as ``Exchange.detail``)."""
+        self.log_info: Any = None
+        """With the access log on: what its entry needs of the request in flight (``_dispatch``)."""
 
     # === transport callbacks ===
     def connection_made(self, transport) -> None:
@@ -203,6 +213,9 @@ class ExpressServer(TurnWrites, asyncio.Protocol):
     # === a request ===
     def _request(self, data: bytes) -> None:
         """One read with no request in flight: take it, or hand the connection over."""
+        lane_ok, authz = self.ctx.lane[self.direction]  # as it is now: policies reload
+        if not lane_ok:
+            return self._handover(data)
         limits = self.limits
         end = data.find(b"\r\n\r\n") + 4
         if end < 4 or end > limits.max_header_bytes or data[0] == 13 or data[0] == 10:
@@ -224,17 +237,22 @@ class ExpressServer(TurnWrites, asyncio.Protocol):
         url = start[sp + 1:-9]  # the start line ends with " HTTP/1.1"
         if url[:1] != b"/" or len(lines) > limits.max_headers:
             return self._handover(data)
-        plain = None if self.ctx.router.needs_headers else plain_request(
+        ctx = self.ctx
+        plain = None if (ctx.router.needs_headers or ctx.access_log is not None
+                         or (authz is not None and authz.needs_headers)) else plain_request(
             method, url, lines, self.inbound, self.peer_ip_bytes, not limits.reject_underscore_names,
             len(data) - end, self.scheme_b, self.xfcc_line)
         if plain is None:  # something unusual, or the body is not exactly what followed the head
-            return self._request_exact(data, head, method, url, fields_of(head, HttpRequestParser))
+            return self._request_exact(data, head, method, url, fields_of(head, HttpRequestParser), authz)
         out, rid, authority, cl, keep = plain
+        if authz is not None and not authz.allows(self.principal, self.peer_ip, self.destination_port, method, url,
+                                                  None, authority):
+            return self._handover(data)  # denied: the general path answers 403 and counts it
         if cl:
             out += data[end:]
         self._dispatch(data, out, rid, method, authority, url, (), cl, keep)
 
-    def _request_exact(self, data: bytes, head: bytes, method: bytes, url: bytes, fields) -> None:
+    def _request_exact(self, data: bytes, head: bytes, method: bytes, url: bytes, fields, authz: Any = None) -> None:
         """``_request`` for a head ``plain_request`` declined: the general path's own checks,
         hygiene and rendering, one by one (the same helpers ``server.py`` and the codec use)."""
         special = [f for f in fields if f[0] in SPECIAL]
@@ -249,6 +267,9 @@ class ExpressServer(TurnWrites, asyncio.Protocol):
         req = RequestHead(0, method, url, authority, fields, "1.1", scheme, keep_alive("1.1", special),
                           None, False, not cl, cl)
         rid = hdr.clean_request(req, direction=self.direction, peer_ip=self.peer_ip, scheme=self.scheme)
+        if authz is not None and not authz.allows(self.principal, self.peer_ip, self.destination_port, method, url,
+                                                  req.headers, authority):
+            return self._handover(data)
         if self.xfcc is not None:
             req.headers.append(self.xfcc)
         headers = list(req.headers)
@@ -302,6 +323,10 @@ class ExpressServer(TurnWrites, asyncio.Protocol):
         self.route = route
         self.endpoint = ep
         self.service = service
+        self.detail = ""
+        if ctx.access_log is not None:  # headers: the exact route's, after hygiene (``_request`` takes it)
+            self.log_info = (time.time(), method, url, authority, headers, f"{host}:{port}",
+                             route.cluster if ep is not None else "PassthroughCluster")
         if route.timeout > 0:
             self.deadline = now + route.timeout
             self._watch_deadline(self.deadline)
@@ -440,6 +465,7 @@ class ExpressServer(TurnWrites, asyncio.Protocol):
         if not self.busy:
             return
         self.flag = kind.flag
+        self.detail = message
         up, self.up = self.up, None
         if up is not None:
             up.abandon()
@@ -466,9 +492,17 @@ class ExpressServer(TurnWrites, asyncio.Protocol):
             if self.flag == "-" and self.status < 500:
                 ep.rq_success += 1
         now = self.last_active = self.loop.time()
+        duration = (now - self.started) * 1000.0
         self.recorder.observe(self.service, "http" if self.grpc_status == "-" else "grpc", self.status,
-                              self.grpc_status, self.flag, (now - self.started) * 1000.0, self.req_bytes,
-                              self.resp_bytes)
+                              self.grpc_status, self.flag, duration, self.req_bytes, self.resp_bytes)
+        info = self.log_info
+        if info is not None:
+            self.log_info = None
+            wall, method, url, authority, headers, upstream_host, cluster = info
+            self.ctx.access_log.log(access_entry(
+                wall, method, url, "HTTP/1.1", self.status, self.flag, self.detail, self.req_bytes, self.resp_bytes,
+                duration, headers, self.request_id, authority, upstream_host, cluster, self.route.name, self.conn,
+                self.principal))
 
     # === timeouts, drain, close ===
     def _watch_deadline(self, when: float) -> None:

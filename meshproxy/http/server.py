@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 from ..codec.events import (ConnectionEnded, Data, EndStream, ProtocolError, RequestHead, Reset, ResponseHead,
@@ -61,7 +62,6 @@ class HttpServerConnection(asyncio.Protocol):
         self.principal = conn.peer_info.principal if conn.peer_info is not None else None
         self.destination_port = conn.orig.port if conn.orig is not None else target.upstream.port
         self.scheme = "https" if conn.peer_info is not None else "http"
-        self.chain = ctx.chains[self.direction]
         self.passthrough_service = str(conn.orig) if conn.orig is not None else str(target.upstream)
         self.codec: Any = Http2Codec("server", ctx.h2_limits) if h2 else Http1Codec("server", ctx.h1_limits)
         """``Http1Codec`` or ``Http2Codec``: they share the event vocabulary and the ``send_*`` calls."""
@@ -190,6 +190,13 @@ class HttpServerConnection(asyncio.Protocol):
             self.codec.send_data(ev.stream_id, body, True)
             self.recorder.observe(self.passthrough_service, "http", ev.status, "-", DOWNSTREAM_PROTOCOL_ERROR.flag,
                                   0.0, 0, len(body))
+            if self.ctx.access_log is not None:  # Envoy logs these too (DPE): no request was taken from them
+                self.ctx.access_log.log({
+                    "start_time": time.time(), "protocol": "HTTP/2" if self.h2 else "HTTP/1.1",
+                    "response_code": ev.status, "response_flags": DOWNSTREAM_PROTOCOL_ERROR.flag,
+                    "response_code_details": ev.message, "bytes_received": 0, "bytes_sent": len(body),
+                    "duration": 0, "downstream_remote_address": str(self.conn.peer),
+                    "downstream_local_address": str(self.conn.local), "downstream_peer_uri_san": self.principal})
             log.debug("%s: %d %s", self.conn.peer, ev.status, ev.message)
         self.mark()
         if ev.connection_fatal and (self.h2 or not self.exchanges):
@@ -316,24 +323,12 @@ class HttpServerConnection(asyncio.Protocol):
 
     def _log_entry(self, ex: Exchange, duration: float) -> dict:
         h = ex.head
-        return {
-            "start_time": ex.wall, "method": h.method.decode("latin-1"),
-            "path": h.target.decode("latin-1"),
-            "protocol": "HTTP/2" if self.h2 else f"HTTP/{h.http_version}",
-            "response_code": ex.status, "response_flags": ex.flag,
-            "response_code_details": ex.detail or None,
-            "bytes_received": ex.req_bytes, "bytes_sent": ex.resp_bytes, "duration": int(duration),
-            "x_forwarded_for": _get(h.headers, b"x-forwarded-for"), "user_agent": _get(h.headers, b"user-agent"),
-            "request_id": ex.fctx.request_id.decode("latin-1") if ex.fctx and ex.fctx.request_id else None,
-            "authority": h.authority.decode("latin-1") if h.authority else None,
-            "upstream_host": ex.upstream_host,
-            "upstream_cluster": ex.cluster.name if ex.cluster is not None else (
-                "PassthroughCluster" if ex.route is not None else None),
-            "route_name": ex.route.name if ex.route is not None else None,
-            "downstream_remote_address": str(self.conn.peer), "downstream_local_address": str(self.conn.local),
-            "requested_server_name": None,
-            "downstream_peer_uri_san": self.principal,
-        }
+        return access_entry(
+            ex.wall, h.method, h.target, "HTTP/2" if self.h2 else f"HTTP/{h.http_version}", ex.status, ex.flag,
+            ex.detail, ex.req_bytes, ex.resp_bytes, duration, h.headers,
+            ex.fctx.request_id if ex.fctx else None, h.authority, ex.upstream_host,
+            ex.cluster.name if ex.cluster is not None else ("PassthroughCluster" if ex.route is not None else None),
+            ex.route.name if ex.route is not None else None, self.conn, self.principal)
 
     # === timeouts, drain, close ==========================================
     def watch_deadline(self, when: float) -> None:
@@ -421,3 +416,25 @@ def _get(headers, name: bytes) -> str | None:
         if k == name:
             return v.decode("latin-1")
     return None
+
+
+def access_entry(wall: float, method: bytes, target: bytes, protocol: str, status: int, flag: str, detail: str,
+                 req_bytes: int, resp_bytes: int, duration: float, headers, request_id: bytes | None,
+                 authority: bytes | None, upstream_host: str | None, cluster: str | None, route: str | None,
+                 conn, principal: str | None) -> dict:
+    """One finished request's access log entry (``observe/access_log.py`` keys), as both lanes
+    write it: ``headers`` are the request's after hygiene; ``cluster`` is the upstream cluster's
+    name (``PassthroughCluster`` for passthrough, None when no route was chosen)."""
+    return {
+        "start_time": wall, "method": method.decode("latin-1"), "path": target.decode("latin-1"),
+        "protocol": protocol, "response_code": status, "response_flags": flag,
+        "response_code_details": detail or None,
+        "bytes_received": req_bytes, "bytes_sent": resp_bytes, "duration": int(duration),
+        "x_forwarded_for": _get(headers, b"x-forwarded-for"), "user_agent": _get(headers, b"user-agent"),
+        "request_id": request_id.decode("latin-1") if request_id else None,
+        "authority": authority.decode("latin-1") if authority else None,
+        "upstream_host": upstream_host, "upstream_cluster": cluster, "route_name": route,
+        "downstream_remote_address": str(conn.peer), "downstream_local_address": str(conn.local),
+        "requested_server_name": None,
+        "downstream_peer_uri_san": principal,
+    }

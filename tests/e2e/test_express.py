@@ -435,3 +435,72 @@ async def test_client_gone_mid_request_counts_dc_and_drops_the_upstream_connecti
     again = await exchange(r.port("web"), GET, timeout=3)
     assert again.startswith(b"HTTP/1.1 200 OK") and again.endswith(BODY)
     await up.stop()
+
+
+# === with the access log on ==================================================
+
+_PER_PROXY = ("start_time", "duration", "downstream_remote_address", "downstream_local_address")
+"""Access log keys that differ between the two proxies by nature (clock, ports)."""
+
+
+@pytest.fixture
+async def logged_pair(proxy, tmp_path):
+    """(upstream, express proxy, general proxy, their access log paths): ``pair`` with the access log on."""
+    up = await Scripted().start()
+    paths = [tmp_path / "fast.log", tmp_path / "slow.log"]
+
+    def cfg(express: bool, path) -> dict:
+        return {"listeners": [{"name": "web", "port": 0, "protocol": "http", "upstream": f"127.0.0.1:{up.port}"}],
+                "clusters": [{"name": "c", "endpoints": [f"127.0.0.1:{up.port}"], "protocol": "http1"}],
+                "routes": [{"name": "to-c", "match": {"path": {"prefix": "/p"}}, "cluster": "c"}],
+                "http": {"express": express}, "access_log": {"enabled": True, "path": str(path)}}
+
+    fast = await proxy(cfg(True, paths[0]))
+    slow = await proxy(cfg(False, paths[1]))
+    yield up, fast, slow, paths
+    await up.stop()
+
+
+def _log_lines(r, path) -> list[dict]:
+    import json
+
+    r.app.http.access_log.flush()
+    return [{k: v for k, v in json.loads(ln).items() if k not in _PER_PROXY}
+            for ln in path.read_text().splitlines()] if path.exists() else []
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+async def test_access_log_lines_match_the_general_path(logged_pair, monkeypatch, case):
+    """Every case of ``CASES`` with the access log on: the same bytes, answers and metrics as
+    without it, and the same access log lines on both lanes (the express lane writes its own)."""
+    up, fast, slow, paths = logged_pair
+    raw, script = CASES[case]
+    results = await run_both((up, fast, slow), monkeypatch, raw, script, timeout=1.0)
+    assert_same(results, head_request=raw.startswith(b"HEAD"))
+    fast_lines, slow_lines = _log_lines(fast, paths[0]), _log_lines(slow, paths[1])
+    assert fast_lines == slow_lines
+    assert len(fast_lines) == sum(v[0] for v in results[0][2].values())  # a line per recorded request
+    if case in ("bad-header", "bad-request", "no-host"):  # refused by the codec: logged too, as Envoy does
+        assert [(e["response_code"], e["response_flags"]) for e in fast_lines] == [(400, "DPE")]
+
+
+async def test_access_log_keeps_plain_requests_on_the_lane(logged_pair):
+    up, fast, _, paths = logged_pair
+    up.script = [OK_CL] * 2
+    reader, writer = await asyncio.open_connection("127.0.0.1", fast.port("web"))
+    one = b"GET /p/x?y=1 HTTP/1.1\r\nHost: svc.local\r\nUser-Agent: t/1\r\nx-request-id: r-1\r\n\r\n"
+    try:
+        for _ in range(2):
+            writer.write(one)
+            assert (await reader.readuntil(BODY)).startswith(b"HTTP/1.1 200 OK\r\n")
+        assert [type(c) for c in fast.app.http.connections] == [ExpressServer]
+    finally:
+        writer.close()
+    lines = _log_lines(fast, paths[0])
+    assert len(lines) == 2
+    assert {k: lines[0][k] for k in ("method", "path", "protocol", "response_code", "response_flags",
+                                     "bytes_sent", "user_agent", "request_id", "authority", "upstream_host",
+                                     "upstream_cluster", "route_name")} == {
+        "method": "GET", "path": "/p/x?y=1", "protocol": "HTTP/1.1", "response_code": 200, "response_flags": "-",
+        "bytes_sent": len(BODY), "user_agent": "t/1", "request_id": "r-1", "authority": "svc.local",
+        "upstream_host": f"127.0.0.1:{up.port}", "upstream_cluster": "c", "route_name": "to-c"}

@@ -36,6 +36,8 @@ def ctx(principal=SLEEP, ip="10.0.0.5", port=8080):
 class Spy:
     """Stands in for the authorizer: records the attributes and answers a fixed decision."""
 
+    needs_headers = False
+
     def __init__(self, decision=Decision(True)):
         self.decision, self.seen = decision, []
 
@@ -131,3 +133,37 @@ def test_check_tcp_uses_tcp_semantics():
     d = check_tcp(Authorizer([pol("no-post", "DENY", rules=[{"to": [{"methods": ["POST"], "ports": [5432]}]}])]),
                   None, "10.0.0.5", 5432)
     assert (d.allowed, d.policy) == (False, "no-post")
+
+
+def test_allows_asks_the_same_question_as_the_filter():
+    """The express lane's call: the same attributes as ``on_request_head`` for the same request."""
+    spy = Spy()
+    hdrs = [(b"host", b"svc"), (b"x-a", b"1")]
+    assert AuthzFilter(spy).allows(SLEEP, "fd00::5", 9080, b"POST", b"/api/v1?x=1", hdrs, b"svc") is True
+    AuthzFilter(spy).on_request_head(ctx(SLEEP, "fd00::5", 9080), head(b"POST", b"/api/v1?x=1", hdrs))
+    assert spy.seen[0] == spy.seen[1] == Attributes(SLEEP, "fd00::5", 9080, b"POST", b"/api/v1", hdrs, b"svc")
+
+
+def test_allows_counts_dry_run_and_audit_but_not_a_denial():
+    """A denial is counted by the general path the lane hands the request to, so only once."""
+    counted: list = []
+    deny = AuthzFilter(Authorizer([pol("allow-nothing")]), counted.append)
+    assert deny.allows(SLEEP, "10.0.0.1", 80, b"GET", b"/", None, b"h") is False
+    assert counted == []
+    audit = AuthzFilter(Authorizer([pol("audit", "AUDIT", rules=[{}]), pol("would", "DENY", rules=[{}],
+                                                                          dry_run=True)]), counted.append)
+    assert audit.allows(SLEEP, "10.0.0.1", 80, b"GET", b"/", None, b"h") is True
+    assert len(counted) == 1 and counted[0].audited == ("audit",) and counted[0].dry_run_denied
+    plain = AuthzFilter(Authorizer([pol("all", rules=[{}])]), counted.append)
+    assert plain.allows(SLEEP, "10.0.0.1", 80, b"GET", b"/", None, b"h") is True
+    assert len(counted) == 1  # a plain allow is not counted (the hot path)
+
+
+@pytest.mark.parametrize("rules, needs", [
+    ([{"to": [{"paths": ["/a"]}]}], False),
+    ([{"when": [{"key": "source.ip", "values": ["10.0.0.1"]}]}], False),
+    ([{}, {"when": [{"key": "request.headers[X-Tenant]", "values": ["a"]}]}], True),
+])
+def test_needs_headers_only_when_a_rule_reads_them(rules, needs):
+    f = AuthzFilter(Authorizer([pol("p", rules=rules)]))
+    assert f.needs_headers is needs

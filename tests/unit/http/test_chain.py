@@ -195,3 +195,22 @@ def test_header_hygiene_direction():
     assert HeaderHygiene(Direction.INBOUND).direction == "inbound"
     with pytest.raises(ValueError):
         HeaderHygiene("sideways")
+
+
+def test_express_lane_view_of_a_chain():
+    """What the express lane may run of a chain: hygiene and one authorization filter; any
+    other filter (or factory) sends that direction's requests to the general path."""
+    from meshproxy.authz.engine import Authorizer
+    from meshproxy.authz.filter import AuthzFilter
+    from meshproxy.http.context import _lane_view
+
+    authz = AuthzFilter(Authorizer([]))
+    assert _lane_view(FilterChain([HeaderHygiene("inbound")])) == (True, None)
+    assert _lane_view(FilterChain([HeaderHygiene("inbound"), authz])) == (True, authz)
+
+    class Other:
+        def on_request_head(self, ctx, head):
+            return Verdict.CONTINUE
+
+    assert _lane_view(FilterChain([HeaderHygiene("inbound"), authz, Other()])) == (False, None)
+    assert _lane_view(FilterChain([HeaderHygiene("inbound"), Other])) == (False, None)

@@ -384,6 +384,7 @@ def test_exchange_whole_response_matches_head_then_rest(kind, status, flow):
         ex = Exchange(srv, head)
         ex.req_done = True
         ex.fctx = None
+        ex.chain = srv.chain  # what _start takes from the context's chains
         ex.up = up = _Up()
         resp = ResponseHead(9, status, [(b"content-type", b"text/plain"), (b"connection", b"x"), (b"x", b"1"),
                                         (b"content-length", b"2")], content_length=2)
