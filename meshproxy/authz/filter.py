@@ -9,14 +9,16 @@ engine: a denial is a local reply (HTTP) or a refused connection (TCP), never an
 exception.
 
 A denied request is answered like Envoy's RBAC filter: 403 with the message
-``RBAC: access denied``. Envoy's RBAC filter sets no response flag (its built-in
-flags have none for RBAC; ``UAEX`` is ext_authz's) and records the cause in
-``%RESPONSE_CODE_DETAILS%`` (``rbac_access_denied_matched_policy[NAME]``); our local
-replies always carry a flag, so we use ``RBAC`` (``errors.RBAC_DENIED``).
+``RBAC: access denied``, and the access log's ``response_code_details`` names the
+policy as Envoy's does: ``rbac_access_denied_matched_policy[NAME]``, ``[none]`` when
+no ALLOW policy matched. Envoy's RBAC filter sets no response flag (its built-in
+flags have none for RBAC; ``UAEX`` is ext_authz's); our local replies always carry
+a flag, so we use ``RBAC`` (``errors.RBAC_DENIED``).
 """
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import TYPE_CHECKING, Callable
 
 from ..errors import RBAC_DENIED
@@ -27,8 +29,16 @@ if TYPE_CHECKING:
     from ..codec.events import RequestHead
     from ..http.chain import FilterContext
 
-DENIED_REPLY = LocalReply(403, "RBAC: access denied", RBAC_DENIED.flag)
-"""The local reply for a denied request (shared: ``LocalReply`` is frozen)."""
+DENIED_REPLY = LocalReply(403, "RBAC: access denied", RBAC_DENIED.flag, "rbac_access_denied_matched_policy[none]")
+"""The local reply for a request no ALLOW policy matched (shared: ``LocalReply`` is frozen)."""
+
+
+@lru_cache(maxsize=256)
+def _denied_by(policy: str) -> LocalReply:
+    """The local reply for a request the DENY policy ``policy`` matched (one per policy name)."""
+    return LocalReply(DENIED_REPLY.status, DENIED_REPLY.message, DENIED_REPLY.flag,
+                      f"rbac_access_denied_matched_policy[{policy}]")
+
 
 _CONTINUE = Verdict.CONTINUE
 _RESPOND = Verdict.RESPOND
@@ -83,7 +93,7 @@ class AuthzFilter:
             self.counter(d)
         if d.allowed:
             return _CONTINUE
-        ctx.local_reply = DENIED_REPLY
+        ctx.local_reply = DENIED_REPLY if d.policy is None else _denied_by(d.policy)
         return _RESPOND
 
     def allows(self, principal: str | None, source_ip: str, port: int, method: bytes, target: bytes,

@@ -78,6 +78,9 @@ class LocalReply:
     flag: str
     """Envoy-style response flag (``errors.py``), e.g. ``UAEX``; sent in
     ``x-meshproxy-response-flags`` and recorded by access log and metrics."""
+    details: str = ""
+    """The access log's ``response_code_details`` (Envoy's ``%RESPONSE_CODE_DETAILS%``), e.g.
+    ``rbac_access_denied_matched_policy[deny-admin]``; not sent to the client."""
 
     @classmethod
     def of(cls, kind: "ErrorKind", message: str | None = None) -> "LocalReply":

@@ -120,6 +120,7 @@ class Exchange:
             reply = fctx.local_reply
             assert reply is not None  # a filter that answers sets it (http/chain.py)
             self.flag = reply.flag
+            self.detail = reply.details
             self._local(reply.status, reply.message, reply.flag)
             return
         if srv.peer_info is not None:

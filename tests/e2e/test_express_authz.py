@@ -195,3 +195,26 @@ async def test_denied_request_with_a_body_still_coming_closes_with_connection_cl
     finally:
         writer.close()
         await up.stop()
+
+
+async def test_denials_are_logged_with_envoys_response_code_details(proxy, origdst, tmp_path):
+    import json
+
+    up = await Scripted().start()
+    origdst.default = OrigDst("127.0.0.1", up.port)
+    path = tmp_path / "access.log"
+    r = await proxy({"inbound": {"enabled": True}, "access_log": {"enabled": True, "path": str(path)},
+                     "security": {"authorization_policies": POLICIES}})
+    try:
+        up.script = [OK_CL]
+        for raw in (req("GET", "/items"), req("GET", "/admin/x"), req("DELETE", "/items")):
+            await exchange(r.port("virtualInbound"), raw, timeout=2.0)
+        r.app.http.access_log.flush()
+        lines = [json.loads(ln) for ln in path.read_text().splitlines()]
+        assert [(e["path"], e["response_code"], e["response_flags"], e["response_code_details"]) for e in lines] == [
+            ("/items", 200, "-", None),
+            ("/admin/x", 403, "RBAC", "rbac_access_denied_matched_policy[deny-admin]"),
+            ("/items", 403, "RBAC", "rbac_access_denied_matched_policy[none]"),  # no ALLOW matched DELETE
+        ]
+    finally:
+        await up.stop()

@@ -61,14 +61,16 @@ def test_allowed_continues_and_counts_nothing():
 def test_denied_responds_403_rbac():
     verdict, c, counted = run([pol("no-get", "DENY", rules=[{"to": [{"methods": ["GET"]}]}])])
     assert verdict is Verdict.RESPOND
-    assert c.local_reply is DENIED_REPLY
-    assert (DENIED_REPLY.status, DENIED_REPLY.message, DENIED_REPLY.flag) == (403, "RBAC: access denied", "RBAC")
+    r = c.local_reply
+    assert (r.status, r.message, r.flag) == (403, "RBAC: access denied", "RBAC")
+    assert r.details == "rbac_access_denied_matched_policy[no-get]"  # Envoy's %RESPONSE_CODE_DETAILS%
     assert [(d.allowed, d.policy, d.action) for d in counted] == [(False, "no-get", "DENY")]
 
 
 def test_default_deny_responds_403():
     verdict, c, counted = run([pol("allow-nothing")])
     assert verdict is Verdict.RESPOND and counted == [Decision(False)]
+    assert c.local_reply is DENIED_REPLY and DENIED_REPLY.details == "rbac_access_denied_matched_policy[none]"
 
 
 @pytest.mark.parametrize("policies", [
