@@ -3,9 +3,10 @@
 Where this sits: ``net/listener.py`` calls ``terminate_mtls`` when detection saw
 a ClientHello offering a meshproxy ALPN on an inbound port whose mode is STRICT
 or PERMISSIVE. A ``TlsLayer`` terminates TLS on the already-accepted transport
-(replaying the peeked ClientHello). After the handshake the peer's SPIFFE ID is
-read from its certificate (the handshake already verified the chain against the
-trust bundle), and the negotiated ALPN picks the next protocol: HTTP/2 or
+(replaying the peeked ClientHello). After the handshake and the client's peer
+metadata line (``net/peer_hello.py``) the peer's SPIFFE ID is read from its
+certificate (the handshake already verified the chain against the trust bundle),
+and the negotiated ALPN picks the next protocol: HTTP/2 or
 HTTP/1.1 server, or the L4 relay to the app. Authorization happens there (per
 request for HTTP, per connection for TCP).
 """
@@ -25,7 +26,7 @@ def terminate_mtls(listener, ctx, verdict, transport, peeked: bytes) -> None:
     failures = listener.metrics.mtls_failures
 
     def ready(layer: TlsLayer) -> None:
-        peer = mesh.peer_of(layer.sslobj)
+        peer = mesh.peer_of(layer.sslobj, layer.peer_metadata)
         if peer is None:
             failures.labels("inbound", "no_spiffe_id").inc()
             log.info("mTLS from %s refused: the client certificate has no SPIFFE ID", ctx.peer)
@@ -45,6 +46,6 @@ def terminate_mtls(listener, ctx, verdict, transport, peeked: bytes) -> None:
         failures.labels("inbound", "handshake").inc()
         log.info("mTLS from %s failed: %s", ctx.peer, message)
 
-    layer = TlsLayer(transport, mesh.server_ctx, ready, failed)
+    layer = TlsLayer(transport, mesh.server_ctx, ready, failed, hello=mesh.hello)
     transport.set_protocol(layer)
     layer.feed(peeked)

@@ -272,7 +272,8 @@ class Listener:
         ctx.labels = istio_labels(self.metrics.me, self._reporter, service, "tcp",
                                   "mutual_tls" if peer is not None else self._policy,
                                   peer.principal if peer is not None else UNKNOWN,
-                                  peer.namespace if peer is not None else None)
+                                  peer.namespace if peer is not None else None,
+                                  peer.metadata if peer is not None else (UNKNOWN,) * 4)
         if self.authorizer is not None:
             from ..authz.filter import check_tcp
 
@@ -294,7 +295,7 @@ class Listener:
         else:
             mesh = self.mesh
             relay.connect(up.host, up.port, verdict.source, ssl=mesh.client_ctx[ALPN_TCP],
-                          verify=lambda sslobj: mesh.verify(sslobj, ids))
+                          verify=lambda sslobj: mesh.verify(sslobj, ids), hello=mesh.hello)
 
     def _serve_http(self, ctx, verdict, transport, peeked: bytes, eof: bool, h2: bool) -> None:
         from ..http.express import ExpressServer, express_eligible

@@ -23,7 +23,9 @@ from dataclasses import dataclass
 from ..config.security import Security
 from ..errors import StartupError
 from ..tls import certs, context, identity, rotation
+from . import peer_hello
 from .mesh_alpn import ALPN_H2, ALPN_HTTP1, ALPN_TCP, MESH_ALPNS  # noqa: F401 (re-exported)
+from .peer_hello import KEYS
 
 log = logging.getLogger("meshproxy.mesh")
 
@@ -37,6 +39,9 @@ class PeerInfo:
     """The verified SPIFFE ID."""
     cert_hash: str
     """SHA-256 of the peer certificate (DER), hex: for x-forwarded-client-cert."""
+    metadata: tuple[str, str, str, str] = ("unknown", "unknown", "unknown", "unknown")
+    """The peer sidecar's workload, app, version and cluster from its metadata line
+    (``net/peer_hello.py``), for Istio's source_* / destination_* labels; ``unknown`` when not sent."""
 
     @property
     def namespace(self) -> str | None:
@@ -58,6 +63,9 @@ class Mesh:
         if td != cfg.trust_domain:
             raise StartupError(f"security.tls: the certificate's SPIFFE ID {self.material.spiffe_id} is not in "
                                f"security.trust_domain {cfg.trust_domain!r}")
+        me = metrics.me
+        self.hello = peer_hello.encode(me.workload, me.app, me.version, me.cluster)
+        """Our metadata line, first on every mTLS connection between sidecars (``net/peer_hello.py``)."""
         self.server_ctx: ssl.SSLContext
         self.client_ctx: dict[str, ssl.SSLContext] = {}
         self._build(self.material)
@@ -107,14 +115,16 @@ class Mesh:
         return None
 
     @staticmethod
-    def peer_of(sslobj) -> PeerInfo | None:
+    def peer_of(sslobj, metadata: dict[str, str] | None = None) -> PeerInfo | None:
+        """Who the verified peer is: its SPIFFE ID, and what its metadata line said."""
         der = sslobj.getpeercert(binary_form=True)
         if not der:
             return None
         principal = context.peer_spiffe_id(sslobj)
         if principal is None:
             return None
-        return PeerInfo(principal, hashlib.sha256(der).hexdigest())
+        md = metadata or {}
+        return PeerInfo(principal, hashlib.sha256(der).hexdigest(), tuple(md.get(k, "unknown") for k in KEYS))
 
     @staticmethod
     def verify(sslobj, accepted) -> str:

@@ -1,8 +1,10 @@
 """ALPN values sidecars speak to each other over mTLS (no TLS imports: the L4 path loads this).
 
 ``meshproxy-h2``: HTTP carried as HTTP/2 streams (HTTP/1.1 from the app included);
-``meshproxy-http1``: HTTP/1.1 for upgrades (WebSocket, CONNECT) that become tunnels;
+``meshproxy-http1``: HTTP/1.1 (the app's HTTP/1.1 requests on pooled connections, as
+Istio's default ``h2UpgradePolicy`` keeps them; upgrades such as WebSocket and CONNECT);
 ``meshproxy-tcp``: opaque TCP bytes.
+On each of them both sides send their peer metadata line first (``net/peer_hello.py``).
 """
 
 ALPN_H2 = "meshproxy-h2"

@@ -362,13 +362,14 @@ class Relay:
         self.flag = flag
         _reset(self.down.transport)
 
-    def connect(self, host: str, port: int, source: str | None, ssl=None, verify=None) -> None:
+    def connect(self, host: str, port: int, source: str | None, ssl=None, verify=None, hello: bytes = b"") -> None:
         """Open the upstream and start relaying when it is up. With ``ssl`` (a client
         context) the upstream is a mesh peer: after the handshake ``verify(ssl_object)``
-        must accept its identity (it raises otherwise), or nothing is relayed."""
-        self._connect_task = self.loop.create_task(self._connect(host, port, source, ssl, verify))
+        must accept its identity (it raises otherwise), or nothing is relayed; ``hello`` is our
+        peer metadata line (``Mesh.hello``)."""
+        self._connect_task = self.loop.create_task(self._connect(host, port, source, ssl, verify, hello))
 
-    async def _connect(self, host: str, port: int, source: str | None, ssl_ctx, verify) -> None:
+    async def _connect(self, host: str, port: int, source: str | None, ssl_ctx, verify, hello: bytes) -> None:
         down = self.down.transport
         self.up.other = down  # a server-first upstream may send before we resume
         try:
@@ -381,7 +382,7 @@ class Relay:
                 from .tls_layer import connect_tls
 
                 layer = await asyncio.wait_for(
-                    connect_tls(self.loop, host, port, ssl_ctx, verify or (lambda sslobj: None), local),
+                    connect_tls(self.loop, host, port, ssl_ctx, verify or (lambda sslobj: None), local, hello),
                     self.connect_timeout)
                 layer.attach(self.up)
         except Exception as e:  # refused, unreachable, timeout, TLS or peer identity failure: all UF

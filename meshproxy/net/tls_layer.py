@@ -25,6 +25,10 @@ Invariants:
    reaches the raw transport.
 3. A handshake failure closes the connection and reports once through
    ``on_fail``; the inner protocol never sees it.
+4. Between sidecars (``hello`` given) each side's first plaintext is its peer
+   metadata line (``net/peer_hello.py``); the peer's line never reaches the inner
+   protocol, and a connection whose first line is not one is closed. The server
+   side is ready (``on_ready``) only with the client's line in hand.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ from __future__ import annotations
 import asyncio
 import ssl
 from typing import Any, Callable
+
+from .peer_hello import HelloError, HelloReader
 
 _READ = 16 * 1024
 """Bytes asked of ``SSLObject.read``: one TLS record's plaintext at most (RFC 8446 section 5.1),
@@ -45,10 +51,14 @@ class TlsLayer(asyncio.Protocol):
     def __init__(self, raw: asyncio.Transport | None, context: ssl.SSLContext,
                  on_ready: Callable[["TlsLayer"], None], on_fail: Callable[[str], None],
                  handshake_timeout: float = 10.0, loop: asyncio.AbstractEventLoop | None = None,
-                 server_side: bool = True, verify: Callable[[ssl.SSLObject], object] | None = None):
+                 server_side: bool = True, verify: Callable[[ssl.SSLObject], object] | None = None,
+                 hello: bytes = b""):
         """``raw`` is the accepted transport (server side) or None (client side: set by
         ``connection_made``). ``verify(ssl_object)`` (client side) raises to refuse the
-        server before our Finished message is sent."""
+        server before our Finished message is sent. ``hello``: our peer metadata line
+        (``net/peer_hello.py``), sent first after the handshake; with it, the peer's line is
+        expected first too and taken off the stream (``peer_metadata``), and the server side
+        calls ``on_ready`` only once it has arrived."""
         self.raw: Any = raw
         """The TCP transport under the layer (None on the client side until ``connection_made``)."""
         self.incoming = ssl.MemoryBIO()
@@ -71,6 +81,13 @@ class TlsLayer(asyncio.Protocol):
         self.eof_sent = False
         self.lost: tuple | None = None
         """``(exc,)`` once the raw connection is gone before a protocol was attached."""
+        self.hello = hello
+        self.hello_reader: HelloReader | None = HelloReader() if hello else None
+        """Reads the peer's metadata line; None once it was read (or without a hello)."""
+        self.peer_metadata: dict[str, str] | None = None
+        """The peer's workload/app/version/cluster from its line (``peer_hello.decode``)."""
+        self.ready = False
+        """``on_ready`` was called."""
         self.loop = loop or asyncio.get_running_loop()
         self._timer = self.loop.call_later(handshake_timeout, self._handshake_timeout) if handshake_timeout else None
 
@@ -95,6 +112,10 @@ class TlsLayer(asyncio.Protocol):
         self.incoming.write_eof()
         if self.handshaken:
             self._read_app()
+            if not self.ready:  # ended before its metadata line
+                self._fail("the peer closed before its metadata line")
+                self.abort()
+                return False
             if not self.eof_seen:  # EOF without close_notify: still the end of the stream
                 self._peer_eof()
             return not self.closing
@@ -110,6 +131,8 @@ class TlsLayer(asyncio.Protocol):
             self.inner.connection_lost(exc)
         elif not self.handshaken:
             self._fail(f"connection closed during the TLS handshake{f' ({exc})' if exc else ''}")
+        elif not self.ready:
+            self._fail("connection closed before the peer's metadata line")
         else:
             self.lost = (exc,)  # gone between the handshake and ``attach``: tell the protocol then
 
@@ -141,19 +164,27 @@ class TlsLayer(asyncio.Protocol):
                 self.closing = True
                 self.raw.abort()
                 return False
+        if self.hello:
+            self.core.write(self.hello)  # leaves with our Finished (client) or right after the handshake
         self._flush()
         self.handshaken = True
+        if self.hello_reader is not None and self.sslobj.server_side:
+            return True  # ``on_ready`` once the client's metadata line is in (``_read_app``); the timer runs on
+        self._ready()
+        return not self.closing
+
+    def _ready(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self.ready = True
         self.on_ready(self)
-        return not self.closing
 
     def _handshake_timeout(self) -> None:
         self._timer = None
-        if not self.handshaken:
-            self._fail("TLS handshake timed out")
-            self.raw.abort()
+        if not self.ready:
+            self._fail("TLS handshake timed out" if not self.handshaken else "no peer metadata line in time")
+            self.abort()
 
     def _fail(self, message: str) -> None:
         cb, self.on_fail = self.on_fail, None
@@ -174,6 +205,10 @@ class TlsLayer(asyncio.Protocol):
             if not chunk:  # close_notify: the peer finished sending (it may still read)
                 self._peer_eof()
                 break
+            if self.hello_reader is not None:
+                chunk = self._after_hello(chunk)
+                if not chunk:
+                    continue  # the line is not complete yet, or nothing followed it
             if self.inner is not None:
                 self.inner.data_received(chunk)
             else:
@@ -181,6 +216,26 @@ class TlsLayer(asyncio.Protocol):
             if not self.incoming.pending and not self.core.pending():
                 break  # nothing left to decrypt: skip the read that would only raise SSLWantReadError
         self._flush()  # key updates, session tickets
+
+    def _after_hello(self, chunk: bytes) -> bytes:
+        """Take the peer's metadata line off the front of the stream: what follows it in
+        ``chunk`` (empty while the line is incomplete). A line that is not one fails the
+        connection. The server side becomes ready here."""
+        reader = self.hello_reader
+        assert reader is not None
+        try:
+            rest = reader.feed(chunk)
+        except HelloError as e:
+            self._fail(str(e))
+            self.abort()
+            return b""
+        if rest is None:
+            return b""
+        self.peer_metadata = reader.metadata
+        self.hello_reader = None
+        if not self.ready:
+            self._ready()
+        return b"" if self.closing else rest
 
     def _peer_eof(self) -> None:
         self.eof_seen = True
@@ -296,7 +351,7 @@ class TlsLayer(asyncio.Protocol):
 
 
 async def connect_tls(loop: asyncio.AbstractEventLoop, host: str, port: int, context: ssl.SSLContext,
-                      verify: Callable[[ssl.SSLObject], object], local_addr=None) -> TlsLayer:
+                      verify: Callable[[ssl.SSLObject], object], local_addr=None, hello: bytes = b"") -> TlsLayer:
     """Connect to a peer sidecar and finish the mTLS handshake with ``verify`` accepting
     its identity; raises ``OSError``, ``ssl.SSLError`` or ``ConnectionError`` (with the
     reason) otherwise. The caller ``attach``es its protocol to the returned layer."""
@@ -310,7 +365,7 @@ async def connect_tls(loop: asyncio.AbstractEventLoop, host: str, port: int, con
         if not done.done():
             done.set_exception(ConnectionError(f"mTLS to {host}:{port}: {message}"))
 
-    layer = TlsLayer(None, context, ready, failed, loop=loop, server_side=False, verify=verify)
+    layer = TlsLayer(None, context, ready, failed, loop=loop, server_side=False, verify=verify, hello=hello)
     await loop.create_connection(lambda: layer, host, port, local_addr=local_addr)
     try:
         return await done

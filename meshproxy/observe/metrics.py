@@ -65,14 +65,18 @@ class Peerless:
 
 def istio_labels(me: Peerless, reporter: str, destination_service: str, protocol: str,
                  security_policy: str = UNKNOWN, peer_principal: str = UNKNOWN,
-                 peer_namespace: str | None = None) -> tuple[str, ...]:
+                 peer_namespace: str | None = None,
+                 peer_metadata: tuple[str, str, str, str] = (UNKNOWN, UNKNOWN, UNKNOWN, UNKNOWN)) -> tuple[str, ...]:
     """Istio's label values for one connection, in ``ISTIO_LABELS`` order.
 
     ``reporter`` is ``source`` (outbound: we are the client side) or
     ``destination`` (inbound: we are the server side); the other side stays
-    unknown until mTLS identities name it."""
+    unknown until mTLS names it: its principal and namespace from its certificate,
+    its workload, app, version and cluster (``peer_metadata``) from its sidecar's
+    metadata line (``net/peer_hello.py``)."""
     self_side = (me.workload, me.namespace, UNKNOWN, me.app, me.version, me.cluster)
-    other = (UNKNOWN, peer_namespace or UNKNOWN, peer_principal, UNKNOWN, UNKNOWN, UNKNOWN)
+    workload, app, version, cluster = peer_metadata
+    other = (workload, peer_namespace or UNKNOWN, peer_principal, app, version, cluster)
     src, dst = (self_side, other) if reporter == "source" else (other, self_side)
     svc_name = destination_service.rsplit(":", 1)[0] if destination_service != UNKNOWN else UNKNOWN
     svc_ns = me.namespace if reporter == "destination" else UNKNOWN

@@ -136,7 +136,7 @@ class ConnectionSeries:
             peer = self.peer
             if peer is not None:
                 labels = istio_labels(self.me, self.reporter, service or "unknown", proto, "mutual_tls",
-                                      peer.principal, peer.namespace)
+                                      peer.principal, peer.namespace, peer.metadata)
             else:
                 policy = "none" if self.reporter == "destination" else "unknown"
                 labels = istio_labels(self.me, self.reporter, service or "unknown", proto, policy)

@@ -114,7 +114,7 @@ class Pool:
                 ids = key.identities
                 layer = await asyncio.wait_for(connect_tls(
                     self.loop, key.host, key.port, ctx, lambda sslobj: self.mesh.verify(sslobj, ids),
-                    (source, 0) if source else None), timeout)
+                    (source, 0) if source else None, self.mesh.hello), timeout)
                 layer.attach(conn)
         except Exception as e:  # refused, unreachable, timeout, TLS or peer identity failure
             if conn.transport is not None:

@@ -21,6 +21,10 @@ from meshproxy.net.addrs import OrigDst
 from meshproxy.tls.ca import CertificateAuthority
 
 TD = "cluster.local"
+A_NODE = {"pod_name": "frontend-7d4b9c8f6d-x2x9z", "pod_namespace": "shop", "app": "frontend", "version": "v3"}
+"""Sidecar A's pod: B learns its workload, app and version from A's peer metadata line."""
+A_LABELS = {"source_workload": "frontend", "source_app": "frontend", "source_version": "v3",
+            "source_cluster": "Kubernetes"}
 FRONTEND = f"spiffe://{TD}/ns/shop/sa/frontend"
 REVIEWS = f"spiffe://{TD}/ns/shop/sa/reviews"
 
@@ -88,6 +92,7 @@ async def sidecar_a(proxy, b, tls, identities=(REVIEWS,), h2_upgrade_policy="DO_
                       "mtls": {"enabled": True, "identities": list(identities)}}],
         "routes": [{"name": "reviews", "cluster": "reviews"}],
         "security": {"tls": tls, "h2_upgrade_policy": h2_upgrade_policy},
+        "node": A_NODE,
     })
 
 
@@ -135,7 +140,7 @@ async def test_http_over_mtls_between_sidecars(proxy, origdst, app, pki, policy)
     text = await metrics_text(b)
     assert metric_value(text, "istio_requests_total", reporter="destination", source_principal=FRONTEND,
                         source_workload_namespace="shop", connection_security_policy="mutual_tls",
-                        response_code="200") == (40 if policy == "UPGRADE" else 45)
+                        response_code="200", **A_LABELS) == (40 if policy == "UPGRADE" else 45)
     connections = 1 if policy == "UPGRADE" else len(before)
     assert metric_value(text, "meshproxy_protocol_detection_total", outcome="mtls") == connections
 
@@ -215,7 +220,8 @@ async def test_tcp_over_mtls(proxy, origdst, pki):
                      "security": {"tls": pki("b", REVIEWS), "peer_authentication": {"mode": "STRICT"}}})
     a = await proxy({"outbound": {"enabled": True}, "ports": [{"port": app_port, "protocol": "tcp"}],
                      "security": {"tls": pki("a", FRONTEND),
-                                  "mesh_destinations": [{"cidrs": ["127.0.0.0/8"], "identities": [REVIEWS]}]}})
+                                  "mesh_destinations": [{"cidrs": ["127.0.0.0/8"], "identities": [REVIEWS]}]},
+                     "node": A_NODE})
     origdst.by_listener_port[a.port("virtualOutbound")] = OrigDst("127.0.0.1", b.port("virtualInbound"))
     reader, writer = await asyncio.open_connection("127.0.0.1", a.port("virtualOutbound"))
     payload = bytes(range(256)) * 390 + b"x" * 160
@@ -228,7 +234,7 @@ async def test_tcp_over_mtls(proxy, origdst, pki):
     await asyncio.sleep(0.1)
     text = await metrics_text(b)
     assert metric_value(text, "istio_tcp_connections_opened_total", reporter="destination",
-                        source_principal=FRONTEND, connection_security_policy="mutual_tls") == 1
+                        source_principal=FRONTEND, connection_security_policy="mutual_tls", **A_LABELS) == 1
 
 
 async def test_rotation_under_continuous_requests(proxy, origdst, app, pki):

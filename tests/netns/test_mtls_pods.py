@@ -376,14 +376,18 @@ def test_strict_refuses_plaintext_and_permissive_accepts_both(mesh):
 # === 3: openssl s_client against a STRICT port ===
 
 def s_client(mesh, case: str, cert: dict | None) -> subprocess.CompletedProcess:
-    """``openssl s_client -alpn meshproxy-tcp`` from the outsider pod to B:8080, sending one
-    HTTP/1.0 request after the handshake; bounded with ``timeout 5``."""
+    """``openssl s_client -alpn meshproxy-tcp`` from the outsider pod to B:8080, sending a peer
+    metadata line (as a sidecar's first bytes) and one HTTP/1.0 request after the handshake;
+    bounded with ``timeout 5``."""
+    from meshproxy.net.peer_hello import encode
+
     argv = ["timeout", "5", "openssl", "s_client", "-connect", f"{mesh.b.ip}:{HTTP_PORT}",
             "-alpn", "meshproxy-tcp", "-CAfile", mesh.tls_b["bundle_file"], "-ign_eof"]
     if cert is not None:
         argv += ["-cert", cert["cert_file"], "-key", cert["key_file"]]
     return run_cmd(["ip", "netns", "exec", mesh.c.ns, *argv], check=False, timeout=15,
-                   input=f"GET /openssl/{case} HTTP/1.0\r\nHost: reviews\r\n\r\n")
+                   input=encode("openssl", "openssl", "v1", "test").decode()
+                   + f"GET /openssl/{case} HTTP/1.0\r\nHost: reviews\r\n\r\n")
 
 
 def test_openssl_s_client_needs_a_valid_mesh_certificate(mesh):
@@ -416,7 +420,8 @@ def test_openssl_s_client_needs_a_valid_mesh_certificate(mesh):
     assert '"peer": "127.0.0.6"' in proc.stdout, f"rc={proc.returncode}\n{proc.stdout}\n{proc.stderr}"
     assert [e["peer"] for e in mesh.http_seen(f"/openssl/valid-{t}")] == [PASSTHROUGH]
     assert mesh.b.sidecar.wait_counter(OPENED, 1, reporter="destination", source_principal=FRONTEND,
-                                       connection_security_policy="mutual_tls",
+                                       connection_security_policy="mutual_tls", source_workload="openssl",
+                                       source_app="openssl", source_version="v1", source_cluster="test",
                                        destination_service=f"{mesh.b.ip}:{HTTP_PORT}") >= 1
 
 

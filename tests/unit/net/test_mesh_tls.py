@@ -48,7 +48,7 @@ def test_tls_layer_reports_a_loss_between_handshake_and_attach():
     async def main():
         layer = TlsLayer(None, ssl.create_default_context(), lambda l: None, lambda m: None, handshake_timeout=0,
                          server_side=False)
-        layer.handshaken = True  # as if the handshake had just completed
+        layer.handshaken = layer.ready = True  # as if the handshake had just completed
         layer.backlog.append(b"early")
         layer.connection_lost(None)
         p = Proto()
