@@ -58,24 +58,15 @@ def test_tls_layer_reports_a_loss_between_handshake_and_attach():
     assert asyncio.run(main()) == ["made", b"early", "lost"]
 
 
-def test_tls_layer_delivers_every_record_of_one_read(tmp_path):
+def test_tls_layer_delivers_every_record_of_one_read(tls_materials):
     """Several TLS records arriving in one read all reach the inner protocol, in order, and
     a read that leaves nothing to decrypt stops without a further (raising) read."""
     import asyncio
-    from datetime import timedelta
 
-    from meshproxy.config.security import Tls
     from meshproxy.net.tls_layer import TlsLayer
-    from meshproxy.tls import certs, context
-    from meshproxy.tls.ca import CertificateAuthority
+    from meshproxy.tls import context
 
-    ca = CertificateAuthority.create("cluster.local", timedelta(days=1))
-    mats = {}
-    for name in ("a", "b"):
-        ca.issue(f"spiffe://cluster.local/ns/t/sa/{name}", timedelta(hours=1)).save(str(tmp_path / name))
-        d = tmp_path / name
-        mats[name] = certs.load_material(Tls(cert_file=str(d / "cert.pem"), key_file=str(d / "key.pem"),
-                                             bundle_file=str(d / "bundle.pem")))
+    mats = tls_materials
 
     class Wire:
         """A raw transport that hands what is written to the other layer (all at once, on demand)."""

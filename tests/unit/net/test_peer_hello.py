@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
 
 import pytest
 from hypothesis import given
@@ -74,21 +73,6 @@ def test_encode_refuses_a_line_over_the_limit():
 
 # === the TLS layer ===========================================================
 
-def _materials(tmp_path):
-    from meshproxy.config.security import Tls
-    from meshproxy.tls import certs
-    from meshproxy.tls.ca import CertificateAuthority
-
-    ca = CertificateAuthority.create("cluster.local", timedelta(days=1))
-    mats = {}
-    for name in ("a", "b"):
-        ca.issue(f"spiffe://cluster.local/ns/t/sa/{name}", timedelta(hours=1)).save(str(tmp_path / name))
-        d = tmp_path / name
-        mats[name] = certs.load_material(Tls(cert_file=str(d / "cert.pem"), key_file=str(d / "key.pem"),
-                                             bundle_file=str(d / "bundle.pem")))
-    return mats
-
-
 class Wire:
     """A raw transport that hands what is written to the other layer, on demand."""
 
@@ -139,8 +123,8 @@ def _pair(mats, client_hello: bytes, server_hello: bytes):
     return client, server, cw, sw, events
 
 
-def test_each_side_gets_the_others_line_and_none_of_it_reaches_the_protocols(tmp_path):
-    mats = _materials(tmp_path)
+def test_each_side_gets_the_others_line_and_none_of_it_reaches_the_protocols(tls_materials):
+    mats = tls_materials
     b_line = encode("ratings-v2", "ratings", "v2", "east")
 
     async def main():
@@ -168,8 +152,8 @@ def test_each_side_gets_the_others_line_and_none_of_it_reaches_the_protocols(tmp
     asyncio.run(main())
 
 
-def test_a_peer_without_the_line_is_refused_before_the_server_is_ready(tmp_path):
-    mats = _materials(tmp_path)
+def test_a_peer_without_the_line_is_refused_before_the_server_is_ready(tls_materials):
+    mats = tls_materials
 
     async def main():
         client, server, cw, sw, events = _pair(mats, b"", encode("b", "b", "v", "c"))
