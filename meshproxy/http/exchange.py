@@ -50,7 +50,7 @@ class Exchange:
                  "req_done", "resp_started", "resp_done", "finished", "status", "flag", "req_bytes", "resp_bytes",
                  "route", "cluster", "endpoint", "deadline", "fctx", "grpc_status", "span",
                  "tunnel", "service", "detail", "orig_proto", "retried", "pool_key", "up_pool",
-                 "chain")
+                 "chain", "up_peer")
 
     def __init__(self, server, head: RequestHead) -> None:
         self.server = server
@@ -80,6 +80,8 @@ class Exchange:
         the server's deadline timer checks it (``HttpServerConnection.watch_deadline``)."""
         self.fctx: Any = None
         self.chain: Any = None
+        self.up_peer: Any = None
+        """The peer sidecar that answered over mTLS (``TlsLayer.peer_info``), for the labels."""
         """The filter chain this request runs (the direction's chain when it started: a policy
         reload applies to the next request on every connection, not to this one)."""
         self.grpc_status = "-"
@@ -305,6 +307,9 @@ class Exchange:
             return False  # 100-continue was answered locally; other 1xx are dropped
         self.resp_started = True
         self.status = status
+        key, up = self.pool_key, self.up
+        if key is not None and key.identities is not None and up is not None:  # a peer sidecar answered
+            self.up_peer = up.conn.transport.peer_info()
         if self.deadline and (status == 101 or (self.head.method == b"CONNECT" and status < 300)):
             self.deadline = 0.0
             self.tunnel = True

@@ -155,6 +155,9 @@ class ExpressServer(TurnWrites, asyncio.Protocol):
         """What went wrong, for the access log's ``response_code_details`` (as ``Exchange.detail``)."""
         self.log_info: Any = None
         """With the access log on: what its entry needs of the request in flight (``_dispatch``)."""
+        self.up_peer: Any = None
+        """The peer sidecar that answered over mTLS (``TlsLayer.peer_info``): the destination
+        side of a source reporter's labels."""
 
     # === transport callbacks ===
     def connection_made(self, transport) -> None:
@@ -324,6 +327,7 @@ class ExpressServer(TurnWrites, asyncio.Protocol):
         self.endpoint = ep
         self.service = service
         self.detail = ""
+        self.up_peer = None
         if ctx.access_log is not None:  # headers: the exact route's, after hygiene (``_request`` takes it)
             self.log_info = (time.time(), method, url, authority, headers, f"{host}:{port}",
                              route.cluster if ep is not None else "PassthroughCluster")
@@ -379,6 +383,9 @@ class ExpressServer(TurnWrites, asyncio.Protocol):
             return
         self.status = status
         self.resp_started = True
+        up = self.up
+        if up is not None and up.key.identities is not None:
+            self.up_peer = up.transport.peer_info()
         if ended and not body and grpc is not None:
             self.grpc_status = grpc.decode("latin-1")
         parts = [status_line(status, reason)]
@@ -494,7 +501,7 @@ class ExpressServer(TurnWrites, asyncio.Protocol):
         now = self.last_active = self.loop.time()
         duration = (now - self.started) * 1000.0
         self.recorder.observe(self.service, "http" if self.grpc_status == "-" else "grpc", self.status,
-                              self.grpc_status, self.flag, duration, self.req_bytes, self.resp_bytes)
+                              self.grpc_status, self.flag, duration, self.req_bytes, self.resp_bytes, self.up_peer)
         info = self.log_info
         if info is not None:
             self.log_info = None

@@ -309,7 +309,7 @@ class HttpServerConnection(asyncio.Protocol):
         grpc = ex.grpc_status != "-" or _is_grpc(ex.head)
         duration = (now - ex.started) * 1000.0
         self.recorder.observe(ex.service, "grpc" if grpc else "http", ex.status, ex.grpc_status, ex.flag, duration,
-                              ex.req_bytes, ex.resp_bytes)
+                              ex.req_bytes, ex.resp_bytes, ex.up_peer)
         if ex.span is not None:
             ex.span.end(ex.status, ex.flag, ex.upstream_host, ex.req_bytes, ex.resp_bytes,
                         None if ex.grpc_status == "-" else ex.grpc_status)

@@ -25,7 +25,6 @@ from ..errors import StartupError
 from ..tls import certs, context, identity, rotation
 from . import peer_hello
 from .mesh_alpn import ALPN_H2, ALPN_HTTP1, ALPN_TCP, MESH_ALPNS  # noqa: F401 (re-exported)
-from .peer_hello import KEYS
 
 log = logging.getLogger("meshproxy.mesh")
 
@@ -123,8 +122,7 @@ class Mesh:
         principal = context.peer_spiffe_id(sslobj)
         if principal is None:
             return None
-        md = metadata or {}
-        return PeerInfo(principal, hashlib.sha256(der).hexdigest(), tuple(md.get(k, "unknown") for k in KEYS))
+        return PeerInfo(principal, hashlib.sha256(der).hexdigest(), peer_hello.label_values(metadata))
 
     @staticmethod
     def verify(sslobj, accepted) -> str:

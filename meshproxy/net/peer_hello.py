@@ -55,6 +55,13 @@ def decode(line: bytes) -> dict[str, str]:
     return {k: v for k in KEYS if isinstance(v := data.get(k), str) and v and v != "unknown"}
 
 
+def label_values(metadata: dict[str, str] | None) -> tuple[str, str, str, str]:
+    """``(workload, app, version, cluster)`` for Istio's labels, ``unknown`` for what is missing."""
+    md = metadata or {}
+    return (md.get("workload", "unknown"), md.get("app", "unknown"), md.get("version", "unknown"),
+            md.get("cluster", "unknown"))
+
+
 class HelloReader:
     """Collects the peer's line from the first decrypted chunks: ``feed(chunk)`` returns the
     bytes after the line once it is complete (possibly empty), None while more is needed;

@@ -37,7 +37,7 @@ import asyncio
 import ssl
 from typing import Any, Callable
 
-from .peer_hello import HelloError, HelloReader
+from .peer_hello import HelloError, HelloReader, label_values
 
 _READ = 16 * 1024
 """Bytes asked of ``SSLObject.read``: one TLS record's plaintext at most (RFC 8446 section 5.1),
@@ -86,6 +86,9 @@ class TlsLayer(asyncio.Protocol):
         """Reads the peer's metadata line; None once it was read (or without a hello)."""
         self.peer_metadata: dict[str, str] | None = None
         """The peer's workload/app/version/cluster from its line (``peer_hello.decode``)."""
+        self.verified: str | None = None
+        """Client side: what ``verify`` returned when it is a string (the server's SPIFFE ID)."""
+        self._peer_info: Any = None
         self.ready = False
         """``on_ready`` was called."""
         self.loop = loop or asyncio.get_running_loop()
@@ -158,7 +161,8 @@ class TlsLayer(asyncio.Protocol):
             return False
         if self.verify is not None:
             try:
-                self.verify(self.sslobj)
+                result = self.verify(self.sslobj)
+                self.verified = result if isinstance(result, str) else None
             except Exception as e:  # the wrong peer: our Finished never leaves, its handshake never ends
                 self._fail(str(e) or type(e).__name__)
                 self.closing = True
@@ -236,6 +240,16 @@ class TlsLayer(asyncio.Protocol):
         if not self.ready:
             self._ready()
         return b"" if self.closing else rest
+
+    def peer_info(self) -> Any:
+        """Client side: the verified server as a ``net.mesh.PeerInfo`` (its SPIFFE ID and its
+        metadata line), once that line has arrived; else None. Made once per connection."""
+        p = self._peer_info
+        if p is None and self.verified is not None and self.peer_metadata is not None:
+            from .mesh import PeerInfo
+
+            p = self._peer_info = PeerInfo(self.verified, "", label_values(self.peer_metadata))
+        return p
 
     def _peer_eof(self) -> None:
         self.eof_seen = True

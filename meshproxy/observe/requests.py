@@ -128,15 +128,20 @@ class ConnectionSeries:
         self._labels: dict[tuple, tuple[str, ...]] = {}
         self._series: dict[tuple, Any] = {}
 
-    def labels(self, service: str | None, proto: str) -> tuple[str, ...]:
-        """Istio's labels (``ISTIO_LABELS`` order) of requests to ``service`` over ``proto``."""
-        key = (service, proto)
+    def labels(self, service: str | None, proto: str, upstream=None) -> tuple[str, ...]:
+        """Istio's labels (``ISTIO_LABELS`` order) of requests to ``service`` over ``proto``;
+        ``upstream``: the peer sidecar the request went to over mTLS (its ``PeerInfo``), which
+        names the destination side of a ``source`` reporter's labels."""
+        key = (service, proto, upstream)
         labels = self._labels.get(key)
         if labels is None:
             peer = self.peer
             if peer is not None:
                 labels = istio_labels(self.me, self.reporter, service or "unknown", proto, "mutual_tls",
                                       peer.principal, peer.namespace, peer.metadata)
+            elif upstream is not None:  # Istio: a source reporter's connection_security_policy is unknown
+                labels = istio_labels(self.me, self.reporter, service or "unknown", proto, "unknown",
+                                      upstream.principal, upstream.namespace, upstream.metadata)
             else:
                 policy = "none" if self.reporter == "destination" else "unknown"
                 labels = istio_labels(self.me, self.reporter, service or "unknown", proto, policy)
@@ -146,14 +151,14 @@ class ConnectionSeries:
         return labels
 
     def observe(self, service: str | None, proto: str, status: int, grpc_status: str, flag: str,
-                duration_ms: float, request_bytes: int, response_bytes: int) -> None:
-        key = (service, proto, status, grpc_status, flag)
+                duration_ms: float, request_bytes: int, response_bytes: int, upstream=None) -> None:
+        key = (service, proto, status, grpc_status, flag, upstream)
         series = self._series.get(key)
         if series is None:
             if len(self._series) >= 64:
                 self._series.clear()
             series = self._series[key] = self.requests.series_for(
-                self.labels(service, proto) + (CODES.get(status) or str(status), grpc_status, flag))
+                self.labels(service, proto, upstream) + (CODES.get(status) or str(status), grpc_status, flag))
         series.observe(duration_ms, request_bytes, response_bytes)
 
 

@@ -81,7 +81,8 @@ async def sidecar_b(proxy, origdst, app, tls, mode="STRICT", policies=None):
     if policies:
         sec["authorization_policies"] = policies
     return await proxy({"inbound": {"enabled": True}, "security": sec,
-                        "node": {"pod_name": "reviews-v1-abc12-xyz12", "pod_namespace": "shop"}})
+                        "node": {"pod_name": "reviews-v1-5b7c8d9f4-abcde", "pod_namespace": "shop", "app": "reviews",
+                                 "version": "v1"}})
 
 
 async def sidecar_a(proxy, b, tls, identities=(REVIEWS,), h2_upgrade_policy="DO_NOT_UPGRADE"):
@@ -141,6 +142,14 @@ async def test_http_over_mtls_between_sidecars(proxy, origdst, app, pki, policy)
     assert metric_value(text, "istio_requests_total", reporter="destination", source_principal=FRONTEND,
                         source_workload_namespace="shop", connection_security_policy="mutual_tls",
                         response_code="200", **A_LABELS) == (40 if policy == "UPGRADE" else 45)
+    # A (reporter=source) names B from B's certificate and metadata line; Istio reports a source's
+    # connection_security_policy as unknown
+    text_a = await metrics_text(a)
+    assert metric_value(text_a, "istio_requests_total", reporter="source", source_workload="frontend",
+                        destination_principal=REVIEWS, destination_workload="reviews-v1",
+                        destination_workload_namespace="shop", destination_app="reviews", destination_version="v1",
+                        destination_cluster="Kubernetes", connection_security_policy="unknown",
+                        response_code="200") == (40 if policy == "UPGRADE" else 45)
     connections = 1 if policy == "UPGRADE" else len(before)
     assert metric_value(text, "meshproxy_protocol_detection_total", outcome="mtls") == connections
 
