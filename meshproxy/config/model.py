@@ -42,6 +42,12 @@ class Node(NodeProps, _Model):
     """The pod's ``app`` label (Istio's ``source_app``/``destination_app``)."""
     version: str = Field(default_factory=lambda: os.environ.get("APP_VERSION", ""))
     """The pod's ``version`` label."""
+    canonical_service: str = Field(default_factory=lambda: os.environ.get("CANONICAL_SERVICE", ""))
+    """Istio's canonical service (the pod's ``service.istio.io/canonical-name`` label); defaults to
+    ``app``, else the workload name."""
+    canonical_revision: str = Field(default_factory=lambda: os.environ.get("CANONICAL_REVISION", ""))
+    """Istio's canonical revision (``service.istio.io/canonical-revision``); defaults to ``version``,
+    else ``latest``."""
 
 
 class ProxyIdentity(_Model):

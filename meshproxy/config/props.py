@@ -18,6 +18,16 @@ class NodeProps:
     def workload(self) -> str:
         return self.workload_name or (workload_from_pod(self.pod_name) if self.pod_name else "unknown")
 
+    @property
+    def service_name(self) -> str:
+        """Istio's canonical service: set, else the ``app`` label, else the workload name."""
+        return self.canonical_service or self.app or self.workload
+
+    @property
+    def revision(self) -> str:
+        """Istio's canonical revision: set, else the ``version`` label, else ``latest``."""
+        return self.canonical_revision or self.version or "latest"
+
 
 class ExplicitListenerProps:
     __slots__ = ()

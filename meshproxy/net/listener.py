@@ -273,7 +273,7 @@ class Listener:
                                   "mutual_tls" if peer is not None else self._policy,
                                   peer.principal if peer is not None else UNKNOWN,
                                   peer.namespace if peer is not None else None,
-                                  peer.metadata if peer is not None else (UNKNOWN,) * 4)
+                                  peer.metadata if peer is not None else (UNKNOWN,) * 6)
         if self.authorizer is not None:
             from ..authz.filter import check_tcp
 

@@ -38,9 +38,9 @@ class PeerInfo:
     """The verified SPIFFE ID."""
     cert_hash: str
     """SHA-256 of the peer certificate (DER), hex: for x-forwarded-client-cert."""
-    metadata: tuple[str, str, str, str] = ("unknown", "unknown", "unknown", "unknown")
-    """The peer sidecar's workload, app, version and cluster from its metadata line
-    (``net/peer_hello.py``), for Istio's source_* / destination_* labels; ``unknown`` when not sent."""
+    metadata: tuple[str, ...] = ("unknown",) * 6
+    """The peer sidecar's workload, app, version, cluster, canonical service and revision from its
+    metadata line (``peer_hello.KEYS``), for Istio's source_* / destination_* labels; ``unknown`` when not sent."""
 
     @property
     def namespace(self) -> str | None:
@@ -63,7 +63,8 @@ class Mesh:
             raise StartupError(f"security.tls: the certificate's SPIFFE ID {self.material.spiffe_id} is not in "
                                f"security.trust_domain {cfg.trust_domain!r}")
         me = metrics.me
-        self.hello = peer_hello.encode(me.workload, me.app, me.version, me.cluster)
+        self.hello = peer_hello.encode(me.workload, me.app, me.version, me.cluster, me.canonical_service,
+                                       me.canonical_revision)
         """Our metadata line, first on every mTLS connection between sidecars (``net/peer_hello.py``)."""
         self.server_ctx: ssl.SSLContext
         self.client_ctx: dict[str, ssl.SSLContext] = {}

@@ -12,9 +12,10 @@ exchange (the ``istio-peer-exchange`` ALPN for TCP, ``x-envoy-peer-metadata``
 headers for HTTP); one line per connection costs nothing per request.
 
 The line: ``MESHPROXY-PEER <JSON object>\\n`` with string values for ``workload``,
-``app``, ``version`` and ``cluster`` (others are ignored, missing ones are
-unknown), at most ``MAX_LINE`` bytes. The peer's namespace and principal are not
-taken from it: they come from its verified certificate. Pure: no I/O.
+``app``, ``version``, ``cluster``, ``canonical_service`` and ``canonical_revision``
+(others are ignored, missing ones are unknown), at most ``MAX_LINE`` bytes. The
+peer's namespace and principal are not taken from it: they come from its verified
+certificate. Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import json
 MAGIC = b"MESHPROXY-PEER "
 MAX_LINE = 2048
 """Bytes a peer's line may take, newline included."""
-KEYS = ("workload", "app", "version", "cluster")
+KEYS = ("workload", "app", "version", "cluster", "canonical_service", "canonical_revision")
 _NOT_A_HELLO = "the peer did not start with its metadata line (not a meshproxy sidecar?)"
 
 
@@ -32,9 +33,11 @@ class HelloError(ValueError):
     """The peer's first line is not a hello: the connection is not a meshproxy sidecar's."""
 
 
-def encode(workload: str, app: str, version: str, cluster: str) -> bytes:
+def encode(workload: str, app: str, version: str, cluster: str, canonical_service: str = "",
+           canonical_revision: str = "") -> bytes:
     """Our line (``unknown`` or empty values are sent as they are: the peer labels them unknown)."""
-    body = json.dumps({"workload": workload, "app": app, "version": version, "cluster": cluster},
+    body = json.dumps({"workload": workload, "app": app, "version": version, "cluster": cluster,
+                       "canonical_service": canonical_service, "canonical_revision": canonical_revision},
                       separators=(",", ":"), ensure_ascii=True).encode()
     line = MAGIC + body + b"\n"
     if len(line) > MAX_LINE:
@@ -55,11 +58,10 @@ def decode(line: bytes) -> dict[str, str]:
     return {k: v for k in KEYS if isinstance(v := data.get(k), str) and v and v != "unknown"}
 
 
-def label_values(metadata: dict[str, str] | None) -> tuple[str, str, str, str]:
-    """``(workload, app, version, cluster)`` for Istio's labels, ``unknown`` for what is missing."""
+def label_values(metadata: dict[str, str] | None) -> tuple[str, ...]:
+    """The values of ``KEYS`` in order, for Istio's labels; ``unknown`` for what is missing."""
     md = metadata or {}
-    return (md.get("workload", "unknown"), md.get("app", "unknown"), md.get("version", "unknown"),
-            md.get("cluster", "unknown"))
+    return tuple(md.get(k, "unknown") for k in KEYS)
 
 
 class HelloReader:

@@ -41,6 +41,10 @@ ISTIO_LABELS = (
     "destination_cluster",
     "request_protocol",
     "connection_security_policy",
+    "source_canonical_service",
+    "source_canonical_revision",
+    "destination_canonical_service",
+    "destination_canonical_revision",
 )
 UNKNOWN = "unknown"
 
@@ -56,31 +60,36 @@ class Peerless:
     app: str
     version: str
     cluster: str
+    canonical_service: str = UNKNOWN
+    canonical_revision: str = UNKNOWN
 
     @classmethod
     def of(cls, node: Node) -> "Peerless":
         return cls(node.workload, node.pod_namespace, node.app or UNKNOWN,
-                   node.version or UNKNOWN, node.cluster_id)
+                   node.version or UNKNOWN, node.cluster_id, node.service_name, node.revision)
 
 
 def istio_labels(me: Peerless, reporter: str, destination_service: str, protocol: str,
                  security_policy: str = UNKNOWN, peer_principal: str = UNKNOWN,
                  peer_namespace: str | None = None,
-                 peer_metadata: tuple[str, str, str, str] = (UNKNOWN, UNKNOWN, UNKNOWN, UNKNOWN)) -> tuple[str, ...]:
+                 peer_metadata: tuple[str, ...] = (UNKNOWN,) * 6) -> tuple[str, ...]:
     """Istio's label values for one connection, in ``ISTIO_LABELS`` order.
 
     ``reporter`` is ``source`` (outbound: we are the client side) or
     ``destination`` (inbound: we are the server side); the other side stays
     unknown until mTLS names it: its principal and namespace from its certificate,
-    its workload, app, version and cluster (``peer_metadata``) from its sidecar's
-    metadata line (``net/peer_hello.py``)."""
-    self_side = (me.workload, me.namespace, UNKNOWN, me.app, me.version, me.cluster)
-    workload, app, version, cluster = peer_metadata
-    other = (workload, peer_namespace or UNKNOWN, peer_principal, app, version, cluster)
+    its workload, app, version, cluster, canonical service and revision (``peer_metadata``)
+    from its sidecar's metadata line (``net/peer_hello.py``)."""
+    self_side = (me.workload, me.namespace, UNKNOWN, me.app, me.version, me.cluster, me.canonical_service,
+                 me.canonical_revision)
+    workload, app, version, cluster, canonical_service, canonical_revision = peer_metadata
+    other = (workload, peer_namespace or UNKNOWN, peer_principal, app, version, cluster, canonical_service,
+             canonical_revision)
     src, dst = (self_side, other) if reporter == "source" else (other, self_side)
     svc_name = destination_service.rsplit(":", 1)[0] if destination_service != UNKNOWN else UNKNOWN
     svc_ns = me.namespace if reporter == "destination" else UNKNOWN
-    return (reporter, *src, *dst[:5], destination_service, svc_name, svc_ns, dst[5], protocol, security_policy)
+    return (reporter, *src[:6], *dst[:5], destination_service, svc_name, svc_ns, dst[5], protocol, security_policy,
+            *src[6:], *dst[6:])
 
 
 def tcp_labels(me: Peerless, reporter: str, destination_service: str,

@@ -24,7 +24,7 @@ TD = "cluster.local"
 A_NODE = {"pod_name": "frontend-7d4b9c8f6d-x2x9z", "pod_namespace": "shop", "app": "frontend", "version": "v3"}
 """Sidecar A's pod: B learns its workload, app and version from A's peer metadata line."""
 A_LABELS = {"source_workload": "frontend", "source_app": "frontend", "source_version": "v3",
-            "source_cluster": "Kubernetes"}
+            "source_cluster": "Kubernetes", "source_canonical_service": "frontend", "source_canonical_revision": "v3"}
 FRONTEND = f"spiffe://{TD}/ns/shop/sa/frontend"
 REVIEWS = f"spiffe://{TD}/ns/shop/sa/reviews"
 
@@ -149,6 +149,7 @@ async def test_http_over_mtls_between_sidecars(proxy, origdst, app, pki, policy)
                         destination_principal=REVIEWS, destination_workload="reviews-v1",
                         destination_workload_namespace="shop", destination_app="reviews", destination_version="v1",
                         destination_cluster="Kubernetes", connection_security_policy="unknown",
+                        destination_canonical_service="reviews", destination_canonical_revision="v1",
                         response_code="200") == (40 if policy == "UPGRADE" else 45)
     connections = 1 if policy == "UPGRADE" else len(before)
     assert metric_value(text, "meshproxy_protocol_detection_total", outcome="mtls") == connections

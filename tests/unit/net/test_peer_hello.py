@@ -10,12 +10,13 @@ from hypothesis import strategies as st
 
 from meshproxy.net.peer_hello import MAGIC, MAX_LINE, HelloError, HelloReader, decode, encode
 
-LINE = encode("reviews-v1", "reviews", "v1", "Kubernetes")
+LINE = encode("reviews-v1", "reviews", "v1", "Kubernetes", "reviews", "v1")
 
 
 def test_encode_then_decode():
     assert LINE.startswith(MAGIC) and LINE.endswith(b"\n") and LINE.count(b"\n") == 1
-    assert decode(LINE[:-1]) == {"workload": "reviews-v1", "app": "reviews", "version": "v1", "cluster": "Kubernetes"}
+    assert decode(LINE[:-1]) == {"workload": "reviews-v1", "app": "reviews", "version": "v1", "cluster": "Kubernetes",
+                                 "canonical_service": "reviews", "canonical_revision": "v1"}
 
 
 def test_unknown_empty_and_odd_values_are_left_out():
@@ -138,8 +139,7 @@ def test_each_side_gets_the_others_line_and_none_of_it_reaches_the_protocols(tls
         client.write(b"GET / HTTP/1.1\r\n\r\n")  # right behind our Finished and our line
         cw.pump()
         assert events == ["client ready", "server ready"]  # the server had the client's line first
-        assert server.peer_metadata == {"workload": "reviews-v1", "app": "reviews", "version": "v1",
-                                        "cluster": "Kubernetes"}
+        assert server.peer_metadata == decode(LINE[:-1])
         down = Inner()
         server.attach(down)
         assert b"".join(down.got) == b"GET / HTTP/1.1\r\n\r\n"
