@@ -43,7 +43,8 @@ def terminate_mtls(listener, ctx, verdict, transport, peeked: bytes) -> None:
             layer.abort()
 
     def failed(message: str) -> None:
-        failures.labels("inbound", "handshake").inc()
+        # after the handshake, only the client's metadata line can be missing or wrong
+        failures.labels("inbound", "peer_metadata" if layer.handshaken else "handshake").inc()
         log.info("mTLS from %s failed: %s", ctx.peer, message)
 
     layer = TlsLayer(transport, mesh.server_ctx, ready, failed, hello=mesh.hello)

@@ -385,3 +385,27 @@ async def test_peer_identity_in_access_log_and_span(proxy, origdst, app, pki, tm
     assert line["downstream_peer_uri_san"] == FRONTEND and line["path"] == "/who"
     spans = exporter.get_finished_spans()
     assert spans and spans[-1].attributes["meshproxy.peer.principal"] == FRONTEND
+
+
+async def test_a_client_without_the_peer_metadata_line_is_refused(proxy, origdst, app, pki):
+    """A valid mesh certificate is not enough: a client that is not a meshproxy sidecar (no metadata
+    line first) gets nothing from B's app, and B counts it."""
+    from meshproxy.config.security import Tls
+    from meshproxy.tls.certs import load_material
+    from meshproxy.tls.context import client_context
+
+    b = await sidecar_b(proxy, origdst, app, pki("b", REVIEWS))
+    tls = pki("a", FRONTEND)
+    material = load_material(Tls(cert_file=tls["cert_file"], key_file=tls["key_file"], bundle_file=tls["bundle_file"]))
+    reader, writer = await asyncio.open_connection("127.0.0.1", b.port("virtualInbound"),
+                                                   ssl=client_context(material, ["meshproxy-http1"]))
+    assert writer.get_extra_info("ssl_object").selected_alpn_protocol() == "meshproxy-http1"
+    writer.write(b"GET /no-line HTTP/1.1\r\nHost: reviews\r\n\r\n")
+    try:
+        got = await asyncio.wait_for(reader.read(), 5)
+    except ConnectionError:
+        got = b""
+    writer.close()
+    assert b"HTTP/1.1" not in got and app.requests == []
+    text = await metrics_text(b)
+    assert metric_value(text, "meshproxy_mtls_failures_total", direction="inbound", reason="peer_metadata") == 1
