@@ -2,12 +2,16 @@
 """New mTLS handshakes per second against one TLS server (stdlib only; used by `bench/run.py --suite mesh`).
 
     mtls_handshakes.py --host H --port P --alpn meshproxy-h2 --cert C --key K --ca BUNDLE --duration S [--threads N]
+                       [--peer-line]
 
 Each of N threads loops for S seconds: a fresh TCP connection, a full TLS 1.3 handshake with the client certificate
 (never resumed: no session is offered), the ALPN given, then the HTTP/2 client preface + an empty SETTINGS frame,
 and it waits for the server's first HTTP/2 frame. A TLS 1.3 server only sends application data after it has read
 and verified the client's Finished (and so the client certificate), so a frame back means the server completed the
-handshake too; then the connection is closed. Prints one line:
+handshake too; then the connection is closed. With ``--peer-line`` (meshproxy's ALPNs) the client first sends a
+peer metadata line, as a sidecar does (``meshproxy/net/peer_hello.py``), and the server's own line, which comes
+first, is skipped before looking for its frame: so meshproxy's B does what it does for a sidecar's connection
+(reads the line, starts its protocol), not what it does for a stranger (refuse it). Prints one line:
 
     BENCH handshakes=N duration_us=D errors=E alpn_mismatch=M
 
@@ -23,6 +27,7 @@ import threading
 import time
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+PEER_LINE = b'MESHPROXY-PEER {"workload":"bench-handshakes","app":"bench","version":"v1","cluster":"bench"}\n'
 
 
 def main() -> int:
@@ -35,6 +40,7 @@ def main() -> int:
     ap.add_argument("--ca", required=True)
     ap.add_argument("--duration", type=float, default=5.0)
     ap.add_argument("--threads", type=int, default=8)
+    ap.add_argument("--peer-line", action="store_true", help="send and skip meshproxy's peer metadata lines")
     a = ap.parse_args()
 
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -59,13 +65,15 @@ def main() -> int:
                     with ctx.wrap_socket(raw) as s:
                         if s.selected_alpn_protocol() != a.alpn:
                             mismatch[i] += 1
-                        s.sendall(PREFACE)
-                        got = b""
-                        while len(got) < 9:
+                        s.sendall(PEER_LINE + PREFACE if a.peer_line else PREFACE)
+                        got, skip = b"", a.peer_line
+                        while skip or len(got) < 9:
                             chunk = s.recv(4096)
                             if not chunk:
                                 raise ConnectionError("closed before the server's first HTTP/2 frame")
                             got += chunk
+                            if skip and b"\n" in got:
+                                got, skip = got.split(b"\n", 1)[1], False
                 counts[i] += 1
             except Exception as e:      # counted; the first one is printed
                 errors[i] += 1

@@ -1221,8 +1221,8 @@ class FixedRate(Measurement):
 
 class Handshakes(Measurement):
     """New mTLS handshakes per second against the chain's server side (B) alone: bench/mtls_handshakes.py, N
-    threads each opening fresh connections with the client certificate (no resumption), the scenario's ALPN, and
-    waiting for B's first HTTP/2 frame. Metrics: handshakes/s and B's CPU per 1000 handshakes."""
+    threads each opening fresh connections with the client certificate (no resumption), the scenario's ALPN (and,
+    to meshproxy, a sidecar's peer metadata line), and waiting for B's first HTTP/2 frame. Metrics: handshakes/s and B's CPU per 1000 handshakes."""
     port = "tls"
 
     def __init__(self, tag: str = "hs", threads: int = 8):
@@ -1238,7 +1238,8 @@ class Handshakes(Measurement):
         argv = as_proxy_uid([sys.executable, os.path.join(HERE, "mtls_handshakes.py"), "--host", t["host"],
                              "--port", str(t["port"]), "--alpn", t["alpn"], "--cert", f"{pki.client}/cert.pem",
                              "--key", f"{pki.client}/key.pem", "--ca", f"{pki.client}/bundle.pem",
-                             "--duration", f"{ctx.dur:g}", "--threads", str(self.threads)])
+                             "--duration", f"{ctx.dur:g}", "--threads", str(self.threads)]
+                            + (["--peer-line"] if t["alpn"].startswith("meshproxy-") else []))
         out, info = self.timed(sc, lambda: run_client(argv, timeout=ctx.dur + 60), roots=t["roots"])
         r = parse_kv(out, "BENCH")
         n = r["handshakes"]
