@@ -216,7 +216,8 @@ class ExpressServer(TurnWrites, asyncio.Protocol):
     # === a request ===
     def _request(self, data: bytes) -> None:
         """One read with no request in flight: take it, or hand the connection over."""
-        lane_ok, authz = self.ctx.lane[self.direction]  # as it is now: policies reload
+        ctx = self.ctx
+        lane_ok, authz = ctx.lane[self.direction]  # as it is now: policies reload
         if not lane_ok:
             return self._handover(data)
         limits = self.limits
@@ -240,7 +241,6 @@ class ExpressServer(TurnWrites, asyncio.Protocol):
         url = start[sp + 1:-9]  # the start line ends with " HTTP/1.1"
         if url[:1] != b"/" or len(lines) > limits.max_headers:
             return self._handover(data)
-        ctx = self.ctx
         plain = None if (ctx.router.needs_headers or ctx.access_log is not None
                          or (authz is not None and authz.needs_headers)) else plain_request(
             method, url, lines, self.inbound, self.peer_ip_bytes, not limits.reject_underscore_names,

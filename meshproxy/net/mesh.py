@@ -30,9 +30,12 @@ log = logging.getLogger("meshproxy.mesh")
 
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class PeerInfo:
-    """Who is on the other end of an mTLS connection."""
+    """Who is on the other end of an mTLS connection. Compared and hashed by identity: the
+    request metrics key their series by it once per request, and a generated value hash would
+    run a Python frame each time. Upstream peers are shared (``upstream_peer``), so every
+    pooled connection to one peer sidecar gives the same key."""
 
     principal: str
     """The verified SPIFFE ID."""
@@ -48,6 +51,20 @@ class PeerInfo:
             return identity.SpiffeId.parse(self.principal).namespace
         except ValueError:
             return None
+
+
+_UPSTREAM_PEERS: dict[tuple[str, tuple[str, ...]], PeerInfo] = {}
+
+
+def upstream_peer(principal: str, metadata: tuple[str, ...]) -> PeerInfo:
+    """The one ``PeerInfo`` of a peer sidecar we connected to (bounded: cleared past 4096 peers)."""
+    key = (principal, metadata)
+    p = _UPSTREAM_PEERS.get(key)
+    if p is None:
+        if len(_UPSTREAM_PEERS) >= 4096:
+            _UPSTREAM_PEERS.clear()
+        p = _UPSTREAM_PEERS[key] = PeerInfo(principal, "", metadata)
+    return p
 
 
 class Mesh:

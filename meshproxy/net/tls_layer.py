@@ -246,9 +246,9 @@ class TlsLayer(asyncio.Protocol):
         metadata line), once that line has arrived; else None. Made once per connection."""
         p = self._peer_info
         if p is None and self.verified is not None and self.peer_metadata is not None:
-            from .mesh import PeerInfo
+            from .mesh import upstream_peer
 
-            p = self._peer_info = PeerInfo(self.verified, "", label_values(self.peer_metadata))
+            p = self._peer_info = upstream_peer(self.verified, label_values(self.peer_metadata))
         return p
 
     def _peer_eof(self) -> None:

@@ -59,3 +59,19 @@ def test_canonical_service_and_revision_defaults_follow_istio():
         == ("reviews", "v2")
     both = me(app="reviews", version="v2", canonical_service="reviews-api", canonical_revision="r7")
     assert (both.canonical_service, both.canonical_revision) == ("reviews-api", "r7")
+
+
+def test_pooled_connections_to_one_peer_share_one_series_key():
+    """Every connection to the same peer sidecar yields the same ``PeerInfo`` (it is hashed by
+    identity), so requests over any of them land in one label set."""
+    from meshproxy.net.mesh import upstream_peer
+
+    md = ("reviews-v1", "reviews", "v1", "east", "reviews", "v1")
+    one, two = upstream_peer(REVIEWS.principal, md), upstream_peer(REVIEWS.principal, md)
+    assert one is two and upstream_peer(REVIEWS.principal, md[:5] + ("v2",)) is not one
+    rm = RequestMetrics()
+    cs = ConnectionSeries(rm, ME, "source")
+    for up in (one, two):
+        cs.observe("reviews", "http", 200, "-", "-", 1.0, 0, 10, up)
+    [series] = rm.series.values()
+    assert series.count == 2
