@@ -46,6 +46,9 @@ class ConnContext:
     upstream: Upstream | None = None
     labels: tuple[str, ...] = ()
     """Istio metric label values, computed once per connection."""
+    labels_pending: bool = False
+    """The labels wait for the peer sidecar's metadata line (outbound mTLS): until ``Connections.settle``
+    the connection is neither counted as opened nor its bytes flushed."""
     mesh_mode: str | None = None
     """Inbound with mesh TLS: ``STRICT`` or ``PERMISSIVE`` for this port (None: no mTLS here)."""
     peer_info: object = None
@@ -64,16 +67,30 @@ class Connections:
         self.active.add(relay)
         ctx = relay.ctx
         self.metrics.active_connections.labels(ctx.direction.value).inc()
-        self.metrics.tcp.connection_opened(ctx.labels)
+        if not ctx.labels_pending:
+            self.metrics.tcp.connection_opened(ctx.labels)
+
+    def settle(self, relay: Relay, labels: tuple[str, ...] | None) -> None:
+        """The labels of a pending connection are known (None: keep the ones it has): count it
+        as opened under them, and from now on its bytes."""
+        ctx = relay.ctx
+        if ctx.labels_pending:
+            ctx.labels_pending = False
+            if labels is not None:
+                ctx.labels = labels
+            self.metrics.tcp.connection_opened(ctx.labels)
 
     def remove(self, relay: Relay) -> None:
         self.active.discard(relay)
+        self.settle(relay, None)  # never heard from the peer (connect failed): counted as it was labelled
         self._flush_one(relay)
         ctx = relay.ctx
         self.metrics.active_connections.labels(ctx.direction.value).dec()
         self.metrics.tcp.connection_closed(ctx.labels, relay.flag)
 
     def _flush_one(self, relay: Relay) -> None:
+        if relay.ctx.labels_pending:
+            return
         rx, tx = relay.received, relay.sent
         if rx != relay.flushed_rx or tx != relay.flushed_tx:
             self.metrics.tcp.add_bytes(relay.ctx.labels, rx - relay.flushed_rx, tx - relay.flushed_tx)
@@ -284,18 +301,29 @@ class Listener:
                 self._refuse(ctx, transport, f"denied by authorization policy {decision.policy}", RBAC_DENIED.flag,
                              "rbac")
                 return
-        relay = self._relay(ctx)
-        relay.attach(transport, peeked, eof)
         up = verdict.upstream
         ids = None
         if self.mesh is not None and self.spec.plan.direction is not Direction.INBOUND:
             ids = self.mesh.destination_identities(up.host, up.port)
+        ctx.labels_pending = ids is not None  # a peer sidecar: its metadata line names the destination
+        relay = self._relay(ctx)
+        relay.attach(transport, peeked, eof)
         if ids is None:
             relay.connect(up.host, up.port, verdict.source)
         else:
             mesh = self.mesh
             relay.connect(up.host, up.port, verdict.source, ssl=mesh.client_ctx[ALPN_TCP],
-                          verify=lambda sslobj: mesh.verify(sslobj, ids), hello=mesh.hello)
+                          verify=lambda sslobj: mesh.verify(sslobj, ids), hello=mesh.hello,
+                          on_peer=lambda info: self._peer_known(relay, service, info))
+
+    def _peer_known(self, relay: Relay, service: str, info) -> None:
+        """Outbound mTLS: the peer sidecar named itself; label the connection with it (Istio's
+        destination_principal, workload, app, version, cluster of a source reporter)."""
+        labels = None
+        if info is not None:
+            labels = istio_labels(self.metrics.me, self._reporter, service, "tcp", self._policy, info.principal,
+                                  info.namespace, info.metadata)
+        self.connections.settle(relay, labels)
 
     def _serve_http(self, ctx, verdict, transport, peeked: bytes, eof: bool, h2: bool) -> None:
         from ..http.express import ExpressServer, express_eligible

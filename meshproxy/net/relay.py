@@ -48,7 +48,7 @@ import logging
 import socket
 import struct
 import sys
-from typing import Callable
+from typing import Any, Callable
 
 from . import kpipe
 from ..errors import (DOWNSTREAM_CONNECTION_TERMINATION as _DC, IDLE_TIMEOUT as _SI,
@@ -362,14 +362,17 @@ class Relay:
         self.flag = flag
         _reset(self.down.transport)
 
-    def connect(self, host: str, port: int, source: str | None, ssl=None, verify=None, hello: bytes = b"") -> None:
+    def connect(self, host: str, port: int, source: str | None, ssl=None, verify=None, hello: bytes = b"",
+                on_peer: Callable[[Any], None] | None = None) -> None:
         """Open the upstream and start relaying when it is up. With ``ssl`` (a client
         context) the upstream is a mesh peer: after the handshake ``verify(ssl_object)``
         must accept its identity (it raises otherwise), or nothing is relayed; ``hello`` is our
-        peer metadata line (``Mesh.hello``)."""
-        self._connect_task = self.loop.create_task(self._connect(host, port, source, ssl, verify, hello))
+        peer metadata line (``Mesh.hello``); ``on_peer(peer_info)`` is called once the peer
+        sidecar's own line has arrived (``net.mesh.PeerInfo``: who answered, for the labels)."""
+        self._connect_task = self.loop.create_task(self._connect(host, port, source, ssl, verify, hello, on_peer))
 
-    async def _connect(self, host: str, port: int, source: str | None, ssl_ctx, verify, hello: bytes) -> None:
+    async def _connect(self, host: str, port: int, source: str | None, ssl_ctx, verify, hello: bytes,
+                       on_peer=None) -> None:
         down = self.down.transport
         self.up.other = down  # a server-first upstream may send before we resume
         try:
@@ -384,6 +387,11 @@ class Relay:
                 layer = await asyncio.wait_for(
                     connect_tls(self.loop, host, port, ssl_ctx, verify or (lambda sslobj: None), local, hello),
                     self.connect_timeout)
+                if on_peer is not None:
+                    if layer.peer_metadata is not None:  # its line came with the handshake
+                        on_peer(layer.peer_info())
+                    else:
+                        layer.on_peer = lambda lay: on_peer(lay.peer_info())
                 layer.attach(self.up)
         except Exception as e:  # refused, unreachable, timeout, TLS or peer identity failure: all UF
             if self.up.transport is not None:

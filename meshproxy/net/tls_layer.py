@@ -89,6 +89,8 @@ class TlsLayer(asyncio.Protocol):
         self.verified: str | None = None
         """Client side: what ``verify`` returned when it is a string (the server's SPIFFE ID)."""
         self._peer_info: Any = None
+        self.on_peer: Callable[["TlsLayer"], None] | None = None
+        """Client side: called once the server's metadata line has arrived (``peer_info`` is set then)."""
         self.ready = False
         """``on_ready`` was called."""
         self.loop = loop or asyncio.get_running_loop()
@@ -239,6 +241,9 @@ class TlsLayer(asyncio.Protocol):
         self.hello_reader = None
         if not self.ready:
             self._ready()
+        elif self.on_peer is not None:
+            cb, self.on_peer = self.on_peer, None
+            cb(self)
         return b"" if self.closing else rest
 
     def peer_info(self) -> Any:

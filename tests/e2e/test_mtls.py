@@ -227,7 +227,9 @@ async def test_tcp_over_mtls(proxy, origdst, pki):
     app_port = server.sockets[0].getsockname()[1]
     origdst.default = OrigDst("127.0.0.1", app_port)
     b = await proxy({"inbound": {"enabled": True}, "ports": [{"port": app_port, "protocol": "tcp"}],
-                     "security": {"tls": pki("b", REVIEWS), "peer_authentication": {"mode": "STRICT"}}})
+                     "security": {"tls": pki("b", REVIEWS), "peer_authentication": {"mode": "STRICT"}},
+                     "node": {"pod_name": "reviews-v1-5b7c8d9f4-abcde", "pod_namespace": "shop", "app": "reviews",
+                              "version": "v1"}})
     a = await proxy({"outbound": {"enabled": True}, "ports": [{"port": app_port, "protocol": "tcp"}],
                      "security": {"tls": pki("a", FRONTEND),
                                   "mesh_destinations": [{"cidrs": ["127.0.0.0/8"], "identities": [REVIEWS]}]},
@@ -245,6 +247,16 @@ async def test_tcp_over_mtls(proxy, origdst, pki):
     text = await metrics_text(b)
     assert metric_value(text, "istio_tcp_connections_opened_total", reporter="destination",
                         source_principal=FRONTEND, connection_security_policy="mutual_tls", **A_LABELS) == 1
+    # A (reporter=source) names B from B's certificate and metadata line, on every TCP series
+    text_a = await metrics_text(a)
+    b_side = dict(destination_principal=REVIEWS, destination_workload="reviews-v1", destination_app="reviews",
+                  destination_workload_namespace="shop", destination_version="v1",
+                  destination_canonical_service="reviews", destination_canonical_revision="v1")
+    for name, value in [("istio_tcp_connections_opened_total", 1), ("istio_tcp_connections_closed_total", 1),
+                        ("istio_tcp_received_bytes_total", 100_000), ("istio_tcp_sent_bytes_total", 100_000)]:
+        assert metric_value(text_a, name, reporter="source", source_workload="frontend", **b_side) == value, name
+    assert metric_value(text_a, "istio_tcp_connections_opened_total", reporter="source",
+                        destination_workload="unknown") == 0
 
 
 async def test_rotation_under_continuous_requests(proxy, origdst, app, pki):
